@@ -1,0 +1,426 @@
+"""Side-by-side benchmark: vanilla Ansible vs Mitogen vs ferrogen against the same local sshd.
+
+Run through bench/run.sh, which prepares .state/bench-venv (ansible-core as in CI, Mitogen from
+PyPI) and the test sshd. Every (scenario, engine) pair runs BENCH_RUNS times (default 3); the table
+shows the best wall time, the controller CPU of that run and the ratios.
+
+Controller CPU is user+sys of everything the run started on this machine: ansible-playbook, its
+workers, ssh clients, Mitogen's or ferrogen's multiplexer. The driver makes itself a child
+subreaper, so processes that outlive or detach from ansible-playbook (the mux, ssh ControlPersist
+masters) are reparented to it, reaped after the run and counted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE = REPO / ".state"
+PLAYBOOKS = REPO / "tests" / "playbooks"
+LOG_DIR = STATE / "bench-logs"
+FERROGEN_STRATEGY = REPO / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
+BENCH_PLAYBOOKS = REPO / "bench" / "playbooks"
+LATENCY_PROXY = REPO.parent / "shared" / "tools" / "latency-proxy"
+MUX_BINARY = REPO / "target" / "release" / "ferrogen-mux"
+SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One playbook run against `targets` distinct targets, each reached through its own
+    latency-proxy (which counts the bytes on the wire)."""
+
+    playbook: Path
+    extra: tuple[str, ...] = ()
+    targets: int = 1
+    # One-way delay the proxy adds: a round trip costs twice this.
+    delay_ms: int = 0
+    # Tasks (or loop items) per target, for the per-task figures.
+    tasks: int = 1
+    forks: int = 5
+
+
+LOOP = PLAYBOOKS / "loop100.yml"
+SCENARIOS = {
+    "ping": Scenario(PLAYBOOKS / "ping.yml"),
+    "loop-20": Scenario(LOOP, ("-e", "loop_count=20"), tasks=20),
+    "loop-20-rtt26": Scenario(LOOP, ("-e", "loop_count=20"), delay_ms=13, tasks=20),
+    "loop-100": Scenario(LOOP, ("-e", "loop_count=100"), tasks=100),
+    "loop-500": Scenario(LOOP, ("-e", "loop_count=500"), tasks=500),
+    "targets-20x10": Scenario(BENCH_PLAYBOOKS / "tasks10.yml", targets=20, tasks=10, forks=20),
+    "become-30": Scenario(BENCH_PLAYBOOKS / "become30.yml", tasks=30),
+}
+ENGINES = ["vanilla", "mitogen", "ferrogen"]
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def mitogen_strategy_dir() -> Path:
+    import ansible_mitogen  # noqa: PLC0415 - only in the bench venv
+
+    return Path(ansible_mitogen.__file__).resolve().parent / "plugins" / "strategy"
+
+
+def engine_env(engine: str, tmp: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MITOGEN_"))}
+    env.update(
+        {
+            "ANSIBLE_HOME": str(tmp / "home"),
+            "ANSIBLE_LOCAL_TEMP": str(tmp / "home" / "tmp"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+        }
+    )
+    if engine == "vanilla":
+        cp = Path(tempfile.mkdtemp(prefix="bcp-", dir="/tmp"))
+        env.update(
+            {
+                "ANSIBLE_PIPELINING": "True",
+                "ANSIBLE_SSH_ARGS": "-C -o ControlMaster=auto -o ControlPersist=60s",
+                "ANSIBLE_SSH_CONTROL_PATH_DIR": str(cp),
+            }
+        )
+    elif engine == "mitogen":
+        env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()), "ANSIBLE_STRATEGY": "mitogen_linear"})
+    elif engine == "ferrogen":
+        env.update({"ANSIBLE_STRATEGY_PLUGINS": str(FERROGEN_STRATEGY), "ANSIBLE_STRATEGY": "mitogen_linear"})
+    else:
+        raise ValueError(engine)
+    return env
+
+
+def children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def my_children() -> list[int]:
+    me = os.getpid()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # field 4 (ppid) comes after the parenthesised comm, which may contain spaces
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == me:
+            pids.append(int(entry))
+    return pids
+
+
+def reap_leftovers(grace: float = 3.0, keep: set[int] = frozenset()) -> None:
+    """Wait briefly for adopted descendants (mux, ssh masters) to exit, then terminate the rest
+    (but the processes in keep: the run's latency proxies)."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if not set(my_children()) - keep:
+                return
+            time.sleep(0.05)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in set(my_children()) - keep:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                time.sleep(0.05)
+
+
+class Proxies:
+    """One latency-proxy per target, each on its own port in front of the test sshd."""
+
+    def __init__(self, count: int, delay_ms: int, tmp: Path):
+        self.stats = [tmp / f"proxy-{i}.stats" for i in range(count)]
+        self.total = 0
+        self.ports = [free_port() for _ in range(count)]
+        self.procs = [
+            subprocess.Popen([sys.executable, str(LATENCY_PROXY), str(port), str(SSH_PORT), str(delay_ms), str(stats)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for port, stats in zip(self.ports, self.stats, strict=True)
+        ]
+        deadline = time.monotonic() + 10
+        for port in self.ports:
+            while not port_open(port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"latency-proxy on port {port} did not start")
+                time.sleep(0.02)
+
+    @property
+    def pids(self) -> set[int]:
+        return {proc.pid for proc in self.procs}
+
+    def stop(self) -> int:
+        """Stop the proxies (once); return the bytes they carried in both directions."""
+        if all(proc.poll() is not None for proc in self.procs):
+            return self.total
+        time.sleep(0.3)  # a proxy writes its line when the proxied connection has closed
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait()
+        self.total = 0
+        for stats in self.stats:
+            if stats.exists():
+                for line in stats.read_text().split():
+                    self.total += int(line.split("=")[1])
+        return self.total
+
+
+def free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def write_inventory(path: Path, ports: list[int]) -> None:
+    key = STATE / "id_ed25519"
+    lines = [
+        f"t{i:02d} ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
+        f"ansible_ssh_private_key_file={key} ansible_python_interpreter=/usr/bin/python3"
+        for i, port in enumerate(ports, 1)
+    ]
+    lines += ["", "[all:vars]", "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def descends_from_me(pid: int) -> bool:
+    """Whether pid is a descendant of this driver (a subreaper, so the mux stays below it)."""
+    me = os.getpid()
+    while pid > 1:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            return False
+        if pid == me:
+            return True
+    return False
+
+
+class PeakRss:
+    """Samples the peak RSS (VmHWM) of the run's ferrogen-mux while the run lasts."""
+
+    def __init__(self):
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/status") as fh:
+                        status = fh.read()
+                except OSError:
+                    continue
+                if status.startswith("Name:\tferrogen-mux") and descends_from_me(int(entry)):
+                    for line in status.splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kib
+
+
+def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path) -> dict:
+    spec = SCENARIOS[scenario]
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{engine}-"))
+    env: dict[str, str] = {}
+    proxies = Proxies(spec.targets, spec.delay_ms, tmp)
+    try:
+        inventory = tmp / "inventory.ini"
+        write_inventory(inventory, proxies.ports)
+        env = engine_env(engine, tmp)
+        env["ANSIBLE_FORKS"] = str(spec.forks)
+        cmd = [str(playbook_bin), "-i", str(inventory), str(spec.playbook), *spec.extra]
+        cpu0 = children_cpu()
+        rss = PeakRss()
+        t0 = time.monotonic()
+        with open(log, "w") as out:
+            try:
+                proc = subprocess.run(
+                    cmd, env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    timeout=900, check=False,
+                )  # fmt: skip
+                rc = proc.returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        wall = time.monotonic() - t0
+        reap_leftovers(keep=proxies.pids)
+        cpu = children_cpu() - cpu0
+        peak_rss = rss.stop()
+        wire = proxies.stop()
+        return {"rc": rc, "wall": wall, "cpu": cpu, "bytes": wire, "mux_rss_kib": peak_rss or None, "log": str(log)}
+    finally:
+        proxies.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "ANSIBLE_SSH_CONTROL_PATH_DIR" in env:
+            shutil.rmtree(env["ANSIBLE_SSH_CONTROL_PATH_DIR"], ignore_errors=True)
+
+
+def mux_start_to_ready(runs: int = 10) -> float | None:
+    """Best time from spawning ferrogen-mux to its READY line, in seconds."""
+    if not MUX_BINARY.exists():
+        return None
+    best = None
+    for _ in range(runs):
+        sock_dir = Path(tempfile.mkdtemp(prefix="bench-mux-"))
+        t0 = time.monotonic()
+        proc = subprocess.Popen([str(MUX_BINARY), "serve", "--socket", str(sock_dir / "mux.sock")],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        line = proc.stdout.readline()
+        elapsed = time.monotonic() - t0
+        proc.stdin.close()
+        proc.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        if line.startswith(b"READY"):
+            best = elapsed if best is None else min(best, elapsed)
+    return best
+
+
+def fmt_ratio(a, b) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        print("bench: warning: could not become a child subreaper; mux CPU may be undercounted", file=sys.stderr)
+
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    engines = [e for e in args.engines.split(",") if e]
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, dict[str, dict]] = {}
+    for scenario in scenarios:
+        for engine in engines:
+            best = None
+            failure = None
+            for i in range(args.runs):
+                log = LOG_DIR / f"{scenario}-{engine}-{i + 1}.log"
+                r = run_once(engine, scenario, playbook_bin, log)
+                status = "ok" if r["rc"] == 0 else f"FAILED (rc={r['rc']}, see {log})"
+                print(f"  {scenario:9} {engine:9} run {i + 1}/{args.runs}: {r['wall']:7.2f}s wall "
+                      f"{r['cpu']:7.2f}s cpu  {status}", file=sys.stderr, flush=True)  # fmt: skip
+                if r["rc"] != 0:
+                    failure = r
+                    break  # a broken engine fails every time; don't waste the other runs
+                if best is None or r["wall"] < best["wall"]:
+                    best = r
+            results.setdefault(scenario, {})[engine] = (
+                {"status": "ok", **best} if failure is None else {"status": "FAILED", **failure}
+            )
+
+    # ---------------------------------------------------------------- table
+    head = (f"{'scenario':14} {'engine':9} {'wall s':>8} {'cpu s':>8} {'wire KiB':>9} {'mux RSS MiB':>11} "
+            f"{'vs mitogen':>11} {'vs vanilla':>11}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+    for scenario in scenarios:
+        row = results[scenario]
+
+        def wall(e, row=row):
+            r = row.get(e)
+            return r["wall"] if r and r["status"] == "ok" else None
+
+        for engine in engines:
+            r = row[engine]
+            if r["status"] != "ok":
+                lines.append(f"{scenario:14} {engine:9} {'FAILED':>8}")
+                continue
+            rss = f"{r['mux_rss_kib'] / 1024:.1f}" if r.get("mux_rss_kib") else "-"
+            lines.append(
+                f"{scenario:14} {engine:9} {r['wall']:8.2f} {r['cpu']:8.2f} {r['bytes'] / 1024:9.0f} {rss:>11} "
+                f"{fmt_ratio(r['wall'], wall('mitogen')):>11} {fmt_ratio(r['wall'], wall('vanilla')):>11}"
+            )
+
+    def pair(first, second):
+        for engine in engines:
+            a, b = results.get(first, {}).get(engine), results.get(second, {}).get(engine)
+            yield engine, (a, b) if a and b and a["status"] == b["status"] == "ok" else None
+
+    if "loop-100" in results and "loop-500" in results:
+        lines += ["", "marginal cost per loop item = (loop-500 - loop-100) / 400:"]
+        for engine, runs in pair("loop-100", "loop-500"):
+            if runs:
+                a, b = runs
+                lines.append(f"  {engine:9} {(b['wall'] - a['wall']) / 400 * 1000:7.1f} ms wall, "
+                             f"{(b['cpu'] - a['cpu']) / 400 * 1000:7.1f} ms cpu, "
+                             f"{(b['bytes'] - a['bytes']) / 400:7.0f} bytes on the wire")  # fmt: skip
+            else:
+                lines.append(f"  {engine:9} FAILED")
+    if "loop-20" in results and "loop-20-rtt26" in results:
+        rtt = 2 * SCENARIOS["loop-20-rtt26"].delay_ms / 1000
+        lines += ["", f"round trips per item over a {rtt * 1000:.0f} ms round trip = (loop-20-rtt26 - loop-20) / rtt / 20:"]
+        for engine, runs in pair("loop-20", "loop-20-rtt26"):
+            if runs:
+                a, b = runs
+                lines.append(f"  {engine:9} {(b['wall'] - a['wall']) / rtt / 20:5.2f}")
+    if "ferrogen" in engines:
+        ready = mux_start_to_ready()
+        lines += ["", f"ferrogen-mux start to READY (best of 10): {ready * 1000:.1f} ms" if ready else
+                  "ferrogen-mux start to READY: binary missing"]
+    print("\n".join(lines))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": args.runs, "results": results}, indent=2))
+    failed = [f"{s}/{e}" for s in scenarios for e in engines if results[s][e]["status"] != "ok"]
+    if failed:
+        print(f"\nbench: FAILED scenarios: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1202 @@
+"""ferrogen agent: the persistent interpreter that ferrogen-mux starts on a target.
+
+The mux writes this file's source to the interpreter's stdin at connect time; nothing is
+installed on the target. The agent then speaks framed messages (docs/protocol.md) over its
+original stdin/stdout for the rest of the run.
+
+Every task (a module run or a shell command) runs in a child forked from this process, so a
+task can never leave state behind in the interpreter: environment, cwd, sys.argv, patched
+modules and open files all die with the child. The parent stays single-threaded, which keeps
+fork() safe, and does only bookkeeping: reading frames, caching module zips, reaping children.
+
+Standard library only; Python 3.6 or newer.
+"""
+
+import base64
+import fcntl
+import gc
+import grp
+import hashlib
+import importlib.util
+import json
+import os
+import pwd
+import re
+import select
+import selectors
+import shlex
+import shutil
+import signal
+import stat
+import struct
+import sys
+import tempfile
+import termios
+import time
+import traceback
+import tty
+import zipfile
+
+# The compressed agent source, as the bootstrap stub read it from stdin (the stub runs this
+# file in its own namespace); become children are started with the same bytes.
+SOURCE = globals().get('SOURCE')
+
+# Debug settings the mux puts in the stub before SOURCE (docs/protocol.md): MITOGEN_ROUTER_DEBUG
+# makes every interpreter write /tmp/mitogen.<pid>.log; LOG_LEVEL "debug" forwards the agent's
+# debug records to the controller (shown at -vvv). Neither ever carries call arguments or
+# passwords: only ops, ids, accounts and what a become tool printed, password scrubbed.
+ROUTER_DEBUG = bool(globals().get('ROUTER_DEBUG'))
+LOG_LEVEL = globals().get('LOG_LEVEL') or 'info'
+
+FRAME_PREFIX = struct.Struct('>II')
+MAX_HEADER = 16 * 1024 * 1024
+MAX_BODY = 256 * 1024 * 1024
+
+# Where the private temp dir may live, in the order Ansible's remote_tmp and Python's
+# tempfile would try them.
+TEMP_DIR_CANDIDATES = ('~/.ansible/tmp', '/var/tmp', '/tmp')
+
+
+class Channel:
+    """The framed link to the mux: our original stdin and stdout, moved out of the way."""
+
+    def __init__(self):
+        # Keep the protocol on private descriptors, and point fd 0/1 at harmless places so a
+        # stray print() or a child reading stdin can never corrupt the stream.
+        self.rfd = os.dup(0)
+        self.wfd = os.dup(1)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(2, 1)
+        os.close(devnull)
+        os.set_blocking(self.rfd, False)
+        # Larger pipes mean fewer wake-ups per streamed megabyte (Linux; best effort).
+        for fd in (self.rfd, self.wfd):
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_CHUNK)
+            except (OSError, ValueError):
+                pass
+        self.inbuf = bytearray()
+
+    def send(self, header, body=b''):
+        write_all(self.wfd, encode_frame(header, body))
+
+    def read_available(self):
+        """Read what the pipe holds; return the complete frames, or None at end of stream."""
+        return read_frames(self.rfd, self.inbuf)
+
+
+def debug_settings():
+    """This agent's debug settings as stub statements, for the become children it starts."""
+    return ('ROUTER_DEBUG=1;' if ROUTER_DEBUG else '') + ('LOG_LEVEL="debug";' if LOG_LEVEL == 'debug' else '')
+
+
+class DebugFile:
+    """/tmp/mitogen.<pid>.log, written when MITOGEN_ROUTER_DEBUG is on."""
+
+    def __init__(self):
+        self.handle = None
+        if ROUTER_DEBUG:
+            path = '/tmp/mitogen.%d.log' % os.getpid()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self.handle = os.fdopen(fd, 'a', buffering=1)
+
+    def write(self, level, message):
+        if self.handle is not None:
+            self.handle.write('%s %d %s %s\n' % (time.strftime('%Y-%m-%dT%H:%M:%S'), os.getpid(), level, message))
+
+
+def read_raw(fd, inbuf):
+    """Drain a non-blocking fd into inbuf; False at end of stream."""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return True
+        except InterruptedError:
+            continue
+        if not chunk:
+            return False
+        inbuf += chunk
+        if len(chunk) < (1 << 20):
+            return True
+
+
+def read_frames(fd, inbuf):
+    """Drain a non-blocking fd into inbuf; return its complete frames, or None at end of stream."""
+    if not read_raw(fd, inbuf):
+        return None
+    frames = []
+    while len(inbuf) >= FRAME_PREFIX.size:
+        header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
+        if header_len > MAX_HEADER or body_len > MAX_BODY:
+            raise ValueError('frame too large: header %d body %d' % (header_len, body_len))
+        end = FRAME_PREFIX.size + header_len + body_len
+        if len(inbuf) < end:
+            break
+        start = FRAME_PREFIX.size
+        # One copy of the body (a slice of the bytearray would make two); the view must be
+        # released before the bytearray shrinks.
+        with memoryview(inbuf) as view:
+            header = json.loads(bytes(view[start:start + header_len]).decode('utf-8'))
+            body = bytes(view[start + header_len:end])
+        del inbuf[:end]
+        frames.append((header, body))
+    return frames
+
+
+def encode_frame(header, body=b''):
+    encoded = json.dumps(header, separators=(',', ':')).encode('utf-8')
+    return FRAME_PREFIX.pack(len(encoded), len(body)) + encoded + body
+
+
+def write_all(fd, data):
+    """Write everything, waiting when fd is non-blocking (a pty master shares its flags)."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            select.select([], [fd], [])
+        except InterruptedError:
+            continue
+
+
+def scratch_file(directory):
+    """An anonymous file for a task's stdin, stdout or stderr: in memory where Linux offers
+    memfd (a task's output is held in memory for the reply anyway), else an unlinked file in
+    the interpreter's private temp dir."""
+    if hasattr(os, 'memfd_create'):
+        try:
+            return os.fdopen(os.memfd_create('ferrogen-task'), 'w+b')
+        except OSError:
+            pass
+    return tempfile.TemporaryFile(dir=directory)
+
+
+def choose_temp_dir():
+    """Create this interpreter's private temp dir in the first usable, executable location."""
+    candidates = [os.path.expanduser(c) for c in TEMP_DIR_CANDIDATES]
+    for name in ('TMPDIR', 'TEMP', 'TMP'):
+        if os.environ.get(name):
+            candidates.append(os.environ[name])
+    candidates += ['/usr/tmp', os.getcwd()]
+    for base in candidates:
+        try:
+            os.makedirs(base, mode=0o700, exist_ok=True)
+            if os.statvfs(base).f_flag & getattr(os, 'ST_NOEXEC', 8):
+                continue
+            sweep_dead_agents_temp_dirs(base)
+            return tempfile.mkdtemp(prefix='ferrogen-%d-' % os.getpid(), dir=base)
+        except OSError:
+            continue
+    raise OSError('no writable, executable temp directory among %s' % ', '.join(candidates))
+
+
+def sweep_dead_agents_temp_dirs(base):
+    """Remove temp dirs that agents killed without a chance to clean up left in base: ours
+    (same uid), named ferrogen-<pid>-*, whose pid no longer runs."""
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        match = re.match(r'ferrogen-(\d+)-[^/]+$', name)
+        path = os.path.join(base, name)
+        try:
+            if (match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))
+                    and os.lstat(path).st_uid == os.geteuid() and stat.S_ISDIR(os.lstat(path).st_mode)):
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+
+
+# File transfer (docs/protocol.md, "File transfer"). Files up to SMALL_FILE_LIMIT ride in one
+# put_file call; larger ones stream in chunks of at most TRANSFER_CHUNK bytes, with at most
+# TRANSFER_WINDOW bytes sent and not yet acknowledged by the receiver.
+SMALL_FILE_LIMIT = 126976
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
+TRANSFER_CHUNK = 1 << 20
+TRANSFER_WINDOW = 4 << 20
+
+# Receiving temp files: hidden, in the destination directory, named after the process that
+# writes them, so that one left by a process that died (kill -9) can be told from one in use.
+TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
+
+# Directories already swept by this process: once each is enough, since later leftovers
+# can only come from processes that die after this one looked.
+SWEPT_DIRS = set()
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: alive, another account's
+    return True
+
+
+def sweep_dead_temps(directory):
+    """Remove our account's temp files whose writing process is dead (a transfer killed
+    mid-way); files of live processes, other accounts and anything else are left alone."""
+    directory = os.path.abspath(directory)
+    if directory in SWEPT_DIRS:
+        return
+    SWEPT_DIRS.add(directory)
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+                    and not pid_alive(int(match.group(1)))):
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def sweep_for(path):
+    """Sweep path's directory; for a file in one of Ansible's per-task remote temp dirs
+    (ansible-tmp-*), sweep its siblings too: a task killed mid-transfer leaves its temp file
+    there, and the next task never writes to that directory again."""
+    directory = os.path.dirname(os.path.abspath(path))
+    sweep_dead_temps(directory)
+    if os.path.basename(directory).startswith('ansible-tmp-'):
+        base = os.path.dirname(directory)
+        if base not in SWEPT_DIRS:
+            SWEPT_DIRS.add(base)
+            try:
+                siblings = [e.path for e in os.scandir(base)
+                            if e.name.startswith('ansible-tmp-') and e.is_dir(follow_symlinks=False)]
+            except OSError:
+                siblings = []
+            for sibling in siblings:
+                sweep_dead_temps(sibling)
+
+
+def open_temp(directory):
+    """Create a private, hidden temp file in directory; return (fd, path)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_NOFOLLOW', 0)
+    while True:
+        path = os.path.join(directory, '.ferrogen-%d-%s.tmp' % (os.getpid(), os.urandom(6).hex()))
+        try:
+            return os.open(path, flags, 0o600), path
+        except FileExistsError:
+            continue
+
+
+def fsync_dir(directory):
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def resolve_owner(owner, group):
+    """(uid, gid) for fchown; -1 leaves one unchanged. Names or numbers."""
+    uid = gid = -1
+    if owner not in (None, ''):
+        uid = int(owner) if str(owner).isdigit() else pwd.getpwnam(owner).pw_uid
+    if group not in (None, ''):
+        gid = int(group) if str(group).isdigit() else grp.getgrnam(group).gr_gid
+    return uid, gid
+
+
+class AtomicFile:
+    """A file being received: a hidden temp file beside the destination, renamed over it
+    once complete, so readers see the old file or the new one, never a mix."""
+
+    def __init__(self, path, mode=None, owner=None, group=None):
+        self.path = path
+        self.directory = os.path.dirname(path) or '.'
+        self.mode = 0o600 if mode is None else int(mode)
+        self.owner = resolve_owner(owner, group)
+        sweep_for(path)
+        self.fd, self.tmp_path = open_temp(self.directory)
+        self.size = 0
+        self.digest = hashlib.sha1()
+
+    def write(self, data):
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.digest.update(data)
+        self.size += len(data)
+
+    def commit(self):
+        """Mode and owner, fsync, rename over the destination, fsync the directory."""
+        try:
+            if self.owner != (-1, -1):
+                os.fchown(self.fd, *self.owner)
+            os.fchmod(self.fd, self.mode)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.rename(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        fsync_dir(self.directory)
+
+    def abort(self):
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+        try:
+            os.unlink(self.tmp_path)
+        except OSError:
+            pass
+
+
+def write_atomically(path, data, mode=None, owner=None, group=None):
+    """Write data so that readers see the old file or the new one, never a mix."""
+    handle = AtomicFile(path, mode, owner, group)
+    try:
+        handle.write(data)
+    except BaseException:
+        handle.abort()
+        raise
+    handle.commit()
+
+
+class PutTransfer:
+    """A streamed put (put_begin ... chunk ... put_end) being received."""
+
+    def __init__(self, args):
+        self.file = AtomicFile(args['path'], args.get('mode'), args.get('owner'), args.get('group'))
+        self.expected = args.get('size')
+
+    def write(self, offset, data):
+        if offset != self.file.size:
+            raise ValueError('chunk at offset %s, expected %d' % (offset, self.file.size))
+        self.file.write(data)
+
+    def finish(self, size, digest):
+        if size != self.file.size or digest != self.file.digest.hexdigest():
+            raise ValueError('received %d bytes with SHA-1 %s, the sender sent %s bytes with SHA-1 %s'
+                             % (self.file.size, self.file.digest.hexdigest(), size, digest))
+        self.file.commit()
+        return {'size': self.file.size, 'sha1': digest}
+
+    def abort(self):
+        self.file.abort()
+
+
+class FetchTransfer:
+    """A streamed fetch (fetch_begin ... chunk/ack ...) being sent."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+        info = os.fstat(self.fd)
+        if stat.S_ISDIR(info.st_mode):
+            os.close(self.fd)
+            raise IsADirectoryError('%s is a directory' % path)
+        self.size = info.st_size
+        self.mode = stat.S_IMODE(info.st_mode)
+        self.sent = 0
+        self.acked = 0
+        self.digest = hashlib.sha1()
+
+    def abort(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# Printed by a become child's stub once the tool has authenticated and Python runs.
+GO_MARKER = b'FERROGEN-GO\n'
+
+# What sudo says when sudoers has requiretty and it was started without a terminal.
+TTY_REQUIRED = 'must have a tty'
+
+# How long prompt text must stay quiet before it is taken as a complete prompt: su and doas
+# print localised prompts, so the agent answers whatever the tool printed, once it stops.
+PROMPT_SETTLE = 0.15
+
+# Ansible's default sudo flags include -S (password on stdin, which is our protocol pipe)
+# and -n (never prompt), which the agent replaces by answering on a terminal.
+SUDO_STDIN_FLAGS = frozenset(('-S', '--stdin'))
+SUDO_NONINTERACTIVE_FLAGS = frozenset(('-n', '--non-interactive'))
+
+
+def become_argv(spec, python, stub):
+    """The command that starts an agent as another account."""
+    method = spec.get('method') or 'sudo'
+    exe = spec.get('exe') or method
+    user = spec.get('user') or 'root'
+    flags = shlex.split(spec.get('flags') or '')
+    has_password = spec.get('password') is not None
+    if method == 'sudo':
+        flags = [f for f in flags if f not in SUDO_STDIN_FLAGS]
+        if has_password:
+            flags = [f for f in flags if f not in SUDO_NONINTERACTIVE_FLAGS]
+        return [exe] + flags + ['-u', user, '--', python, '-c', stub]
+    if method == 'su':
+        return [exe] + flags + [user, '-c', '%s -c %s' % (shlex.quote(python), shlex.quote(stub))]
+    if method == 'doas':
+        return [exe] + flags + ['-u', user, python, '-c', stub]
+    raise ValueError('become method %r is not supported (sudo, su, doas are)' % (method,))
+
+
+class BecomeChild:
+    """An agent running as another account, started through sudo/su/doas and relayed by us."""
+
+    def __init__(self, interp, spec, source, timeout, use_tty=False):
+        self.interp = interp
+        self.spec = spec
+        self.timeout = timeout
+        # A terminal is given only where the tool needs one: to type a password, or when
+        # sudoers says requiretty (found out by a first attempt without one).
+        self.use_tty = use_tty or spec.get('password') is not None
+        self.account = '%s %s' % (spec.get('method') or 'sudo', spec.get('user') or 'root')
+        self.password = spec.get('password')
+        self.deadline = time.monotonic() + float(timeout or 10)
+        self.state = 'authenticating'
+        self.stopping = False
+        self.prompt_text = bytearray()
+        self.prompt_seen_at = None
+        self.password_sent = False
+        self.inbuf = bytearray()
+        self.source = source
+        # The stub says when authentication is over, so that nothing but the password is on
+        # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
+        stub = ('import os,sys,zlib;os.write(1,%r);%sSOURCE=sys.stdin.buffer.read(%d);'
+                'exec(zlib.decompress(SOURCE))' % (GO_MARKER, debug_settings(), len(source)))
+        argv = become_argv(spec, spec.get('python') or sys.executable, stub)
+        if self.use_tty:
+            # The password goes in on a terminal: stdin and stderr are a pty in raw mode, so it
+            # carries the protocol unaltered once the agent runs. Echo is off, so the password
+            # never comes back to us as text.
+            self.tty_r, child_stdin = os.openpty()
+            tty.setraw(child_stdin)
+            child_stderr = child_stdin
+            self.stdin_w = os.dup(self.tty_r)
+        else:
+            child_stdin, self.stdin_w = os.pipe()
+            self.tty_r, child_stderr = os.pipe()
+        self.stdout_r, child_stdout = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.setsid()
+                if self.use_tty:
+                    fcntl.ioctl(child_stdin, termios.TIOCSCTTY, 0)
+                os.dup2(child_stdin, 0)
+                os.dup2(child_stdout, 1)
+                os.dup2(child_stderr, 2)
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                os.execvp(argv[0], argv)
+            except BaseException as exc:
+                os.write(2, ('cannot run %s: %s\n' % (argv[0], exc)).encode())
+            os._exit(127)
+        for fd in {child_stdin, child_stdout, child_stderr}:
+            os.close(fd)
+        for fd in (self.stdout_r, self.tty_r):
+            os.set_blocking(fd, False)
+
+    def take_go_marker(self):
+        """True once the stub has announced itself; the source is then sent."""
+        if not self.inbuf.startswith(GO_MARKER):
+            return False
+        del self.inbuf[:len(GO_MARKER)]
+        self.state = 'booting'
+        write_all(self.stdin_w, self.source)
+        return True
+
+    def read_tty(self):
+        """Collect what the tool printed on its terminal or stderr; False at end of stream."""
+        try:
+            chunk = os.read(self.tty_r, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not chunk:
+            return False
+        if self.state == 'authenticating':
+            self.prompt_text += chunk
+            self.prompt_seen_at = time.monotonic()
+        return chunk
+
+    def prompt_action(self, now):
+        """What to do about the text seen so far: None, 'answer', or an error message.
+
+        A prompt is text that has settled without a final newline: the tool is waiting on
+        that line. Lines that end (a lecture, 'Last login') are not prompts. A second
+        prompt after the password means it was refused."""
+        if now > self.deadline:
+            return 'timed out after becoming %s: %s' % (self.account, self.prompt_excerpt() or 'no output')
+        if self.state != 'authenticating':
+            return None
+        text = self.prompt_excerpt()
+        if (not text or self.prompt_seen_at is None or now - self.prompt_seen_at < PROMPT_SETTLE
+                or self.prompt_text.rstrip(b' \t').endswith(b'\n')):
+            return None
+        if self.password is None:
+            return 'a password is required to become %s, and none was given: %s' % (self.account, text)
+        if self.password_sent:
+            return 'the password for %s was refused: %s' % (self.account, text)
+        return 'answer'
+
+    def answer_prompt(self):
+        write_all(self.tty_r, self.password.encode('utf-8') + b'\n')
+        self.password_sent = True
+        del self.prompt_text[:]
+        self.prompt_seen_at = None
+
+    def prompt_excerpt(self):
+        text = bytes(self.prompt_text).decode('utf-8', 'replace').replace('\xa0', ' ')
+        if self.password:
+            text = text.replace(self.password, '********')
+        return text.strip()[-500:]
+
+    def send(self, header, body=b''):
+        write_all(self.stdin_w, encode_frame(header, body))
+
+    def stop(self):
+        self.stopping = True
+        try:
+            self.send({'type': 'shutdown'})
+        except OSError:
+            pass
+
+    def close_fds(self):
+        for fd in (self.stdin_w, self.stdout_r, self.tty_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Task:
+    """A forked child running one call, and the files that will hold its output."""
+
+    def __init__(self, call_id, pid, stdout_file, stderr_file, emulate_tty):
+        self.call_id = call_id
+        self.pid = pid
+        self.stdout_file = stdout_file
+        self.stderr_file = stderr_file
+        self.emulate_tty = emulate_tty
+
+    def collect(self, status):
+        if os.WIFEXITED(status):
+            rc = os.WEXITSTATUS(status)
+        else:
+            rc = -os.WTERMSIG(status)
+        stdout = self._read(self.stdout_file)
+        stderr = self._read(self.stderr_file) if self.stderr_file is not None else b''
+        if self.emulate_tty:
+            # What a pty's onlcr would have done to the merged output over ssh -tt.
+            stdout = stdout.replace(b'\n', b'\r\n')
+        return rc, stdout, stderr
+
+    @staticmethod
+    def _read(handle):
+        handle.seek(0)
+        data = handle.read()
+        handle.close()
+        return data
+
+
+class Agent:
+    def __init__(self):
+        self.channel = Channel()
+        self.debug_file = DebugFile()
+        self.tmpdir = choose_temp_dir()
+        self.blobs = {}
+        self.tasks = {}
+        # Become interpreters started through this one, by interp id and by pid.
+        self.children = {}
+        self.child_pids = {}
+        self.warm = False
+        # Module zips whose module_utils this interpreter has imported, and modules compiled.
+        self.warm_zips = set()
+        self.compiled_modules = {}
+        # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
+        self.transfers = {}
+        self.selector = selectors.DefaultSelector()
+        self.wakeup_r, wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_r, False)
+        os.set_blocking(wakeup_w, False)
+        signal.set_wakeup_fd(wakeup_w)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.shutdown(0))
+        self.selector.register(self.channel.rfd, selectors.EVENT_READ, 'channel')
+        self.selector.register(self.wakeup_r, selectors.EVENT_READ, 'wakeup')
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def announce(self):
+        entry = pwd.getpwuid(os.geteuid())
+        self.channel.send({
+            'type': 'ready',
+            'pid': os.getpid(),
+            'python': sys.executable,
+            'version': '%d.%d.%d' % sys.version_info[:3],
+            'uid': os.geteuid(),
+            'user': entry.pw_name,
+            'home': entry.pw_dir,
+            'tmpdir': self.tmpdir,
+        })
+        self.log('debug', 'agent ready: pid %d, %s %s, user %s, temp dir %s'
+                 % (os.getpid(), sys.executable, sys.version.split()[0], entry.pw_name, self.tmpdir))
+
+    def run(self):
+        self.announce()
+        while True:
+            authenticating = any(c.state in ('authenticating', 'booting') for c in self.children.values())
+            for key, _ in self.selector.select(PROMPT_SETTLE / 3 if authenticating else None):
+                if key.data == 'channel':
+                    frames = self.channel.read_available()
+                    if frames is None:
+                        self.shutdown(0)
+                    for header, body in frames:
+                        self.dispatch(header, body)
+                elif key.data == 'wakeup':
+                    try:
+                        while os.read(self.wakeup_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                else:
+                    stream, child = key.data
+                    self.on_child_output(stream, child)
+            if authenticating:
+                self.check_prompts()
+
+    def shutdown(self, code):
+        for transfer in self.transfers.values():
+            transfer.abort()
+        for child in self.children.values():
+            child.stop()
+            child.close_fds()
+        for task in self.tasks.values():
+            try:
+                os.kill(task.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        os._exit(code)
+
+    def log(self, level, message):
+        self.debug_file.write(level, message)
+        if level != 'debug' or LOG_LEVEL == 'debug':
+            self.channel.send({'type': 'log', 'level': level, 'message': message})
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    def dispatch(self, header, body):
+        kind = header.get('type')
+        interp = header.get('interp') or 0
+        if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack'):
+            self.relay(interp, header, body)
+        elif kind == 'blob':
+            # A cached blob names one this agent already kept while relaying it.
+            if not header.get('cached'):
+                self.store_blob(header['hash'], body)
+        elif kind == 'call':
+            call_id = header.get('id')
+            op = header.get('op')
+            self.log('debug', 'call %s: %s' % (call_id, op))
+            handler = getattr(self, 'op_' + str(op), None)
+            if handler is None:
+                self.reply_error(call_id, 'bad_request', 'unknown op %r' % (op,))
+                return
+            try:
+                handler(call_id, header.get('args') or {}, body)
+            except Exception as exc:
+                self.reply_error(call_id, 'agent_error', '%s: %s' % (type(exc).__name__, exc),
+                                 traceback.format_exc())
+        elif kind in ('chunk', 'put_end', 'ack'):
+            self.on_transfer_frame(kind, header, body)
+        elif kind == 'cancel':
+            transfer = self.transfers.pop(header.get('id'), None)
+            if transfer is not None:
+                transfer.abort()
+                self.reply_error(header.get('id'), 'cancelled', 'transfer cancelled')
+            for task in self.tasks.values():
+                if task.call_id == header.get('id'):
+                    os.kill(task.pid, signal.SIGKILL)
+        elif kind == 'spawn':
+            self.spawn(header)
+        elif kind == 'stop':
+            child = self.children.get(header.get('interp'))
+            if child is None:
+                self.channel.send({'type': 'stopped', 'interp': header.get('interp')})
+            else:
+                child.stop()
+        elif kind == 'shutdown':
+            self.shutdown(0)
+        else:
+            self.log('warning', 'ignored frame of unknown type %r' % (kind,))
+
+    # -- become interpreters ---------------------------------------------------------------
+
+    def spawn(self, header):
+        self.start_child(header['interp'], header.get('become') or {}, header.get('timeout'))
+
+    def start_child(self, interp, spec, timeout, use_tty=False):
+        try:
+            if SOURCE is None:
+                raise RuntimeError('this agent was not started by the bootstrap stub')
+            child = BecomeChild(interp, spec, SOURCE, timeout, use_tty)
+        except Exception as exc:
+            self.channel.send({'type': 'spawned', 'interp': interp, 'ok': False,
+                               'error': {'kind': 'become_failed', 'message': str(exc)}})
+            return
+        self.log('debug', 'become %s: starting interpreter %d through %s (pid %d, %s)'
+                 % (child.account, interp, spec.get('exe') or spec.get('method'), child.pid,
+                    'with a terminal' if child.use_tty else 'without a terminal'))
+        self.children[interp] = child
+        self.child_pids[child.pid] = child
+        self.selector.register(child.stdout_r, selectors.EVENT_READ, ('stdout', child))
+        self.selector.register(child.tty_r, selectors.EVENT_READ, ('tty', child))
+
+    def relay(self, interp, header, body):
+        child = self.children.get(interp)
+        if child is None or child.state != 'ready':
+            if header.get('type') == 'call':
+                self.reply_error(header.get('id'), 'connection_lost',
+                                 'become interpreter %s is not running' % (interp,))
+            return
+        # To the child, the frame is addressed to itself.
+        header = dict(header)
+        del header['interp']
+        if header.get('type') == 'blob':
+            body = self.blob_for_child(header, body)
+            if body is None:
+                return
+        try:
+            child.send(header, body)
+        except OSError as exc:
+            if header.get('type') == 'call':
+                self.reply_error(header.get('id'), 'connection_lost',
+                                 'become interpreter for %s is gone: %s' % (child.account, exc))
+
+    def on_child_output(self, stream, child):
+        if stream == 'tty':
+            chunk = child.read_tty()
+            if chunk is False:
+                self.selector.unregister(child.tty_r)
+            elif chunk is not True and child.state == 'ready':
+                self.log('warning', '[%s] %s' % (child.account, chunk.decode('utf-8', 'replace').rstrip()))
+            return
+        try:
+            if child.state == 'authenticating':
+                if not read_raw(child.stdout_r, child.inbuf) or not child.take_go_marker():
+                    if len(child.inbuf) >= len(GO_MARKER) and not child.inbuf.startswith(GO_MARKER):
+                        raise ValueError('unexpected output before the agent started: %r' % bytes(child.inbuf[:80]))
+                    return
+            frames = read_frames(child.stdout_r, child.inbuf)
+        except ValueError as exc:
+            self.log('error', 'become interpreter for %s sent garbage: %s' % (child.account, exc))
+            frames = None
+        if frames is None:
+            self.selector.unregister(child.stdout_r)
+            return
+        for header, body in frames:
+            if child.state == 'booting' and header.get('type') == 'ready':
+                self.log('debug', 'become %s: interpreter %d ready, pid %s' % (child.account, child.interp, header.get('pid')))
+                child.state = 'ready'
+                self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': True, 'ready': header})
+            else:
+                self.channel.send(header, body)
+
+    def check_prompts(self):
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.state not in ('authenticating', 'booting'):
+                continue
+            action = child.prompt_action(now)
+            if action == 'answer':
+                self.log('debug', 'become %s: answering the prompt %r' % (child.account, child.prompt_excerpt()))
+                child.answer_prompt()
+            elif action is not None:
+                self.fail_spawn(child, action)
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def fail_spawn(self, child, message):
+        child.state = 'failed'
+        self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': False,
+                           'error': {'kind': 'become_failed', 'message': message}})
+
+    def child_exited(self, child, status):
+        for fd in (child.stdout_r, child.tty_r):
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        if child.state in ('authenticating', 'booting'):
+            child.read_tty()
+            if not child.use_tty and TTY_REQUIRED in child.prompt_excerpt():
+                child.close_fds()
+                self.start_child(child.interp, child.spec, child.timeout, use_tty=True)
+                return
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+            self.fail_spawn(child, 'could not become %s (exit status %d): %s'
+                            % (child.account, code, child.prompt_excerpt() or 'no output'))
+        elif child.stopping:
+            self.channel.send({'type': 'stopped', 'interp': child.interp})
+        elif child.state == 'ready':
+            self.channel.send({'type': 'interp_lost', 'interp': child.interp,
+                               'message': 'become interpreter for %s exited' % (child.account,)})
+        child.close_fds()
+        if self.children.get(child.interp) is child:
+            del self.children[child.interp]
+
+    def reply(self, call_id, result, body=b''):
+        self.channel.send({'type': 'reply', 'id': call_id, 'ok': True, 'result': result}, body)
+
+    def reply_error(self, call_id, kind, message, detail=None):
+        error = {'kind': kind, 'message': message}
+        if detail:
+            error['detail'] = detail
+        self.channel.send({'type': 'reply', 'id': call_id, 'ok': False, 'error': error})
+
+    def blob_for_child(self, header, body):
+        """Keep a copy of every blob relayed to a child; a `cached` blob is only a reference
+        to such a copy, so it crosses the network once per target, not once per account."""
+        digest = header['hash']
+        if not header.pop('cached', False):
+            self.store_blob(digest, body)
+            return body
+        path = self.blobs.get(digest)
+        if path is None:
+            self.log('error', 'blob %s was sent as cached but this agent does not hold it' % digest)
+            return None
+        with open(path, 'rb') as handle:
+            return base64.b64encode(handle.read())
+
+    def store_blob(self, digest, data):
+        """Keep a module zip. It arrives as the base64 text Ansible embeds in its payload, so
+        the worker can name it without decoding it on every task."""
+        if hashlib.sha1(data).hexdigest() != digest:
+            self.log('error', 'blob %s arrived corrupted; dropped' % digest)
+            return
+        try:
+            content = base64.b64decode(data, validate=True)
+        except ValueError as exc:
+            self.log('error', 'blob %s is not base64 (%s); dropped' % (digest, exc))
+            return
+        path = os.path.join(self.tmpdir, digest + '.zip')
+        write_atomically(path, content)
+        self.blobs[digest] = path
+
+    # -- ops -------------------------------------------------------------------------------
+
+    def op_ping(self, call_id, args, body):
+        self.reply(call_id, {'pid': os.getpid()})
+
+    def op_exec_command(self, call_id, args, body):
+        emulate_tty = bool(args.get('emulate_tty'))
+        cmd = args['cmd']
+        cwd = args.get('cwd')
+        shell = pwd.getpwuid(os.geteuid()).pw_shell or '/bin/sh'
+        if not os.access(shell, os.X_OK) or shell.endswith(('nologin', 'false')):
+            shell = '/bin/sh'
+
+        def child():
+            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+            if cwd:
+                os.chdir(cwd)
+            os.execv(shell, [shell, '-c', cmd])
+
+        self.start_task(call_id, child, stdin=body, emulate_tty=emulate_tty)
+
+    def op_run_module(self, call_id, args, body):
+        zip_path = self.blobs.get(args['zip'])
+        if zip_path is None:
+            self.reply_error(call_id, 'missing_blob', 'module zip %s is not cached' % args['zip'])
+            return
+        self.warm_up(zip_path)
+        compiled = self.compile_module(zip_path, args['module_fqn'])
+        env = args.get('env') or {}
+        cwd = args.get('cwd')
+
+        def child():
+            os.environ.update(env)
+            if cwd:
+                os.chdir(cwd)
+            run_module_in_child(zip_path, args, compiled)
+
+        self.start_task(call_id, child, stdin=b'', emulate_tty=False)
+
+    def op_put_file(self, call_id, args, body):
+        """A small file in one call: the body is the content."""
+        write_atomically(args['path'], body, args.get('mode'), args.get('owner'), args.get('group'))
+        self.reply(call_id, {'size': len(body), 'sha1': hashlib.sha1(body).hexdigest()})
+
+    def op_fetch_file(self, call_id, args, body):
+        with open(args['path'], 'rb') as handle:
+            data = handle.read()
+        self.reply(call_id, {'size': len(data)}, data)
+
+    def op_put_begin(self, call_id, args, body):
+        """Open the receiving temp file; chunks follow, the reply comes after put_end."""
+        try:
+            transfer = PutTransfer(args)
+        except FileNotFoundError as exc:
+            self.reply_error(call_id, 'not_found', 'cannot write %s: %s' % (args.get('path'), exc))
+            return
+        self.transfers[call_id] = transfer
+        if body:
+            self.on_transfer_frame('chunk', {'id': call_id, 'offset': 0}, body)
+
+    def op_fetch_begin(self, call_id, args, body):
+        """Send the file in chunks, at most a window ahead of the receiver's acks."""
+        try:
+            transfer = FetchTransfer(args['path'])
+        except FileNotFoundError as exc:
+            self.reply_error(call_id, 'not_found', 'cannot read %s: %s' % (args['path'], exc))
+            return
+        self.transfers[call_id] = transfer
+        try:
+            self.pump(call_id, transfer)
+        except BaseException:
+            self.transfers.pop(call_id, None)
+            transfer.abort()
+            raise
+
+    def on_transfer_frame(self, kind, header, body):
+        call_id = header.get('id')
+        transfer = self.transfers.get(call_id)
+        if transfer is None:
+            return  # failed or cancelled already; the sender learns from the reply
+        try:
+            if kind == 'chunk' and isinstance(transfer, PutTransfer):
+                transfer.write(header.get('offset', transfer.file.size), body)
+                self.channel.send({'type': 'ack', 'id': call_id, 'bytes': transfer.file.size})
+            elif kind == 'put_end' and isinstance(transfer, PutTransfer):
+                del self.transfers[call_id]
+                self.reply(call_id, transfer.finish(header.get('size'), header.get('sha1')))
+            elif kind == 'ack' and isinstance(transfer, FetchTransfer):
+                transfer.acked = max(transfer.acked, int(header.get('bytes') or 0))
+                self.pump(call_id, transfer)
+            else:
+                raise ValueError('unexpected %r frame' % (kind,))
+        except Exception as exc:
+            self.transfers.pop(call_id, None)
+            transfer.abort()
+            self.reply_error(call_id, 'agent_error', '%s: %s' % (type(exc).__name__, exc))
+
+    def pump(self, call_id, transfer):
+        while transfer.sent - transfer.acked < TRANSFER_WINDOW:
+            data = os.read(transfer.fd, TRANSFER_CHUNK)
+            if not data:
+                del self.transfers[call_id]
+                transfer.abort()
+                self.reply(call_id, {'size': transfer.sent, 'sha1': transfer.digest.hexdigest(),
+                                     'mode': transfer.mode})
+                return
+            transfer.digest.update(data)
+            self.channel.send({'type': 'chunk', 'id': call_id, 'offset': transfer.sent,
+                               'size': transfer.size}, data)
+            transfer.sent += len(data)
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    def warm_up(self, zip_path):
+        """Import what this zip's modules need once, here, so each forked child starts warm:
+        the module_utils Ansible packed for the module (exactly its dependencies)."""
+        if zip_path in self.warm_zips:
+            return
+        self.warm_zips.add(zip_path)
+        add_zip_to_packages(zip_path)
+        for name in module_utils_in_zip(zip_path):
+            try:
+                __import__(name)
+            except Exception:
+                self.log('debug', 'warm-up import of %s failed; tasks import it themselves:\n%s'
+                         % (name, traceback.format_exc()))
+        if not self.warm:
+            self.warm = True
+            try:
+                __import__('ansible.module_utils._internal._ansiballz._loader')
+                from ansible.module_utils.common import json as module_json
+                for profile_direction in ((module_json.get_module_decoder, 'CONTROLLER_TO_MODULE'),
+                                          (module_json.get_module_encoder, 'MODULE_TO_CONTROLLER')):
+                    factory, direction = profile_direction
+                    factory('legacy', getattr(module_json.Direction, direction))
+            except Exception:
+                self.log('debug', 'warm-up import failed; tasks will import cold:\n'
+                         + traceback.format_exc())
+        # Objects that exist now are never freed; keeping the collector off them spares
+        # every forked child copying their pages.
+        if hasattr(gc, "freeze"):
+            gc.freeze()
+
+    def compile_module(self, zip_path, module_fqn):
+        """(spec, code) of the module, compiled once per interpreter rather than per task."""
+        key = (zip_path, module_fqn)
+        if key not in self.compiled_modules:
+            try:
+                spec = importlib.util.find_spec(module_fqn)
+                self.compiled_modules[key] = (spec, spec.loader.get_code(module_fqn))
+            except Exception:
+                self.log('debug', 'cannot precompile %s:\n%s' % (module_fqn, traceback.format_exc()))
+                self.compiled_modules[key] = None
+        return self.compiled_modules[key]
+
+    def start_task(self, call_id, child_main, stdin, emulate_tty):
+        stdout_file = scratch_file(self.tmpdir)
+        stderr_file = None if emulate_tty else scratch_file(self.tmpdir)
+        stdin_file = None
+        if stdin:
+            stdin_file = scratch_file(self.tmpdir)
+            stdin_file.write(stdin)
+            stdin_file.flush()
+            stdin_file.seek(0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            # A task lives milliseconds: collecting would only copy the parent's pages.
+            gc.disable()
+            try:
+                os.close(self.channel.rfd)
+                os.close(self.channel.wfd)
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                if stdin_file is not None:
+                    os.dup2(stdin_file.fileno(), 0)
+                os.dup2(stdout_file.fileno(), 1)
+                os.dup2((stderr_file or stdout_file).fileno(), 2)
+                child_main()
+                code = 0
+            except SystemExit as exc:
+                code = exit_code(exc.code)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                flush_std_streams()
+                os._exit(code)
+        if stdin_file is not None:
+            stdin_file.close()
+        self.tasks[pid] = Task(call_id, pid, stdout_file, stderr_file, emulate_tty)
+
+    def reap(self):
+        while self.tasks or self.child_pids:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            child = self.child_pids.pop(pid, None)
+            if child is not None:
+                self.child_exited(child, status)
+                continue
+            task = self.tasks.pop(pid, None)
+            if task is None:
+                continue
+            rc, stdout, stderr = task.collect(status)
+            self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
+                     % (task.call_id, rc, len(stdout), len(stderr)))
+            self.reply(task.call_id, {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr)
+
+
+def exit_code(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xff
+    sys.stderr.write('%s\n' % (code,))
+    return 1
+
+
+def flush_std_streams():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def add_zip_to_packages(zip_path):
+    """Put a module zip first on sys.path and on the path of every ansible package already
+    imported (from earlier zips), so its own submodules are found."""
+    if zip_path not in sys.path:
+        sys.path.insert(0, zip_path)
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, '__path__', None)
+        if path is None or not (name == 'ansible' or name.startswith('ansible.')):
+            continue
+        subdir = os.path.join(zip_path, *name.split('.'))
+        if subdir not in path:
+            module.__path__ = [subdir] + list(path)
+
+
+def module_utils_in_zip(zip_path):
+    """Dotted names of the ansible.module_utils modules in a module zip, packages first."""
+    names = []
+    with zipfile.ZipFile(zip_path) as archive:
+        for member in archive.namelist():
+            if member.startswith('ansible/module_utils/') and member.endswith('.py'):
+                dotted = member[:-3].replace('/', '.')
+                names.append(dotted[:-len('.__init__')] if dotted.endswith('.__init__') else dotted)
+    return sorted(names, key=lambda name: (name.count('.'), name))
+
+
+def run_module_in_child(zip_path, args, compiled):
+    """Run an AnsiballZ-packaged module the way its own wrapper would, minus the unzip."""
+    add_zip_to_packages(zip_path)
+    sys.argv = [zip_path]
+    import atexit
+    import runpy
+    from ansible.module_utils._internal._ansiballz import _loader
+    if compiled is not None:
+        # runpy would find and compile the module again; hand it the parent's compiled code.
+        spec, code = compiled
+        find_details = runpy._get_module_details
+
+        def cached_details(mod_name, error=ImportError):
+            if mod_name == args['module_fqn']:
+                return mod_name, spec, code
+            return find_details(mod_name, error)
+
+        runpy._get_module_details = cached_details
+    try:
+        _loader.run_module(
+            json_params=args['params'].encode('utf-8'),
+            profile=args['profile'],
+            module_fqn=args['module_fqn'],
+            modlib_path=zip_path,
+            extensions=args.get('extensions') or {},
+        )
+    finally:
+        # os._exit() skips atexit, and modules clean their temp dirs with it.
+        atexit._run_exitfuncs()
+
+
+def main():
+    try:
+        agent = Agent()
+    except Exception as exc:
+        sys.stderr.write('ferrogen agent failed to start: %s\n' % (exc,))
+        raise SystemExit(1) from None
+    try:
+        agent.run()
+    except Exception:
+        traceback.print_exc()
+        agent.shutdown(1)
+
+
+if __name__ == '__main__':
+    main()

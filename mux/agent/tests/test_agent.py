@@ -1,0 +1,244 @@
+"""The agent, driven directly over its stdio exactly as the mux drives it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+AGENT = os.path.join(os.path.dirname(__file__), '..', 'agent.py')
+PREFIX = struct.Struct('>II')
+
+
+class AgentProcess:
+    def __init__(self):
+        with open(AGENT, 'rb') as handle:
+            source = zlib.compress(handle.read())
+        stub = f'import sys,zlib;SOURCE=sys.stdin.buffer.read({len(source)});exec(zlib.decompress(SOURCE))'
+        self.proc = subprocess.Popen([sys.executable, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc.stdin.write(source)
+        self.proc.stdin.flush()
+        self.ready, _ = self.read()
+        self.next_id = 0
+
+    def read(self):
+        header_len, body_len = PREFIX.unpack(self.proc.stdout.read(PREFIX.size))
+        return json.loads(self.proc.stdout.read(header_len)), self.proc.stdout.read(body_len)
+
+    def send(self, header, body=b''):
+        encoded = json.dumps(header).encode()
+        self.proc.stdin.write(PREFIX.pack(len(encoded), len(body)) + encoded + body)
+        self.proc.stdin.flush()
+
+    def call(self, op, args, body=b''):
+        self.next_id += 1
+        self.send({'type': 'call', 'id': self.next_id, 'op': op, 'args': args}, body)
+        while True:
+            header, reply_body = self.read()
+            if header['type'] == 'reply':
+                assert header['id'] == self.next_id
+                return header, reply_body
+
+    def close(self):
+        self.proc.stdin.close()
+        return self.proc.wait(timeout=10)
+
+
+def test_ready_names_a_private_temp_dir(agent):
+    assert agent.ready['type'] == 'ready'
+    assert agent.ready['pid'] == agent.proc.pid
+    assert os.stat(agent.ready['tmpdir']).st_mode & 0o777 == 0o700
+
+
+def test_exec_command_separates_streams_and_feeds_stdin(agent):
+    header, body = agent.call('exec_command', {'cmd': 'echo out; echo err >&2; cat; exit 3'}, b'fed\n')
+    result = header['result']
+    assert result['rc'] == 3
+    assert body[:result['stdout_len']] == b'out\nfed\n'
+    assert body[result['stdout_len']:] == b'err\n'
+
+
+def test_exec_command_tty_emulation_merges_streams(agent):
+    header, body = agent.call('exec_command', {'cmd': 'echo out; echo err >&2', 'emulate_tty': True})
+    assert body == b'out\r\nerr\r\n'
+    assert header['result']['stdout_len'] == len(body)
+
+
+def test_tasks_leave_no_trace_in_the_interpreter(agent):
+    agent.call('exec_command', {'cmd': 'cd /; export LEAK=1'})
+    header, body = agent.call('exec_command', {'cmd': 'echo "${LEAK:-none}"; pwd'})
+    assert body.split() == [b'none', os.getcwd().encode()]
+
+
+def test_killed_task_reports_the_signal(agent):
+    header, _ = agent.call('exec_command', {'cmd': 'kill -9 $$'})
+    assert header['result']['rc'] == -signal.SIGKILL
+
+
+def test_put_file_is_atomic_and_leaves_no_temp_file(agent, tmp_path):
+    dest = tmp_path / 'dest'
+    dest.write_bytes(b'old')
+    header, _ = agent.call('put_file', {'path': str(dest), 'mode': 0o640}, b'new contents')
+    assert header['ok']
+    assert dest.read_bytes() == b'new contents'
+    assert dest.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['dest']
+
+
+def test_fetch_file_missing_is_an_error(agent, tmp_path):
+    header, _ = agent.call('fetch_file', {'path': str(tmp_path / 'missing')})
+    assert not header['ok']
+    assert 'No such file' in header['error']['message']
+
+
+def test_unknown_op_is_a_bad_request(agent):
+    header, _ = agent.call('no_such_op', {})
+    assert header['error']['kind'] == 'bad_request'
+
+
+def test_end_of_stdin_removes_the_temp_dir(agent):
+    tmpdir = agent.ready['tmpdir']
+    assert agent.close() == 0
+    assert not os.path.exists(tmpdir)
+
+
+# -- become ------------------------------------------------------------------------------
+# These use the accounts ci/setup.sh creates: ferrotest (sudo with password testpass, doas
+# nopass to root), ferrosu (su password supass), ferrotty (passwordless sudo, requiretty).
+
+TARGET_PYTHON = '/usr/bin/python3'
+
+
+class BecomeAgent(AgentProcess):
+    def __init__(self, login_user=None):
+        self.login_user = login_user
+        super().__init__()
+
+    def spawn(self, interp, timeout=10, **become):
+        become.setdefault('python', TARGET_PYTHON)
+        self.send({'type': 'spawn', 'interp': interp, 'become': become, 'timeout': timeout})
+        while True:
+            header, _ = self.read()
+            if header['type'] == 'spawned':
+                return header
+
+    def call_in(self, interp, op, args, body=b''):
+        self.next_id += 1
+        self.send({'type': 'call', 'id': self.next_id, 'interp': interp, 'op': op, 'args': args}, body)
+        while True:
+            header, reply_body = self.read()
+            if header['type'] == 'reply':
+                return header, reply_body
+
+
+@pytest.fixture
+def as_user():
+    started = []
+
+    def start(login_user=None):
+        original = subprocess.Popen
+
+        def popen(argv, **kwargs):
+            if login_user:
+                argv = ['runuser', '-u', login_user, '--', TARGET_PYTHON] + argv[1:]
+                kwargs['cwd'] = '/'
+            return original(argv, **kwargs)
+
+        subprocess.Popen = popen
+        try:
+            agent = BecomeAgent(login_user)
+        finally:
+            subprocess.Popen = original
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.proc.poll() is None:
+            agent.close()
+
+
+def whoami(agent, interp):
+    header, body = agent.call_in(interp, 'exec_command', {'cmd': 'id -un'})
+    assert header['ok'], header
+    return body.strip().decode()
+
+
+@pytest.mark.parametrize('login, become, expected', [
+    (None, {'method': 'sudo', 'user': 'ferrotest', 'flags': '-H -S -n'}, 'ferrotest'),
+    ('ferrotest', {'method': 'sudo', 'user': 'root', 'password': 'testpass', 'flags': '-H -S -n'}, 'root'),
+    ('ferrotest', {'method': 'su', 'user': 'ferrosu', 'password': 'supass'}, 'ferrosu'),
+    ('ferrotest', {'method': 'doas', 'user': 'root'}, 'root'),
+    ('ferrotty', {'method': 'sudo', 'user': 'root', 'flags': '-H -S -n'}, 'root'),
+], ids=['sudo-nopass', 'sudo-password', 'su-password', 'doas', 'sudo-requiretty'])
+def test_become_methods(as_user, login, become, expected):
+    agent = as_user(login)
+    spawned = agent.spawn(1, **become)
+    assert spawned['ok'], spawned
+    assert spawned['ready']['user'] == expected
+    assert whoami(agent, 1) == expected
+    assert whoami(agent, 0) == (login or 'root')
+
+
+def test_wrong_password_fails_fast_with_a_clear_message(as_user):
+    agent = as_user('ferrotest')
+    spawned = agent.spawn(1, method='sudo', user='root', password='wrong', flags='-H -S -n', timeout=20)
+    assert not spawned['ok']
+    assert 'refused' in spawned['error']['message']
+    assert 'wrong' not in spawned['error']['message']
+    assert whoami(agent, 0) == 'ferrotest'
+
+
+def test_unknown_user_fails_with_the_tool_message(as_user):
+    agent = as_user()
+    spawned = agent.spawn(1, method='sudo', user='no-such-user-x', flags='-H -S -n')
+    assert not spawned['ok']
+    assert 'no-such-user-x' in spawned['error']['message']
+
+
+def test_stop_ends_the_child_and_calls_fail_cleanly(as_user):
+    agent = as_user()
+    assert agent.spawn(2, method='sudo', user='ferrotest')['ok']
+    pid = agent.call_in(2, 'ping', {})[0]['result']['pid']
+    agent.send({'type': 'stop', 'interp': 2})
+    header, _ = agent.read()
+    assert header == {'type': 'stopped', 'interp': 2}
+    assert not os.path.exists(f'/proc/{pid}')
+    header, _ = agent.call_in(2, 'ping', {})
+    assert header['error']['kind'] == 'connection_lost'
+
+
+def test_a_malformed_blob_is_dropped_and_the_agent_carries_on(agent):
+    import hashlib
+
+    garbage = b'not base64 at all!'
+    agent.send({'type': 'blob', 'hash': hashlib.sha1(garbage).hexdigest()}, garbage)
+    header, _ = agent.call('ping', {})
+    assert header['ok']
+
+
+def test_temp_dirs_of_dead_agents_are_swept_at_start(tmp_path):
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    base = os.path.expanduser('~/.ansible/tmp')
+    os.makedirs(base, exist_ok=True)
+    stale = os.path.join(base, f'ferrogen-{dead.pid}-stale')
+    live = os.path.join(base, f'ferrogen-{os.getpid()}-live')
+    for path in (stale, live):
+        os.makedirs(os.path.join(path, 'inside'), exist_ok=True)
+    try:
+        process = AgentProcess()
+        assert process.ready['tmpdir'].startswith(base)
+        assert not os.path.exists(stale)
+        assert os.path.exists(live)
+        process.close()
+    finally:
+        shutil.rmtree(live, ignore_errors=True)
+        shutil.rmtree(stale, ignore_errors=True)

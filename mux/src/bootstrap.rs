@@ -1,0 +1,264 @@
+//! The agent bootstrap: the compressed agent source and the commands that start it.
+//!
+//! The transport runs `PYTHON -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read(N);exec(zlib.decompress(SOURCE))'`
+//! and the mux writes exactly `N` bytes of zlib-compressed agent source to its stdin.
+//!
+//! Debug settings reach the agent the same way as its source, as globals the stub sets before
+//! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above.
+
+use std::{io::Write, path::Path, sync::Arc};
+
+use flate2::{write::ZlibEncoder, Compression};
+use worker_ipc::{TargetSpec, Transport};
+
+/// The agent source embedded at build time (see `src/build.rs`).
+const EMBEDDED_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent.py"));
+
+/// Environment variable naming an agent source file to use instead of the embedded one.
+/// Meant for tests of the mux against stand-in agents.
+pub const AGENT_SOURCE_ENV: &str = "FERROGEN_AGENT_SOURCE";
+
+/// Interpreters tried in order when the TargetSpec names none.
+const PYTHON_CANDIDATES: &str =
+    "python3 /usr/bin/python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+
+/// Settings for the agent, set as globals by the bootstrap stub; the agent reads them with
+/// `globals().get(NAME)` (as it reads `SOURCE`) and hands them on to its become children.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// `ROUTER_DEBUG=1`: `MITOGEN_ROUTER_DEBUG` is on; every interpreter writes its debug log
+    /// to `/tmp/mitogen.<pid>.log` on its host.
+    pub router_debug: bool,
+    /// `LOG_LEVEL="debug"`: the mux logs at debug somewhere (-vvv, or the debug file), so the
+    /// agent forwards its debug records too, not only info and up.
+    pub forward_debug: bool,
+}
+
+impl AgentOptions {
+    /// The options for this mux: `MITOGEN_ROUTER_DEBUG` and the log level in force (call
+    /// after the logging set-up).
+    pub fn from_env() -> AgentOptions {
+        AgentOptions {
+            router_debug: crate::logging::router_debug(),
+            forward_debug: tracing::level_filters::LevelFilter::current()
+                >= tracing::level_filters::LevelFilter::DEBUG,
+        }
+    }
+
+    /// The stub's assignments for these options, each followed by `;`.
+    fn globals(self) -> String {
+        let mut out = String::new();
+        if self.router_debug {
+            out.push_str("ROUTER_DEBUG=1;");
+        }
+        if self.forward_debug {
+            out.push_str("LOG_LEVEL=\"debug\";");
+        }
+        out
+    }
+}
+
+/// The compressed agent, shared by every Target.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    /// zlib-compressed agent source, written verbatim to each transport's stdin; shared
+    /// because every connection sends the same bytes.
+    compressed: Arc<Vec<u8>>,
+    /// Debug settings passed to every agent through the stub.
+    options: AgentOptions,
+}
+
+impl Bootstrap {
+    /// Compresses the embedded agent, or the file named by [`AGENT_SOURCE_ENV`].
+    ///
+    /// # Errors
+    ///
+    /// The override file cannot be read.
+    pub fn load() -> std::io::Result<Bootstrap> {
+        match std::env::var_os(AGENT_SOURCE_ENV) {
+            Some(path) => Ok(Bootstrap::from_source(&std::fs::read(Path::new(&path))?)),
+            None => Ok(Bootstrap::from_source(EMBEDDED_AGENT)),
+        }
+    }
+
+    /// Compresses `source`.
+    pub fn from_source(source: &[u8]) -> Bootstrap {
+        let mut enc = ZlibEncoder::new(Vec::new(), Compression::best());
+        // Writing to a Vec cannot fail.
+        let _ = enc.write_all(source);
+        let compressed = enc.finish().unwrap_or_default();
+        Bootstrap {
+            compressed: Arc::new(compressed),
+            options: AgentOptions::default(),
+        }
+    }
+
+    /// The same agent, started with `options`.
+    pub fn with_options(mut self, options: AgentOptions) -> Bootstrap {
+        self.options = options;
+        self
+    }
+
+    /// The bytes to write to the transport's stdin.
+    pub fn payload(&self) -> &[u8] {
+        &self.compressed
+    }
+
+    /// The Python one-liner that reads and runs the payload.
+    fn stub(&self) -> String {
+        format!(
+            "import sys,zlib;{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            self.options.globals(),
+            self.compressed.len()
+        )
+    }
+
+    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`).
+    pub fn remote_command(&self, python: Option<&str>) -> String {
+        let stub = self.stub();
+        match python {
+            Some(python) => format!("{} -c '{stub}'", shell_quote(python)),
+            None => format!(
+                "for p in {PYTHON_CANDIDATES}; do command -v \"$p\" >/dev/null 2>&1 && \
+                 exec \"$p\" -c '{stub}'; done; \
+                 echo \"ferrogen: no python3 found on target\" >&2; exit 127"
+            ),
+        }
+    }
+
+    /// The argv of the transport process for `spec`.
+    pub fn argv(&self, spec: &TargetSpec) -> Vec<String> {
+        let remote = self.remote_command(spec.python.as_deref());
+        match spec.transport {
+            Transport::Local => vec!["/bin/sh".into(), "-c".into(), remote],
+            Transport::Ssh => {
+                let mut argv = vec![spec.ssh_executable.clone()];
+                argv.extend(spec.ssh_args.iter().cloned());
+                argv.extend(["-o".into(), "BatchMode=yes".into()]);
+                argv.extend([
+                    "-o".into(),
+                    format!("ConnectTimeout={}", spec.timeout.ceil().max(1.0) as u64),
+                ]);
+                if let Some(port) = spec.port {
+                    argv.extend(["-p".into(), port.to_string()]);
+                }
+                if let Some(user) = &spec.user {
+                    argv.extend(["-l".into(), user.clone()]);
+                }
+                if let Some(identity) = &spec.identity_file {
+                    argv.extend(["-i".into(), identity.clone()]);
+                    argv.extend(["-o".into(), "IdentitiesOnly=yes".into()]);
+                }
+                if !spec.host_key_checking {
+                    argv.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
+                    argv.extend(["-o".into(), "UserKnownHostsFile=/dev/null".into()]);
+                }
+                argv.push(spec.host.clone().unwrap_or_default());
+                argv.push(remote);
+                argv
+            }
+        }
+    }
+}
+
+/// Quotes `s` for a POSIX shell with single quotes.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use flate2::read::ZlibDecoder;
+
+    use super::*;
+
+    #[test]
+    fn payload_decompresses_to_source() {
+        let boot = Bootstrap::from_source(b"print('hi')\n");
+        let mut out = String::new();
+        ZlibDecoder::new(boot.payload())
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "print('hi')\n");
+        let n = boot.payload().len();
+        assert_eq!(
+            boot.remote_command(Some("/opt/py 3/bin/python3")),
+            format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+        );
+    }
+
+    #[test]
+    fn options_become_stub_globals() {
+        let boot = Bootstrap::from_source(b"x").with_options(AgentOptions {
+            router_debug: true,
+            forward_debug: true,
+        });
+        let n = boot.payload().len();
+        assert_eq!(
+            boot.remote_command(Some("python3")),
+            format!("'python3' -c 'import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+        );
+    }
+
+    #[test]
+    fn discovery_tries_candidates_then_fails() {
+        let cmd = Bootstrap::from_source(b"").remote_command(None);
+        assert!(
+            cmd.starts_with("for p in python3 /usr/bin/python3 "),
+            "{cmd}"
+        );
+        assert!(
+            cmd.ends_with("no python3 found on target\" >&2; exit 127"),
+            "{cmd}"
+        );
+    }
+
+    #[test]
+    fn ssh_argv_in_documented_order() {
+        let boot = Bootstrap::from_source(b"x");
+        let mut spec = TargetSpec::local();
+        spec.transport = Transport::Ssh;
+        spec.host = Some("h".into());
+        spec.port = Some(2222);
+        spec.user = Some("root".into());
+        spec.identity_file = Some("/k".into());
+        spec.ssh_args = vec!["-o".into(), "ControlMaster=no".into()];
+        spec.host_key_checking = false;
+        spec.timeout = 7.0;
+        spec.python = Some("python3".into());
+        let argv = boot.argv(&spec);
+        let expect = [
+            "ssh",
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=7",
+            "-p",
+            "2222",
+            "-l",
+            "root",
+            "-i",
+            "/k",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "h",
+        ];
+        assert_eq!(&argv[..expect.len()], &expect);
+        assert_eq!(argv.len(), expect.len() + 1);
+        assert!(argv[expect.len()].starts_with("'python3' -c "));
+    }
+
+    #[test]
+    fn local_runs_sh() {
+        let argv = Bootstrap::from_source(b"x").argv(&TargetSpec::local());
+        assert_eq!(&argv[..2], &["/bin/sh", "-c"]);
+    }
+}

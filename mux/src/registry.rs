@@ -1,0 +1,412 @@
+//! `Registry`: the mux's map of targets and its blob store.
+//!
+//! Creates a [`Target`] on the first call for a TargetSpec key and reuses it until it dies;
+//! resolves the blobs a call names; answers `status` by asking every target; closes a
+//! target on `reset`; passes a departed worker's cancellations on to its targets.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+use worker_ipc::{Call, ErrorInfo, Reply, TargetKey, TargetSpec};
+
+use serde_json::json;
+
+use crate::{
+    blob_store::BlobStore,
+    bootstrap::Bootstrap,
+    target::{self, Target},
+    transfer::Transfer,
+    worker_session::CallReply,
+};
+
+/// How long shutdown waits for all targets to say goodbye.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+
+/// How long one target gets to say goodbye at the mux's exit (inside [`SHUTDOWN_GRACE`]).
+const TARGET_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a `reset` waits for the old connection to be gone before answering anyway
+/// (the Target kills its transport after 2 s in any case).
+const RESET_GRACE: Duration = Duration::from_secs(5);
+
+/// A worker's call, to be routed to its target.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Submit {
+    /// The call as the worker sent it.
+    pub call: Call,
+    /// The call frame's body (stdin, file data).
+    pub body: Bytes,
+    /// The submitting WorkerSession's number, for cancellation.
+    pub session: u64,
+    /// Where the reply goes.
+    pub reply_to: Recipient<CallReply>,
+    /// The streamed transfer the call starts, if it is a `put_begin`/`fetch_begin`.
+    pub transfer: Option<Addr<Transfer>>,
+}
+
+/// A worker's `reset`: close the target's connection and interpreters, then reply ok.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResetTarget {
+    /// The worker's request id, echoed in the reply.
+    pub id: u64,
+    /// The target to close.
+    pub target: TargetSpec,
+    /// Where the reply goes.
+    pub reply_to: Recipient<CallReply>,
+}
+
+/// A worker went away with calls in flight: cancel them on their targets.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelCalls {
+    /// The WorkerSession's number.
+    pub session: u64,
+    /// Per target, the worker's ids of the calls it had there.
+    pub calls: Vec<(TargetSpec, Vec<u64>)>,
+}
+
+/// Blob content uploaded by a worker.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StoreBlob {
+    /// The SHA-1 the worker names it by.
+    pub hash: String,
+    /// The content.
+    pub body: Bytes,
+}
+
+/// Asks for one status row per target and interpreter.
+#[derive(Message)]
+#[rtype(result = "Vec<Value>")]
+pub struct Status;
+
+/// Asks for the status rows on behalf of the stack dumper, a plain thread: the answer
+/// goes through a std channel it can wait on with a deadline.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DumpStatus {
+    /// Where the rows go; the dumper may have stopped waiting, so sending can fail.
+    pub respond_to: std::sync::mpsc::Sender<Vec<Value>>,
+}
+
+/// Sent by a Target that is going away, so the next call starts a new one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct TargetGone {
+    /// The key it was registered under.
+    pub key: TargetKey,
+    /// Its serial number, so a newer Target under the same key is left alone.
+    pub serial: u64,
+}
+
+/// A call that reached a Target after it began dying, to be sent to a fresh one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Redispatch {
+    /// The dying Target's spec.
+    pub spec: TargetSpec,
+    /// The call, untouched.
+    pub call: target::Dispatch,
+}
+
+/// Closes every target (sending agents `shutdown`) before the mux exits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// The mux's central actor.
+pub struct Registry {
+    /// Live targets by key, with the serial number each was created with.
+    targets: HashMap<TargetKey, (u64, Addr<Target>)>,
+    /// Serial number for the next Target; names it in logs and guards `TargetGone`.
+    next_serial: u64,
+    /// Uploaded blobs, bounded by bytes.
+    blobs: BlobStore,
+    /// The compressed agent, handed to each new Target.
+    bootstrap: Bootstrap,
+    /// Permits for connection set-up (`MITOGEN_POOL_SIZE`), shared by all Targets.
+    pool: Arc<Semaphore>,
+    /// Set by [`Shutdown`]: later calls are refused instead of starting connections.
+    shutting_down: bool,
+    /// `MITOGEN_MAX_INTERPRETERS`, handed to each new Target.
+    max_interpreters: usize,
+}
+
+impl Registry {
+    /// A registry with no targets.
+    pub fn new(
+        bootstrap: Bootstrap,
+        pool_size: usize,
+        max_interpreters: usize,
+        blob_capacity: usize,
+    ) -> Registry {
+        Registry {
+            targets: HashMap::new(),
+            next_serial: 1,
+            blobs: BlobStore::new(blob_capacity),
+            bootstrap,
+            pool: Arc::new(Semaphore::new(pool_size)),
+            shutting_down: false,
+            max_interpreters,
+        }
+    }
+}
+
+impl Registry {
+    /// The live Target for `spec`'s key, started if there is none.
+    fn target_for(&mut self, spec: &TargetSpec, ctx: &mut Context<Self>) -> Addr<Target> {
+        let key = spec.key();
+        if let Some((_, addr)) = self.targets.get(&key) {
+            if addr.connected() {
+                return addr.clone();
+            }
+        }
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        debug!(target = %key, serial, "starting target");
+        let addr = Target::new(
+            serial,
+            spec.clone(),
+            self.bootstrap.clone(),
+            self.pool.clone(),
+            ctx.address().recipient(),
+            ctx.address().recipient(),
+            self.max_interpreters,
+        )
+        .start();
+        self.targets.insert(key, (serial, addr.clone()));
+        addr
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+}
+
+/// Handler for Submit: resolve blobs, find or create the target, forward.
+impl Handler<Submit> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Self::Context) {
+        let Submit {
+            call,
+            body,
+            session,
+            reply_to,
+            transfer,
+        } = msg;
+        if self.shutting_down {
+            reply_to.do_send(CallReply::error(
+                call.id,
+                "connection_lost",
+                "the mux is shutting down",
+            ));
+            return;
+        }
+        let mut blobs = Vec::with_capacity(call.blobs.len());
+        let mut missing = Vec::new();
+        for hash in &call.blobs {
+            match self.blobs.get(hash) {
+                Some(content) => blobs.push((hash.to_ascii_lowercase(), content)),
+                None => missing.push(Value::String(hash.clone())),
+            }
+        }
+        if !missing.is_empty() {
+            let mut error = ErrorInfo::new(
+                "missing_blob",
+                format!("{} blob(s) not held by the mux", missing.len()),
+            );
+            error.extra.insert("hashes".into(), Value::Array(missing));
+            reply_to.do_send(CallReply::from_reply(Reply {
+                id: call.id,
+                ok: false,
+                result: None,
+                error: Some(error),
+            }));
+            return;
+        }
+        let addr = self.target_for(&call.target, ctx);
+        addr.do_send(target::Dispatch {
+            worker_id: call.id,
+            op: call.op,
+            args: call.args,
+            body,
+            blobs,
+            become_spec: call.become_spec,
+            session,
+            reply_to,
+            transfer,
+            task: call.task,
+        });
+    }
+}
+
+/// Handler for ResetTarget: the Target is forgotten at once (the next call connects
+/// afresh) and the worker is answered once it is gone.
+impl Handler<ResetTarget> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: ResetTarget, ctx: &mut Self::Context) {
+        let ResetTarget {
+            id,
+            target,
+            reply_to,
+        } = msg;
+        let ok = move || {
+            reply_to.do_send(CallReply::from_reply(Reply {
+                id,
+                ok: true,
+                result: Some(json!({})),
+                error: None,
+            }))
+        };
+        let Some((_, addr)) = self.targets.remove(&target.key()) else {
+            debug!(target = %target.key(), "reset of a target with no connection");
+            ok();
+            return;
+        };
+        debug!(target = %target.key(), "resetting connection");
+        addr.send(target::Shutdown {
+            reason: "the connection was reset (meta: reset_connection)",
+            grace: RESET_GRACE,
+        })
+        .into_actor(self)
+        .then(move |_, _, _| {
+            ok();
+            fut::ready(())
+        })
+        .spawn(ctx);
+    }
+}
+
+/// Handler for CancelCalls.
+impl Handler<CancelCalls> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: CancelCalls, _: &mut Self::Context) {
+        for (spec, worker_ids) in msg.calls {
+            if let Some((_, addr)) = self.targets.get(&spec.key()) {
+                addr.do_send(target::Cancel {
+                    session: msg.session,
+                    worker_ids,
+                });
+            }
+        }
+    }
+}
+
+/// Handler for Redispatch. The dying Target sent [`TargetGone`] before this, so the
+/// call goes to a new Target.
+impl Handler<Redispatch> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Redispatch, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            msg.call.reply_to.do_send(CallReply::error(
+                msg.call.worker_id,
+                "connection_lost",
+                "the mux is shutting down",
+            ));
+            return;
+        }
+        self.target_for(&msg.spec, ctx).do_send(msg.call);
+    }
+}
+
+/// Handler for StoreBlob.
+impl Handler<StoreBlob> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: StoreBlob, _: &mut Self::Context) {
+        let len = msg.body.len();
+        match self.blobs.insert(&msg.hash, msg.body) {
+            Ok(()) => debug!(hash = %msg.hash, len, total = self.blobs.bytes(), "stored blob"),
+            Err(err) => warn!("dropped uploaded blob: {err}"),
+        }
+    }
+}
+
+impl Registry {
+    /// Asks every target for its rows; resolves to them in serial order.
+    fn collect_status(&self) -> impl std::future::Future<Output = Vec<Value>> + 'static {
+        let mut targets: Vec<_> = self.targets.values().cloned().collect();
+        targets.sort_by_key(|(serial, _)| *serial);
+        let asks: Vec<_> = targets
+            .into_iter()
+            .map(|(_, addr)| addr.send(target::Describe))
+            .collect();
+        async move {
+            join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .flatten()
+                .collect()
+        }
+    }
+}
+
+/// Handler for Status: every target's rows, in serial order.
+impl Handler<Status> for Registry {
+    type Result = ResponseFuture<Vec<Value>>;
+
+    fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.collect_status())
+    }
+}
+
+/// Handler for DumpStatus.
+impl Handler<DumpStatus> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DumpStatus, ctx: &mut Self::Context) {
+        let rows = self.collect_status();
+        ctx.spawn(fut::wrap_future(async move {
+            let _ = msg.respond_to.send(rows.await);
+        }));
+    }
+}
+
+/// Handler for TargetGone.
+impl Handler<TargetGone> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: TargetGone, _: &mut Self::Context) {
+        if self
+            .targets
+            .get(&msg.key)
+            .is_some_and(|(serial, _)| *serial == msg.serial)
+        {
+            self.targets.remove(&msg.key);
+        }
+    }
+}
+
+/// Handler for Shutdown: tell every target, wait (bounded) for them to finish.
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let asks: Vec<_> = self
+            .targets
+            .drain()
+            .map(|(_, (_, addr))| {
+                addr.send(target::Shutdown {
+                    reason: "the mux is shutting down",
+                    grace: TARGET_SHUTDOWN_GRACE,
+                })
+            })
+            .collect();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, join_all(asks)).await;
+        })
+    }
+}

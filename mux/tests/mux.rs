@@ -1,0 +1,1048 @@
+//! Integration tests: start the real `ferrogen-mux` on a temporary socket and drive it over
+//! the worker link with `transport=local` (and one unreachable ssh target).
+
+use std::{
+    io::{Read, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use worker_ipc::{Frame, FrameError};
+
+/// A running mux, killed on drop.
+struct Mux {
+    /// The mux process.
+    child: Child,
+    /// The write end of its stdin; dropping it asks the mux to exit.
+    stdin: Option<ChildStdin>,
+    /// Its socket.
+    socket: PathBuf,
+    /// Keeps the private socket directory alive.
+    _dir: tempfile::TempDir,
+}
+
+impl Mux {
+    fn start() -> Mux {
+        Mux::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Mux {
+        Mux::start_full(env, Stdio::inherit())
+    }
+
+    fn start_full(env: &[(&str, &str)], stderr: Stdio) -> Mux {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let socket = dir.path().join("mux.sock");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&line),
+            format!("READY {}", child.id()),
+            "mux did not announce itself"
+        );
+        Mux {
+            stdin: child.stdin.take(),
+            child,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// A handshaken client.
+    fn client(&self) -> Client {
+        let mut client = self.raw_client();
+        client.send(Frame::new("hello").with("version", 1).with("pid", 1));
+        let hello = client.recv().unwrap();
+        assert_eq!(hello.kind(), "hello");
+        assert_eq!(hello.header["mux_pid"], self.child.id());
+        client
+    }
+
+    fn raw_client(&self) -> Client {
+        let stream = UnixStream::connect(&self.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client { stream, next_id: 1 }
+    }
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Client {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl Client {
+    fn send(&mut self, frame: Frame) {
+        self.stream.write_all(&frame.to_bytes().unwrap()).unwrap();
+    }
+
+    fn recv(&mut self) -> Result<Frame, FrameError> {
+        Frame::read_from(&mut self.stream)
+    }
+
+    /// Sends a call and waits for its reply.
+    fn call(&mut self, target: Value, op: &str, args: Value, blobs: &[&str], body: &[u8]) -> Frame {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", target)
+                .with("op", op)
+                .with("args", args)
+                .with("blobs", json!(blobs))
+                .with_body(Bytes::copy_from_slice(body)),
+        );
+        self.reply_to(id)
+    }
+
+    /// Sends a call as `become` (a JSON object, or null) without waiting; returns its id.
+    fn send_as(&mut self, target: Value, become_spec: Value, op: &str) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", target)
+                .with("become", become_spec)
+                .with("op", op)
+                .with("args", json!({})),
+        );
+        id
+    }
+
+    /// Sends a call as `become` and waits for its reply.
+    fn call_as(&mut self, target: Value, become_spec: Value, op: &str) -> Frame {
+        let id = self.send_as(target, become_spec, op);
+        self.reply_to(id)
+    }
+
+    /// Reads the next frame, which must be the reply to `id`.
+    fn reply_to(&mut self, id: u64) -> Frame {
+        let reply = self.recv().unwrap();
+        assert_eq!(reply.kind(), "reply", "{:?}", reply.header);
+        assert_eq!(reply.header["id"], id);
+        reply
+    }
+
+    fn status(&mut self) -> Vec<Value> {
+        self.send(Frame::new("status"));
+        let frame = self.recv().unwrap();
+        assert_eq!(frame.kind(), "status");
+        frame.header["actors"].as_array().unwrap().clone()
+    }
+}
+
+fn local() -> Value {
+    json!({"transport": "local", "name": "localhost", "timeout": 20})
+}
+
+fn error_kind(reply: &Frame) -> &str {
+    reply.header["error"]["kind"].as_str().unwrap_or("")
+}
+
+fn sha1_hex(data: &[u8]) -> String {
+    sha1_smol::Sha1::from(data).digest().to_string()
+}
+
+/// Whether a process is gone (or a zombie nobody reaped).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn hello_answers_and_version_mismatch_closes() {
+    let mux = Mux::start();
+    let _ok = mux.client();
+    let mut old = mux.raw_client();
+    old.send(Frame::new("hello").with("version", 2).with("pid", 1));
+    let err = old.recv().unwrap();
+    assert_eq!(err.kind(), "error");
+    assert_eq!(
+        err.header["message"],
+        "protocol version 2 is not supported (mux speaks 1)"
+    );
+    assert!(old.recv().is_err(), "connection should be closed");
+
+    let mut early = mux.raw_client();
+    early.send(Frame::new("status"));
+    assert_eq!(early.recv().unwrap().kind(), "error");
+    assert!(early.recv().is_err());
+}
+
+#[test]
+fn malformed_frames_close_only_their_connection() {
+    let mux = Mux::start();
+    let mut good = mux.client();
+
+    let mut garbage = mux.client();
+    garbage
+        .stream
+        .write_all(b"\x00\x00\x00\x05\x00\x00\x00\x00nope!")
+        .unwrap();
+    let err = garbage.recv().unwrap();
+    assert_eq!(err.kind(), "error");
+    assert!(err.header["message"]
+        .as_str()
+        .unwrap()
+        .contains("bad frame header"));
+    assert!(garbage.recv().is_err());
+
+    let mut oversized = mux.client();
+    oversized
+        .stream
+        .write_all(b"\x7f\xff\xff\xff\x00\x00\x00\x00")
+        .unwrap();
+    let err = oversized.recv().unwrap();
+    assert!(err.header["message"]
+        .as_str()
+        .unwrap()
+        .contains("exceeds the limit"));
+    assert!(oversized.recv().is_err());
+
+    let mut untyped = mux.client();
+    untyped
+        .stream
+        .write_all(b"\x00\x00\x00\x02\x00\x00\x00\x00{}")
+        .unwrap();
+    assert_eq!(untyped.recv().unwrap().kind(), "error");
+
+    let reply = good.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+}
+
+#[test]
+fn ping_and_exec_command_on_local_target() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    let agent_pid = reply.header["result"]["pid"].as_u64().unwrap();
+    assert!(agent_pid > 0);
+
+    let args = json!({"cmd": "echo hi; echo err >&2; exit 3", "emulate_tty": false});
+    let reply = client.call(local(), "exec_command", args, &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_eq!(reply.header["result"]["rc"], 3);
+    assert_eq!(reply.header["result"]["stdout_len"], 3);
+    assert_eq!(reply.body.as_ref(), b"hi\nerr\n");
+
+    // stdin goes through as the call body.
+    let args = json!({"cmd": "cat", "emulate_tty": false});
+    let reply = client.call(local(), "exec_command", args, &[], b"piped\n");
+    assert_eq!(reply.body.as_ref(), b"piped\n");
+
+    // Same key (only the name differs): same connection, same agent.
+    let mut renamed = local();
+    renamed["name"] = json!("other-name");
+    let reply = client.call(renamed, "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["result"]["pid"].as_u64(), Some(agent_pid));
+
+    let actors = client.status();
+    let target = actors.iter().find(|a| a["kind"] == "target").unwrap();
+    assert_eq!(target["state"], "ready");
+    assert_eq!(target["key"], "local");
+    assert!(actors
+        .iter()
+        .any(|a| a["kind"] == "interpreter" && a["interp"] == 0));
+}
+
+#[test]
+fn calls_in_flight_are_multiplexed() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    for id in [1u64, 2] {
+        let cmd = if id == 1 {
+            "sleep 1; echo slow"
+        } else {
+            "echo fast"
+        };
+        client.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", local())
+                .with("op", "exec_command")
+                .with("args", json!({"cmd": cmd, "emulate_tty": false})),
+        );
+    }
+    let first = client.recv().unwrap();
+    let second = client.recv().unwrap();
+    assert_eq!(
+        first.header["id"], 2,
+        "the fast call should overtake the slow one"
+    );
+    assert_eq!(first.body.as_ref(), b"fast\n");
+    assert_eq!(second.header["id"], 1);
+    assert_eq!(second.body.as_ref(), b"slow\n");
+}
+
+#[test]
+fn blobs_are_uploaded_once_and_missing_ones_reported() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    // Module blobs are base64 text (docs/protocol.md).
+    let content = b"bW9kdWxlIHppcCBieXRlcw==";
+    let hash = sha1_hex(content);
+    let reply = client.call(local(), "ping", json!({}), &[&hash], b"");
+    assert_eq!(reply.header["ok"], false);
+    assert_eq!(error_kind(&reply), "missing_blob");
+    assert_eq!(reply.header["error"]["hashes"], json!([hash]));
+
+    // A blob whose body does not match its name is dropped.
+    client.send(
+        Frame::new("blob")
+            .with("hash", sha1_hex(b"other"))
+            .with_body(&b"x"[..]),
+    );
+    client.send(
+        Frame::new("blob")
+            .with("hash", hash.clone())
+            .with_body(&content[..]),
+    );
+    let reply = client.call(local(), "ping", json!({}), &[&hash], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    let reply = client.call(local(), "ping", json!({}), &[&hash], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+
+    let actors = client.status();
+    let interp = actors.iter().find(|a| a["kind"] == "interpreter").unwrap();
+    assert_eq!(interp["blobs"], 1);
+}
+
+#[test]
+fn bad_calls_get_bad_request() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    client.send(Frame::new("call").with("id", 5).with("op", "ping"));
+    let reply = client.recv().unwrap();
+    assert_eq!(reply.header["id"], 5);
+    assert_eq!(error_kind(&reply), "bad_request");
+    // The connection stays usable.
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true);
+}
+
+#[test]
+fn dead_agent_fails_in_flight_calls_and_next_call_reconnects() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    let agent_pid = reply.header["result"]["pid"].as_u64().unwrap();
+    let args = json!({"cmd": format!("kill -9 {agent_pid}; sleep 5"), "emulate_tty": false});
+    let reply = client.call(local(), "exec_command", args, &[], b"");
+    assert_eq!(error_kind(&reply), "connection_lost", "{:?}", reply.header);
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("localhost"), "{message}");
+    assert!(message.contains("signal 9"), "{message}");
+
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_ne!(reply.header["result"]["pid"].as_u64().unwrap(), agent_pid);
+}
+
+#[test]
+fn unreachable_ssh_target_reports_ssh_stderr() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let target = json!({"transport": "ssh", "host": "127.0.0.1", "port": 1,
+                        "ssh_executable": "ssh", "host_key_checking": false, "timeout": 5,
+                        "name": "nowhere"});
+    let reply = client.call(target, "ping", json!({}), &[], b"");
+    assert_eq!(error_kind(&reply), "unreachable", "{:?}", reply.header);
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("Connection refused"), "{message}");
+    assert!(message.contains("exit status 255"), "{message}");
+}
+
+#[test]
+fn missing_python_is_unreachable_with_its_message() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let target = json!({"transport": "local", "python": "/nonexistent/python3"});
+    let reply = client.call(target, "ping", json!({}), &[], b"");
+    assert_eq!(error_kind(&reply), "unreachable");
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/nonexistent/python3"), "{message}");
+    assert!(message.contains("exit status 127"), "{message}");
+}
+
+/// Writes a stand-in agent that never sends `ready`.
+fn sleepy_agent(dir: &tempfile::TempDir) -> String {
+    let agent = dir.path().join("sleepy.py");
+    let source = "import sys, time\nsys.stderr.write('sleepy agent\\n')\nsys.stderr.flush()\ntime.sleep(60)\n";
+    std::fs::write(&agent, source).unwrap();
+    agent.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn agent_that_never_gets_ready_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = sleepy_agent(&dir);
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
+    let mut client = mux.client();
+    let started = Instant::now();
+    let target = json!({"transport": "local", "timeout": 1});
+    let reply = client.call(target, "ping", json!({}), &[], b"");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert_eq!(error_kind(&reply), "unreachable");
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("did not start within 1s"), "{message}");
+    assert!(message.contains("sleepy agent"), "{message}");
+}
+
+/// Waits for the mux to exit cleanly within 2 s, and for its transport to be gone by 3 s.
+fn assert_mux_and_transport_exit(mux: &mut Mux, transport_pid: u32) {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = mux.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "mux still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while !process_gone(transport_pid) {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "transport survived the mux"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn stdin_eof_stops_mux_and_its_transports() {
+    let mut mux = Mux::start();
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    let actors = client.status();
+    let transport_pid = actors[0]["pid"].as_u64().unwrap() as u32;
+    assert!(!process_gone(transport_pid));
+
+    drop(mux.stdin.take());
+    assert_mux_and_transport_exit(&mut mux, transport_pid);
+    assert!(!mux.socket.exists(), "socket left behind");
+}
+
+#[test]
+fn status_command_prints_table() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+        .args(["status", "--socket"])
+        .arg(&mux.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("KIND"), "{text}");
+    assert!(text.contains("localhost"), "{text}");
+    assert!(text.contains("ready"), "{text}");
+}
+
+#[test]
+fn invalid_pool_size_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s"))
+        .env("MITOGEN_POOL_SIZE", "zero")
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MITOGEN_POOL_SIZE") && err.contains("zero"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn shared_socket_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s"))
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0755"));
+}
+
+#[test]
+fn version_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ferrogen-mux "));
+}
+
+#[test]
+fn pool_size_bounds_simultaneous_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = sleepy_agent(&dir);
+    let mux = Mux::start_with(&[
+        ("FERROGEN_AGENT_SOURCE", &agent),
+        ("MITOGEN_POOL_SIZE", "1"),
+    ]);
+    let mut client = mux.client();
+    let started = Instant::now();
+    // Two keys (timeouts differ), each failing after its timeout; with one permit the
+    // second cannot start connecting before the first gave up.
+    for (id, timeout) in [(1, 1.0), (2, 1.5)] {
+        client.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", json!({"transport": "local", "timeout": timeout}))
+                .with("op", "ping")
+                .with("args", json!({})),
+        );
+    }
+    let first = client.recv().unwrap();
+    assert_eq!(first.header["id"], 1);
+    let second = client.recv().unwrap();
+    assert_eq!(second.header["id"], 2);
+    assert_eq!(error_kind(&second), "unreachable");
+    assert!(
+        started.elapsed() >= Duration::from_millis(2300),
+        "second target connected in parallel: {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn router_debug_writes_a_log_file() {
+    let mux = Mux::start_with(&[("MITOGEN_ROUTER_DEBUG", "1")]);
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    let path = PathBuf::from(format!("/tmp/mitogen.{}.log", mux.child.id()));
+    let log = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(log.contains("agent ready"), "{log}");
+}
+
+#[test]
+fn sigterm_exits_cleanly_and_kills_transports() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    let transport_pid = client.status()[0]["pid"].as_u64().unwrap() as u32;
+    let mut mux = mux;
+    let status = Command::new("kill")
+        .args(["-TERM", &mux.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_mux_and_transport_exit(&mut mux, transport_pid);
+}
+
+#[test]
+fn large_bodies_cross_both_links() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let data: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let args = json!({"cmd": "cat", "emulate_tty": false});
+    let reply = client.call(local(), "exec_command", args, &[], &data);
+    assert_eq!(reply.header["result"]["stdout_len"], data.len());
+    assert!(reply.body == data[..], "stdin/stdout corrupted");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("copy.bin");
+    let args = json!({"path": path.to_str().unwrap()});
+    let reply = client.call(local(), "put_file", args.clone(), &[], &data);
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    let reply = client.call(local(), "fetch_file", args, &[], b"");
+    assert_eq!(reply.header["result"]["size"], data.len());
+    assert!(reply.body == data[..], "put/fetch corrupted");
+}
+
+// --- Become interpreters (issue 3), reset, cancellation (issue 5) ---------------------------
+
+/// The stand-in agent that fakes become interpreters (see the file's docstring).
+fn standin_agent() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/standin_agent.py").to_owned()
+}
+
+fn sudo(user: &str) -> Value {
+    json!({"method": "sudo", "user": user, "exe": null, "flags": "-H -S -n",
+           "password": null, "python": null})
+}
+
+/// The stand-in agent's counters, asked through the login interpreter.
+fn stats(client: &mut Client) -> Value {
+    let reply = client.call_as(local(), Value::Null, "stats");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    reply.header["result"].clone()
+}
+
+#[test]
+fn become_thirty_accounts_stay_within_max_interpreters() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[
+        ("FERROGEN_AGENT_SOURCE", &agent),
+        ("MITOGEN_MAX_INTERPRETERS", "5"),
+    ]);
+    let mut client = mux.client();
+    let login = client.call_as(local(), Value::Null, "ping");
+    assert_eq!(login.header["result"]["interp"], 0);
+    let mut every_other = None;
+    for i in 0..30 {
+        let user = format!("u{i}");
+        let reply = client.call_as(local(), sudo(&user), "ping");
+        assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+        assert_eq!(reply.header["result"]["user"], user.as_str());
+        assert_ne!(reply.header["result"]["interp"], 0);
+        // An account used between every other task survives the churn.
+        let shared = client.call_as(local(), sudo("postgres"), "ping");
+        let interp = shared.header["result"]["interp"].clone();
+        assert_eq!(*every_other.get_or_insert(interp.clone()), interp);
+        if i % 7 == 0 {
+            let login = client.call_as(local(), Value::Null, "ping");
+            assert_eq!(login.header["result"]["interp"], 0);
+        }
+    }
+    let stats = stats(&mut client);
+    assert!(stats["max_alive"].as_u64().unwrap() <= 5, "{stats}");
+    assert!(stats["alive"].as_array().unwrap().len() <= 5, "{stats}");
+    assert_eq!(stats["spawns"], 31, "{stats}");
+
+    let actors = client.status();
+    let become_rows: Vec<_> = actors
+        .iter()
+        .filter(|a| a["kind"] == "interpreter" && a["interp"] != 0)
+        .collect();
+    assert!(become_rows.len() <= 5, "{actors:?}");
+    let row = become_rows
+        .iter()
+        .find(|a| a["account"] == "sudo:u29")
+        .expect("u29 is the most recent account");
+    assert_eq!(row["state"], "idle");
+    assert!(row["last_used"].as_f64().is_some(), "{row}");
+    assert!(actors
+        .iter()
+        .any(|a| a["kind"] == "interpreter" && a["account"] == "login"));
+}
+
+#[test]
+fn busy_become_interpreter_is_never_evicted() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[
+        ("FERROGEN_AGENT_SOURCE", &agent),
+        ("MITOGEN_MAX_INTERPRETERS", "2"),
+    ]);
+    let mut holder = mux.client();
+    let held = holder.send_as(local(), sudo("busy"), "hold");
+    let mut client = mux.client();
+    let mut busy_interp = None;
+    for user in ["b", "c", "d", "e"] {
+        let reply = client.call_as(local(), sudo(user), "ping");
+        assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+        let actors = client.status();
+        let busy = actors
+            .iter()
+            .find(|a| a["account"] == "sudo:busy")
+            .expect("the busy interpreter is alive");
+        assert_eq!(busy["state"], "busy");
+        busy_interp = busy["interp"].as_u64();
+    }
+    let stats = stats(&mut client);
+    assert!(stats["max_alive"].as_u64().unwrap() <= 2, "{stats}");
+    let busy_interp = busy_interp.unwrap();
+    assert!(
+        !stats["stops"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(busy_interp)),
+        "{stats}"
+    );
+    client.call_as(local(), Value::Null, "release");
+    let reply = holder.reply_to(held);
+    assert_eq!(
+        reply.header["result"]["released"], true,
+        "{:?}",
+        reply.header
+    );
+}
+
+#[test]
+fn all_busy_goes_over_the_limit_and_comes_back() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[
+        ("FERROGEN_AGENT_SOURCE", &agent),
+        ("MITOGEN_MAX_INTERPRETERS", "1"),
+    ]);
+    let mut a = mux.client();
+    let mut b = mux.client();
+    let held_a = a.send_as(local(), sudo("a"), "hold");
+    let held_b = b.send_as(local(), sudo("b"), "hold");
+    let mut client = mux.client();
+    // Wait until both are spawned and holding.
+    let started = Instant::now();
+    loop {
+        let stats = stats(&mut client);
+        if stats["alive"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{stats}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    client.call_as(local(), Value::Null, "release");
+    assert_eq!(a.reply_to(held_a).header["ok"], true);
+    assert_eq!(b.reply_to(held_b).header["ok"], true);
+    let stats = stats(&mut client);
+    assert_eq!(stats["max_alive"], 2, "{stats}");
+    assert_eq!(stats["alive"].as_array().unwrap().len(), 1, "{stats}");
+}
+
+#[test]
+fn failed_become_fails_queued_calls_and_the_next_call_retries() {
+    let agent = standin_agent();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mux = Mux::start_full(
+        &[("FERROGEN_AGENT_SOURCE", &agent), ("FERROGEN_LOG", "trace")],
+        Stdio::from(log.reopen().unwrap()),
+    );
+    let mut client = mux.client();
+    let mut bad = sudo("bad1");
+    bad["password"] = json!("Sup3r-Secret-pw");
+    let first = client.send_as(local(), bad.clone(), "ping");
+    let second = client.send_as(local(), bad.clone(), "ping");
+    for id in [first, second] {
+        let reply = client.reply_to(id);
+        assert_eq!(error_kind(&reply), "become_failed", "{:?}", reply.header);
+        let message = reply.header["error"]["message"].as_str().unwrap();
+        assert!(message.contains("incorrect password"), "{message}");
+        assert!(message.contains("sudo:bad1 on localhost"), "{message}");
+    }
+    let reply = client.call_as(local(), bad, "ping");
+    assert_eq!(error_kind(&reply), "become_failed");
+    let mut good = sudo("good");
+    good["password"] = json!("Sup3r-Secret-pw");
+    let reply = client.call_as(local(), good, "ping");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+
+    let stats = stats(&mut client);
+    // One spawn per attempt: the two queued calls shared one, the third retried.
+    assert_eq!(
+        stats["passwords"],
+        json!(["Sup3r-Secret-pw", "Sup3r-Secret-pw", "Sup3r-Secret-pw"]),
+        "{stats}"
+    );
+    let status = format!("{:?}", client.status());
+    assert!(!status.contains("Sup3r-Secret-pw"), "{status}");
+    drop(mux);
+    let log = std::fs::read_to_string(log.path()).unwrap();
+    assert!(log.contains("spawning become interpreter"), "{log}");
+    assert!(!log.contains("Sup3r-Secret-pw"), "password in the mux log");
+}
+
+#[test]
+fn lost_become_interpreter_fails_its_calls_and_is_respawned() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
+    let mut client = mux.client();
+    let first = client.call_as(local(), sudo("app"), "ping");
+    let interp = first.header["result"]["interp"].as_u64().unwrap();
+    let reply = client.call_as(local(), sudo("app"), "die");
+    assert_eq!(error_kind(&reply), "connection_lost", "{:?}", reply.header);
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("sudo:app on localhost"), "{message}");
+    assert!(message.contains("python exited"), "{message}");
+    let again = client.call_as(local(), sudo("app"), "ping");
+    assert_eq!(again.header["ok"], true);
+    assert_ne!(again.header["result"]["interp"].as_u64().unwrap(), interp);
+}
+
+#[test]
+fn reset_closes_the_connection_and_the_next_call_reconnects() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let pid = client.call(local(), "ping", json!({}), &[], b"").header["result"]["pid"]
+        .as_u64()
+        .unwrap();
+    let mut busy = mux.client();
+    busy.send(
+        Frame::new("call")
+            .with("id", 1)
+            .with("target", local())
+            .with("op", "exec_command")
+            .with("args", json!({"cmd": "sleep 30", "emulate_tty": false})),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    client.send(Frame::new("reset").with("id", 77).with("target", local()));
+    let reply = client.recv().unwrap();
+    assert_eq!(reply.header["id"], 77);
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let lost = busy.recv().unwrap();
+    assert_eq!(error_kind(&lost), "connection_lost", "{:?}", lost.header);
+    assert!(process_gone(pid as u32), "agent survived the reset");
+    let again = client.call(local(), "ping", json!({}), &[], b"");
+    assert_ne!(again.header["result"]["pid"].as_u64().unwrap(), pid);
+    // Resetting a target with no connection is fine too.
+    client.send(
+        Frame::new("reset")
+            .with("id", 78)
+            .with("target", json!({"transport": "local", "timeout": 3})),
+    );
+    assert_eq!(client.recv().unwrap().header["ok"], true);
+}
+
+#[test]
+fn departed_worker_calls_are_cancelled_on_the_agent() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
+    let mut client = mux.client();
+    client.call_as(local(), Value::Null, "ping");
+    let mut doomed = mux.client();
+    doomed.send_as(local(), Value::Null, "hold");
+    doomed.send_as(local(), sudo("x"), "hold");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(doomed);
+    let started = Instant::now();
+    loop {
+        let stats = stats(&mut client);
+        if stats["cancelled"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{stats}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The held calls' late replies are dropped; the connection keeps working.
+    client.call_as(local(), Value::Null, "release");
+    let reply = client.call_as(local(), sudo("x"), "ping");
+    assert_eq!(reply.header["ok"], true);
+    let actors = client.status();
+    let x = actors.iter().find(|a| a["account"] == "sudo:x").unwrap();
+    assert_eq!(x["state"], "idle", "{x}");
+}
+
+#[test]
+fn invalid_max_interpreters_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    for bad in ["0", "lots"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+            .args(["serve", "--socket"])
+            .arg(dir.path().join("s"))
+            .env("MITOGEN_MAX_INTERPRETERS", bad)
+            .stdin(Stdio::piped())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("MITOGEN_MAX_INTERPRETERS") && err.contains(bad),
+            "{err}"
+        );
+    }
+}
+
+// --- Stack dumps (issue 5) -----------------------------------------------------------------
+
+#[test]
+fn kill_segv_dumps_stacks_and_actors_and_keeps_serving() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mux = Mux::start_full(&[], Stdio::from(log.reopen().unwrap()));
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    client.send(
+        Frame::new("call")
+            .with("id", 100)
+            .with("target", local())
+            .with("op", "exec_command")
+            .with(
+                "args",
+                json!({"cmd": "sleep 2; echo done", "emulate_tty": false}),
+            ),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..2 {
+        let status = Command::new("kill")
+            .args(["-SEGV", &mux.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let reply = client.reply_to(100);
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_eq!(reply.body.as_ref(), b"done\n");
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true);
+
+    // The first dump loads the binary's debug info to symbolize, which can take seconds on a
+    // loaded machine: wait for both dumps to be complete.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if text.matches("=== end of dump ===").count() >= 2 || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        text.matches("stack dump (requested with kill -SEGV)")
+            .count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("\"stack-dump\" ---"), "{text}");
+    assert!(text.contains("\"stdin-watch\" ---"), "{text}");
+    assert!(text.contains("tokio::runtime"), "{text}");
+    assert!(!text.contains("(no answer"), "{text}");
+    let actors = &text[text.find("=== actors ===").expect("actor table")..];
+    assert!(
+        actors.contains("running exec_command for localhost"),
+        "{actors}"
+    );
+    assert!(actors.contains("=== end of dump ==="), "{actors}");
+}
+
+#[test]
+fn periodic_dumps_go_to_the_log() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mux = Mux::start_full(
+        &[
+            ("MITOGEN_DUMP_THREAD_STACKS", "0.3"),
+            ("FERROGEN_LOG", "warn,ferrogen::dump=info"),
+        ],
+        Stdio::from(log.reopen().unwrap()),
+    );
+    let mut client = mux.client();
+    client.call(local(), "ping", json!({}), &[], b"");
+    // Symbolizing a debug build's stacks takes a while: wait for two dumps.
+    let started = Instant::now();
+    let text = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if text.matches("=== end of dump ===").count() >= 2 {
+            break text;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        text.contains("stack dump (MITOGEN_DUMP_THREAD_STACKS)"),
+        "{text}"
+    );
+    assert!(text.contains("localhost"), "{text}");
+}
+
+#[test]
+fn invalid_dump_interval_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
+        .args(["serve", "--socket"])
+        .arg(dir.path().join("s"))
+        .env("MITOGEN_DUMP_THREAD_STACKS", "-1")
+        .stdin(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MITOGEN_DUMP_THREAD_STACKS"));
+}
+
+/// A worker killed mid-call, against the real agent: that task's process is killed on the
+/// target and the interpreter serves the next worker at once.
+#[test]
+fn departed_worker_task_is_killed_by_the_real_agent() {
+    let mux = Mux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("task.pid");
+    let mut first = mux.client();
+    assert_eq!(
+        first.call(local(), "ping", json!({}), &[], b"").header["ok"],
+        true
+    );
+    first.send(
+        Frame::new("call")
+            .with("id", 99u64)
+            .with("target", local())
+            .with("op", "exec_command")
+            .with(
+                "args",
+                json!({"cmd": format!("echo $$ > {}; exec sleep 60", pid_file.display())}),
+            )
+            .with("blobs", json!([])),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid: u32 = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the task never started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !process_gone(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "task {pid} still runs after its worker left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut second = mux.client();
+    let started = Instant::now();
+    let reply = second.call(
+        local(),
+        "exec_command",
+        json!({"cmd": "echo next"}),
+        &[],
+        b"",
+    );
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_eq!(reply.body.as_ref(), b"next\n");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,166 @@
+"""The worker's connection to ferrogen-mux: one socket per process, opened lazily after fork."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError
+
+from ansible_ferrogen import frames, transfer
+
+SOCKET_ENV = 'FERROGEN_MUX_SOCKET'
+
+# The Ansible task this worker process runs, named in every call for the mux's actor table
+# (set by the strategy's WorkerProcess hook; None outside a worker).
+current_task: str | None = None
+
+
+class MuxError(Exception):
+    """A call failed; kind says how (docs/protocol.md lists the kinds)."""
+
+    def __init__(self, kind: str, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.detail = detail
+
+
+class MuxClient:
+    """Blocking request/response client; Ansible workers make one call at a time."""
+
+    _instance: MuxClient | None = None
+
+    def __init__(self, path: str):
+        self.path = path
+        self.pid = os.getpid()
+        self._ids = itertools.count(1)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(path)
+            self._sock.sendall(frames.encode({'type': 'hello', 'version': frames.PROTOCOL_VERSION,
+                                              'pid': self.pid}))
+            header, _ = frames.read_frame(self._sock)
+        except (OSError, EOFError, frames.FrameError) as exc:
+            self._sock.close()
+            raise AnsibleConnectionFailure(f'cannot reach ferrogen-mux at {path}: {exc}') from exc
+        if header.get('type') != 'hello':
+            self._sock.close()
+            raise AnsibleError(f'ferrogen-mux at {path} refused this worker: {header.get("message", header)}')
+
+    @classmethod
+    def get(cls) -> MuxClient:
+        """The client for this process; a forked worker gets its own socket."""
+        path = os.environ.get(SOCKET_ENV)
+        if not path:
+            raise AnsibleError(f'{SOCKET_ENV} is not set: the mitogen_* connections need a ferrogen strategy '
+                               '(strategy = mitogen_linear) to start ferrogen-mux for this run')
+        if cls._instance is None or cls._instance.pid != os.getpid() or cls._instance.path != path:
+            cls._instance = cls(path)
+        return cls._instance
+
+    def call(self, target: dict, op: str, args: dict, body: bytes = b'',
+             blobs: dict[str, bytes] | None = None, become: dict | None = None) -> tuple[dict, bytes]:
+        """Run op on target (as the become account, if given); upload any blob the mux lacks
+        and retry once."""
+        blobs = blobs or {}
+        request = {'type': 'call', 'target': target, 'op': op, 'args': args, 'blobs': list(blobs)}
+        if current_task:
+            request['task'] = current_task
+        if become is not None:
+            request['become'] = become
+        header, reply_body = self._roundtrip(request, body)
+        if not header.get('ok') and header.get('error', {}).get('kind') == 'missing_blob':
+            for digest in header['error'].get('hashes') or list(blobs):
+                self._send(frames.encode({'type': 'blob', 'hash': digest}, blobs[digest]))
+            header, reply_body = self._roundtrip(request, body)
+        return self._result(header), reply_body
+
+    def put_stream(self, target: dict, args: dict, source, size: int, become: dict | None = None,
+                   report=None) -> dict:
+        """Stream an open file to args['path'] on target (transfer.put_stream)."""
+        return self._stream(transfer.put_stream, target, args, become, source, size, report)
+
+    def fetch_stream(self, target: dict, path: str, sink, become: dict | None = None, report=None) -> dict:
+        """Stream a target file into sink, an uncommitted transfer.AtomicFile."""
+        return self._stream(transfer.fetch_stream, target, {'path': path}, become, sink, report)
+
+    def _stream(self, run, target: dict, args: dict, become: dict | None, *rest):
+        request = {'type': 'call', 'target': target, 'args': args}
+        if become is not None:
+            request['become'] = become
+        try:
+            return run(self, request, *rest)
+        except (MuxError, transfer.StreamError):
+            raise  # the transfer is over; the socket is in step
+        except BaseException:
+            # Stopped mid-stream (local disk full, interrupted): closing the socket makes the
+            # mux cancel the transfer and the agent remove its temp file.
+            self._forget()
+            raise
+
+    # Primitives for the streaming loops in transfer.py.
+
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def send(self, data: bytes) -> None:
+        self._send(data)
+
+    def send_frame(self, header: dict, body: bytes) -> None:
+        """Send one frame without copying the body into a new buffer."""
+        head = frames.encode_head(header, len(body))
+        try:
+            sent = self._sock.sendmsg([head, body])
+            total = len(head) + len(body)
+            if sent < total:
+                self._sock.sendall((head + body)[sent:] if sent < len(head) else memoryview(body)[sent - len(head):])
+        except OSError as exc:
+            self._forget()
+            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
+
+    def read(self) -> tuple[dict, bytes]:
+        try:
+            return frames.read_frame(self._sock)
+        except (OSError, EOFError, frames.FrameError) as exc:
+            self._forget()
+            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
+
+    def result(self, header: dict) -> dict:
+        return self._result(header)
+
+    def reset(self, target: dict) -> None:
+        """Shut the target's connection and interpreters down."""
+        header, _ = self._roundtrip({'type': 'reset', 'target': target})
+        self._result(header)
+
+    @staticmethod
+    def _result(header: dict) -> dict:
+        if not header.get('ok'):
+            error = header.get('error') or {}
+            raise MuxError(error.get('kind', 'unknown'), error.get('message', 'no message'), error.get('detail'))
+        return header.get('result') or {}
+
+    def _roundtrip(self, request: dict, body: bytes = b''):
+        call_id = next(self._ids)
+        self._send(frames.encode(dict(request, id=call_id), body))
+        while True:
+            header, reply_body = self.read()
+            if header.get('type') == 'reply' and header.get('id') == call_id:
+                return header, reply_body
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            self._forget()
+            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
+
+    def _forget(self) -> None:
+        self._sock.close()
+        if MuxClient._instance is self:
+            MuxClient._instance = None

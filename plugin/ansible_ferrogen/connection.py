@@ -1,0 +1,313 @@
+"""The connection plugins' shared body: every operation becomes a call to ferrogen-mux."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import yaml
+from ansible import constants as C
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+from ansible_ferrogen import ansiballz, become, transfer
+from ansible_ferrogen.client import MuxClient, MuxError
+
+display = Display()
+
+# Connection-level failures: Ansible marks the host unreachable.
+UNREACHABLE_KINDS = frozenset(('unreachable', 'connection_lost'))
+
+# Our one long-lived ssh per target multiplexes everything itself; letting ssh fork a
+# ControlPersist master would detach the process whose stdio the mux reads.
+DROPPED_SSH_OPTIONS = ('controlmaster', 'controlpersist', 'controlpath')
+
+# The inventory name, so that messages and the mux's actor table say which host they mean.
+INVENTORY_NAME_OPTION = {
+    'description': 'Inventory name of the host, used to name it in messages and in the mux status table.',
+    'type': 'string',
+    'vars': [{'name': 'inventory_hostname'}],
+}
+
+PYTHON_INTERPRETER_OPTION = {
+    'description': [
+        'Python that runs the persistent interpreter on the target.',
+        'Unset or C(auto*) tries python3 and the usual platform paths, as interpreter discovery would.',
+    ],
+    'type': 'string',
+    'vars': [{'name': 'ansible_python_interpreter'}],
+}
+
+
+def borrow_documentation(vanilla: str, name: str, short_description: str) -> str:
+    """Reuse a built-in plugin's options so every variable users already set keeps working."""
+    doc = yaml.safe_load(vanilla)
+    doc['name'] = name
+    doc['short_description'] = short_description
+    doc.pop('author', None)
+    doc['author'] = 'ferrogen developers'
+    doc.setdefault('options', {})['python_interpreter'] = PYTHON_INTERPRETER_OPTION
+    doc['options']['inventory_name'] = INVENTORY_NAME_OPTION
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def drop_control_options(args: list[str]) -> list[str]:
+    """Remove -o ControlMaster/ControlPersist/ControlPath, in both -o X=y and -oX=y forms."""
+    kept = []
+    skip_next = False
+    for index, arg in enumerate(args):
+        if skip_next:
+            skip_next = False
+            continue
+        option = None
+        if arg == '-o' and index + 1 < len(args):
+            option = args[index + 1]
+        elif arg.startswith('-o') and len(arg) > 2:
+            option = arg[2:]
+        if option is not None and option.split('=', 1)[0].strip().lower() in DROPPED_SSH_OPTIONS:
+            skip_next = arg == '-o'
+            continue
+        kept.append(arg)
+    return kept
+
+
+class Connection(ConnectionBase):
+    """Runs commands, modules and transfers through the run's ferrogen-mux."""
+
+    has_pipelining = True
+    # Every new-style module goes to the persistent interpreter as one call.
+    always_pipeline_modules = True
+    has_tty = False
+
+    # Set by the wrapped become plugin when Ansible asks for a become command; the next
+    # sudoable exec_command then runs in the become account's interpreter.
+    _become_requested = False
+
+    def set_become_plugin(self, plugin) -> None:
+        """Keep Ansible's become plugin for its options, but run its commands ourselves."""
+        super().set_become_plugin(plugin)
+        if plugin is None or become.method_of(plugin) is None:
+            return
+        connection = self
+
+        def build_become_command(cmd, shell):
+            connection._become_requested = bool(cmd)
+            return cmd
+
+        plugin.build_become_command = build_become_command
+
+    def is_pipelining_enabled(self, wrap_async: bool = False) -> bool:
+        """Modules always travel in the call, whatever the become method (su included)."""
+        return not C.DEFAULT_KEEP_REMOTE_FILES and not wrap_async
+
+    def wants_tty(self) -> bool:
+        """Whether a plain command would have had a terminal under the vanilla plugin."""
+        return False
+
+    def target_spec(self) -> dict:
+        """The TargetSpec (docs/protocol.md) that names this host's connection in the mux."""
+        raise NotImplementedError
+
+    def become_account(self) -> dict:
+        """The account a become call runs as: the task's become plugin decides."""
+        return become.become_spec(self.become, self.python_interpreter())
+
+    def inventory_name(self) -> str | None:
+        """The host's inventory name, where the plugin's options define it."""
+        try:
+            return self.get_option('inventory_name')
+        except (KeyError, AnsibleError):
+            return None
+
+    def python_interpreter(self) -> str | None:
+        value = self.get_option('python_interpreter')
+        if not value or str(value).startswith('auto'):
+            return None
+        return str(value)
+
+    def _connect(self):
+        # The mux connects on the first call and keeps the connection for the whole run.
+        self._connected = True
+        return self
+
+    def _call(self, op: str, args: dict, body: bytes = b'', blobs: dict[str, bytes] | None = None,
+              as_become: bool = False):
+        return self._run(op, lambda client, target, account: client.call(target, op, args, body, blobs, account),
+                         as_become)
+
+    def _run(self, op: str, request, as_become: bool = False):
+        """request(client, target, become) against the mux, its errors as Ansible's."""
+        target = self.target_spec()
+        account = self.become_account() if as_become else None
+        try:
+            return request(MuxClient.get(), target, account)
+        except MuxError as exc:
+            if exc.kind in UNREACHABLE_KINDS:
+                raise AnsibleConnectionFailure(str(exc)) from exc
+            if exc.kind == 'not_found':
+                raise AnsibleFileNotFound(str(exc)) from exc
+            raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
+        except transfer.StreamError as exc:
+            raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
+
+    def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
+        """Run a command, or a pipelined module, on the target."""
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        as_become = sudoable and self._become_requested
+        self._become_requested = False
+        cwd = getattr(self, 'cwd', None)
+        payload = ansiballz.parse(in_data, cmd) if in_data else None
+        if payload is not None:
+            display.vvv(f'ferrogen: run {payload.args["module_fqn"]} in the persistent interpreter', host=self._host())
+            args = dict(payload.args, cwd=to_text(cwd)) if cwd else payload.args
+            result, body = self._call('run_module', args, blobs={payload.zip_hash: payload.zip_data},
+                                      as_become=as_become)
+        else:
+            display.vvv(f'ferrogen: exec {cmd}', host=self._host())
+            args = {'cmd': cmd, 'emulate_tty': self.wants_tty() and not in_data and sudoable}
+            if cwd:
+                args['cwd'] = to_text(cwd)
+            result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
+        split = result.get('stdout_len', len(body))
+        return result['rc'], body[:split], body[split:]
+
+    def transfers_as_become(self, remote_path: str) -> bool:
+        """Whether a transfer of remote_path runs in the become account's interpreter.
+
+        Action plugins put files into the task's remote temp dir, which the login account
+        created (0700) and whose files Ansible then hands to the become account itself
+        (_fixup_perms2) and chmods as the login account: those stay the login account's, as
+        with vanilla Ansible. Any other path of a become task is read or written by the
+        become account, so nothing the become account may read lands somewhere another
+        account can read it.
+        """
+        if self.become is None or become.method_of(self.become) is None:
+            return False
+        tmpdir = getattr(self._shell, 'tmpdir', None)
+        if tmpdir:
+            tmpdir = tmpdir.rstrip('/') + '/'
+            if remote_path.startswith(tmpdir):
+                return False
+        return True
+
+    def _progress(self, verb: str, path: str):
+        host = self._host()
+
+        def report(done: int, total: int | None, rate: float) -> None:
+            of = f'/{total}' if total is not None else ''
+            display.vvv(f'ferrogen: {verb} {path}: {done}{of} bytes, {rate / 1e6:.1f} MB/s', host=host)
+
+        return report
+
+    def put_file(self, in_path: str, out_path: str) -> None:
+        """Write a controller file to the target, atomically: in one call up to 124 KiB,
+        streamed beyond."""
+        super().put_file(in_path, out_path)
+        try:
+            handle = open(in_path, 'rb')  # noqa: SIM115 - closed below, also on errors
+        except OSError as exc:
+            raise AnsibleFileNotFound(f'file or module does not exist: {in_path}: {exc}') from exc
+        as_become = self.transfers_as_become(out_path)
+        with handle:
+            data = handle.read(transfer.SMALL_FILE_LIMIT + 1)
+            if len(data) <= transfer.SMALL_FILE_LIMIT:
+                display.vvv(f'ferrogen: put {in_path} to {out_path} ({len(data)} bytes in one call)',
+                            host=self._host())
+                self._call('put_file', {'path': out_path}, data, as_become=as_become)
+                return
+            handle.seek(0)
+            size = os.fstat(handle.fileno()).st_size
+            display.vvv(f'ferrogen: stream {in_path} to {out_path} ({size} bytes)', host=self._host())
+            report = self._progress('put', out_path)
+            self._run('put_file', lambda client, target, account: client.put_stream(
+                target, {'path': out_path, 'size': size}, handle, size, account, report), as_become)
+
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        """Copy a target file to the controller, streamed; the local file is replaced
+        atomically (hidden temp file, fsync, rename, directory fsync)."""
+        super().fetch_file(in_path, out_path)
+        display.vvv(f'ferrogen: fetch {in_path} to {out_path}', host=self._host())
+        report = self._progress('fetch', in_path)
+        with transfer.AtomicFile(out_path) as sink:
+            result = self._run('fetch_file', lambda client, target, account: client.fetch_stream(
+                target, in_path, sink, account, report), self.transfers_as_become(in_path))
+            sink.commit(transfer.fetched_mode(out_path, self.fetched_file_mode(result.get('mode'))))
+
+    def fetched_file_mode(self, remote_mode: int | None) -> int:
+        """The mode (before the umask) a newly fetched file gets: the remote file's, as sftp
+        gives it."""
+        return 0o644 if remote_mode is None else remote_mode
+
+    def reset(self) -> None:
+        """Shut this host's interpreters down; the next task starts fresh ones."""
+        try:
+            MuxClient.get().reset(self.target_spec())
+        except MuxError as exc:
+            raise AnsibleConnectionFailure(f'reset of {self._host()} failed: {exc}') from exc
+
+    def close(self) -> None:
+        """The connection belongs to the mux and outlives this worker."""
+        self._connected = False
+
+    def _host(self) -> str:
+        return self._play_context.remote_addr or ''
+
+
+class SshConnection(Connection):
+    """Connection over one long-lived ssh per target."""
+
+    transport = 'ssh'
+
+    def wants_tty(self) -> bool:
+        # Vanilla ssh adds -tt to commands without stdin: stderr merges into stdout, \n becomes \r\n.
+        return bool(self.get_option('use_tty'))
+
+    def target_spec(self) -> dict:
+        ssh_args = []
+        for option in ('ssh_args', 'ssh_common_args', 'ssh_extra_args'):
+            value = self.get_option(option)
+            if value:
+                ssh_args.extend(shlex.split(value))
+        port = self.get_option('port')
+        return {
+            'transport': 'ssh',
+            'host': self.get_option('host') or self._play_context.remote_addr,
+            'port': int(port) if port else None,
+            'user': self.get_option('remote_user') or None,
+            'identity_file': os.path.expanduser(self.get_option('private_key_file'))
+            if self.get_option('private_key_file') else None,
+            'ssh_executable': self.get_option('ssh_executable') or 'ssh',
+            'ssh_args': drop_control_options(ssh_args),
+            'host_key_checking': bool(self.get_option('host_key_checking')),
+            'timeout': int(self.get_option('timeout') or 10),
+            'python': self.python_interpreter(),
+            'name': self.inventory_name() or self._play_context.remote_addr,
+        }
+
+
+class LocalConnection(Connection):
+    """Connection to a persistent interpreter on the controller itself."""
+
+    transport = 'local'
+    _remote_is_local = True
+
+    def fetched_file_mode(self, remote_mode: int | None) -> int:
+        """As shutil.copyfile (the vanilla local plugin) creates it."""
+        return 0o666
+
+    def target_spec(self) -> dict:
+        return {
+            'transport': 'local',
+            'host': None,
+            'port': None,
+            'user': None,
+            'identity_file': None,
+            'ssh_executable': 'ssh',
+            'ssh_args': [],
+            'host_key_checking': False,
+            'timeout': 30,
+            'python': self.python_interpreter(),
+            'name': self.inventory_name() or 'localhost',
+        }

@@ -1,0 +1,19 @@
+# Copyright: ferrogen developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..')))
+
+from ansible.plugins.connection.ssh import DOCUMENTATION as _SSH_DOCUMENTATION  # noqa: E402
+
+from ansible_ferrogen.connection import SshConnection, borrow_documentation  # noqa: E402
+
+DOCUMENTATION = borrow_documentation(_SSH_DOCUMENTATION, 'mitogen_ssh',
+                                     'connect via ssh through ferrogen-mux (one ssh per target)')
+
+
+class Connection(SshConnection):
+    """ssh through ferrogen-mux"""

@@ -1,0 +1,225 @@
+"""File transfer on the worker side (docs/protocol.md, "File transfer").
+
+Small files (up to SMALL_FILE_LIMIT) ride in one `put_file` call. Larger ones stream: a
+`put_begin` call, `chunk` frames of at most CHUNK bytes with at most WINDOW bytes not yet
+acknowledged by the agent, and `put_end`; a fetch is the same in the other direction, with
+this process acknowledging. Whatever this process receives goes to a hidden temp file in the
+destination directory that is fsync'd and renamed over the destination (AtomicFile).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import select
+import stat
+import time
+from collections.abc import Callable
+
+from ansible_ferrogen import frames
+
+SMALL_FILE_LIMIT = 126976
+CHUNK = 1 << 20
+WINDOW = 4 << 20
+
+# Same naming as the agent's: the writer's pid tells a live transfer's file from a dead one's.
+TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
+
+# How often a long transfer reports progress (display.vvv).
+PROGRESS_INTERVAL = 1.0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_dead_temps(directory: str) -> None:
+    """Remove this account's temp files whose writer died mid-transfer; nothing else."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        match = TEMP_NAME.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not pid_alive(int(match.group(1))):
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+class AtomicFile:
+    """A local file being received: readers of path see the old file or the new one."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.directory = os.path.dirname(path) or '.'
+        sweep_dead_temps(self.directory)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+        while True:
+            self.tmp_path = os.path.join(self.directory, f'.ferrogen-{os.getpid()}-{os.urandom(6).hex()}.tmp')
+            try:
+                self.fd: int | None = os.open(self.tmp_path, flags, 0o600)
+                break
+            except FileExistsError:
+                continue
+        self.size = 0
+        self.digest = hashlib.sha1()
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view):]
+        self.digest.update(data)
+        self.size += len(data)
+
+    def commit(self, mode: int) -> None:
+        """chmod, fsync, rename over the destination, fsync the directory."""
+        try:
+            os.fchmod(self.fd, mode)
+            os.fsync(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            os.rename(self.tmp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
+        dir_fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def abort(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        try:
+            os.unlink(self.tmp_path)
+        except OSError:
+            pass
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.fd is not None:
+            self.abort()
+
+
+def fetched_mode(path: str, new_mode: int) -> int:
+    """The mode vanilla's fetch would leave at path: an existing file keeps its mode (sftp's
+    `get` and shutil.copyfile both write into it), a new one gets new_mode less the umask
+    (the remote file's mode for sftp, 0o666 for copyfile)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return new_mode & 0o777 & ~umask
+
+
+class Progress:
+    """Calls report(done, total, rate) at most once per PROGRESS_INTERVAL, and at the end."""
+
+    def __init__(self, total: int | None, report: Callable[[int, int | None, float], None] | None):
+        self.total = total
+        self.report = report
+        self.started = time.monotonic()
+        self.last = self.started
+
+    def update(self, done: int, final: bool = False) -> None:
+        if self.report is None:
+            return
+        now = time.monotonic()
+        if final or now - self.last >= PROGRESS_INTERVAL:
+            self.last = now
+            self.report(done, self.total, done / max(now - self.started, 1e-6))
+
+
+class StreamError(Exception):
+    """The mux or agent broke the transfer protocol."""
+
+
+def _pending(sock) -> bool:
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def put_stream(client, request: dict, source, size: int, report=None) -> dict:
+    """Send an open file as a streamed put; return the reply's result (raises MuxError)."""
+    call_id = client.next_id()
+    request = dict(request, id=call_id, op='put_begin', blobs=[])
+    client.send(frames.encode(request))
+    digest = hashlib.sha1()
+    sent = acked = 0
+    progress = Progress(size, report)
+    while True:
+        # Take what the mux sent (acks, or an early error reply); wait only when the window
+        # is full.
+        while sent - acked >= WINDOW or _pending(client.sock):
+            header, _ = client.read()
+            if header.get('id') != call_id:
+                continue
+            if header.get('type') == 'ack':
+                acked = max(acked, int(header.get('bytes') or 0))
+                progress.update(acked)
+            elif header.get('type') == 'reply':
+                if header.get('ok'):
+                    raise StreamError('put finished before put_end')
+                return client.result(header)
+        data = source.read(CHUNK)
+        if not data:
+            break
+        digest.update(data)
+        client.send_frame({'type': 'chunk', 'id': call_id, 'offset': sent}, data)
+        sent += len(data)
+    client.send(frames.encode({'type': 'put_end', 'id': call_id, 'size': sent, 'sha1': digest.hexdigest()}))
+    while True:
+        header, _ = client.read()
+        if header.get('id') != call_id:
+            continue
+        if header.get('type') == 'ack':
+            progress.update(int(header.get('bytes') or 0))
+        elif header.get('type') == 'reply':
+            result = client.result(header)
+            progress.update(sent, final=True)
+            return result
+
+
+def fetch_stream(client, request: dict, sink: AtomicFile, report=None) -> dict:
+    """Receive a streamed fetch into sink (not committed); return the reply's result."""
+    call_id = client.next_id()
+    request = dict(request, id=call_id, op='fetch_begin', blobs=[])
+    client.send(frames.encode(request))
+    progress: Progress | None = None
+    while True:
+        header, body = client.read()
+        if header.get('id') != call_id:
+            continue
+        if header.get('type') == 'chunk':
+            if header.get('offset') != sink.size:
+                raise StreamError(f'chunk at offset {header.get("offset")}, expected {sink.size}')
+            if progress is None:
+                progress = Progress(header.get('size'), report)
+            sink.write(body)
+            client.send(frames.encode({'type': 'ack', 'id': call_id, 'bytes': sink.size}))
+            progress.update(sink.size)
+        elif header.get('type') == 'reply':
+            result = client.result(header)
+            if result.get('size') != sink.size or result.get('sha1') != sink.digest.hexdigest():
+                raise StreamError(f'received {sink.size} bytes with SHA-1 {sink.digest.hexdigest()}, the target '
+                                  f'sent {result.get("size")} bytes with SHA-1 {result.get("sha1")}')
+            if progress is not None:
+                progress.update(sink.size, final=True)
+            return result

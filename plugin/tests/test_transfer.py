@@ -1,0 +1,187 @@
+"""Worker-side file transfer: atomic local files, the streaming loops against a scripted mux."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from ansible.errors import AnsibleError
+
+from ansible_ferrogen import frames, transfer
+from ansible_ferrogen.client import MuxError
+
+
+class FakeMux:
+    """Stands in for MuxClient: an agent that acks every chunk, or streams a file back."""
+
+    def __init__(self, fetch_data: bytes | None = None, fail_put_with: str | None = None):
+        self.sock, self._peer = socket.socketpair()
+        self.ids = iter(range(1, 100))
+        self.inbox: list[tuple[dict, bytes]] = []
+        self.received = bytearray()
+        self.sent_frames: list[dict] = []
+        self.fetch_data = fetch_data
+        self.fail_put_with = fail_put_with
+        self.max_unacked = 0
+        self.acked = 0
+
+    def next_id(self) -> int:
+        return next(self.ids)
+
+    def send(self, data: bytes) -> None:
+        header, body, _ = frames.decode(data)
+        self._handle(header, body)
+
+    def send_frame(self, header: dict, body: bytes) -> None:
+        self._handle(header, body)
+
+    def _handle(self, header: dict, body: bytes) -> None:
+        self.sent_frames.append(header)
+        kind = header['type']
+        if kind == 'call' and header['op'] == 'put_begin' and self.fail_put_with:
+            self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': False,
+                                'error': {'kind': 'agent_error', 'message': self.fail_put_with}}, b''))
+        elif kind == 'call' and header['op'] == 'fetch_begin':
+            data = self.fetch_data
+            for offset in range(0, len(data), transfer.CHUNK):
+                self.inbox.append(({'type': 'chunk', 'id': header['id'], 'offset': offset, 'size': len(data)},
+                                   data[offset:offset + transfer.CHUNK]))
+            self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': True,
+                                'result': {'size': len(data), 'sha1': hashlib.sha1(data).hexdigest(), 'mode': 0o640}},
+                               b''))
+        elif kind == 'chunk':
+            assert header['offset'] == len(self.received)
+            self.received += body
+            self.max_unacked = max(self.max_unacked, len(self.received) - self.acked)
+            self.inbox.append(({'type': 'ack', 'id': header['id'], 'bytes': len(self.received)}, b''))
+        elif kind == 'ack':
+            pass
+        elif kind == 'put_end':
+            assert header['sha1'] == hashlib.sha1(self.received).hexdigest()
+            self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': True,
+                                'result': {'size': header['size'], 'sha1': header['sha1']}}, b''))
+
+    def read(self) -> tuple[dict, bytes]:
+        header, body = self.inbox.pop(0)
+        if header['type'] == 'ack':
+            self.acked = header['bytes']
+        return header, body
+
+    def result(self, header: dict) -> dict:
+        if not header.get('ok'):
+            raise MuxError(header['error']['kind'], header['error']['message'])
+        return header['result']
+
+
+def test_put_stream_keeps_within_the_window(tmp_path):
+    data = os.urandom(9 * transfer.CHUNK + 5)
+    source = tmp_path / 'src'
+    source.write_bytes(data)
+    mux = FakeMux()
+    reports = []
+    with open(source, 'rb') as handle:
+        result = transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/x'}}, handle, len(data),
+                                     lambda *a: reports.append(a))
+    assert result['sha1'] == hashlib.sha1(data).hexdigest()
+    assert bytes(mux.received) == data
+    assert mux.max_unacked <= transfer.WINDOW
+    assert reports[-1][0] == len(data) and reports[-1][1] == len(data)
+    assert mux.sent_frames[0]['op'] == 'put_begin' and mux.sent_frames[-1]['type'] == 'put_end'
+
+
+def test_put_stream_stops_on_an_early_error(tmp_path):
+    source = tmp_path / 'src'
+    source.write_bytes(os.urandom(3 * transfer.CHUNK))
+    mux = FakeMux(fail_put_with='Permission denied')
+    # The error reply is waiting before the first chunk goes: the loop sees it pending.
+    mux._peer.send(b'x')
+    with open(source, 'rb') as handle, pytest.raises(MuxError, match='Permission denied'):
+        transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {}}, handle, 3 * transfer.CHUNK)
+    assert not any(f['type'] == 'put_end' for f in mux.sent_frames)
+
+
+def test_fetch_stream_writes_an_atomic_file(tmp_path):
+    data = os.urandom(5 * transfer.CHUNK + 3)
+    dest = tmp_path / 'dest'
+    dest.write_bytes(b'old')
+    mux = FakeMux(fetch_data=data)
+    with transfer.AtomicFile(str(dest)) as sink:
+        result = transfer.fetch_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/src'}}, sink)
+        assert dest.read_bytes() == b'old'  # not before commit
+        sink.commit(0o600)
+    assert result['size'] == len(data)
+    assert dest.read_bytes() == data
+    assert dest.stat().st_mode & 0o777 == 0o600
+    acks = [f for f in mux.sent_frames if f['type'] == 'ack']
+    assert acks[-1]['bytes'] == len(data)
+    assert [p.name for p in tmp_path.iterdir()] == ['dest']
+
+
+def test_fetch_stream_rejects_a_checksum_mismatch(tmp_path):
+    mux = FakeMux(fetch_data=b'abc')
+    mux.fetch_data = b'abc'
+    original = mux._handle
+
+    def corrupt(header, body):
+        original(header, body)
+        if header['type'] == 'call':
+            mux.inbox[-1][0]['result']['sha1'] = '0' * 40
+
+    mux._handle = corrupt
+    with transfer.AtomicFile(str(tmp_path / 'dest')) as sink, pytest.raises(transfer.StreamError, match='SHA-1'):
+        transfer.fetch_stream(mux, {'type': 'call', 'target': {}, 'args': {}}, sink)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_file_abort_and_dead_writer_sweep(tmp_path):
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = tmp_path / f'.ferrogen-{dead.pid}-00ff.tmp'
+    stale.write_bytes(b'partial')
+    mine_live = tmp_path / f'.ferrogen-{os.getppid()}-00ff.tmp'
+    mine_live.write_bytes(b'in use')
+    with transfer.AtomicFile(str(tmp_path / 'dest')) as sink:
+        sink.write(b'data')
+        assert not stale.exists()  # swept: its writer is dead
+        assert mine_live.exists()
+    # Left without commit: the temp file is gone, the destination never appeared.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [mine_live.name]
+
+
+def test_fetched_mode_follows_vanilla(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        existing = tmp_path / 'existing'
+        existing.write_bytes(b'')
+        existing.chmod(0o600)
+        assert transfer.fetched_mode(str(existing), 0o755) == 0o600
+        assert transfer.fetched_mode(str(tmp_path / 'new'), 0o777) == 0o755
+        assert transfer.fetched_mode(str(tmp_path / 'new'), 0o666) == 0o644
+    finally:
+        os.umask(umask)
+
+
+def test_stream_errors_become_ansible_errors():
+    from ansible_ferrogen.connection import LocalConnection
+
+    connection = LocalConnection.__new__(LocalConnection)
+    connection.target_spec = lambda: {'name': 'web1'}
+    connection.become = None
+    connection.python_interpreter = lambda: None
+
+    def broken(client, target, account):
+        raise transfer.StreamError('received 3 bytes')
+
+    import ansible_ferrogen.connection as module
+
+    original = module.MuxClient.get
+    module.MuxClient.get = staticmethod(lambda: None)
+    try:
+        with pytest.raises(AnsibleError, match='fetch_file on web1: received 3 bytes'):
+            connection._run('fetch_file', broken)
+    finally:
+        module.MuxClient.get = original

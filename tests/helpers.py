@@ -1,0 +1,197 @@
+"""Helpers that drive real ansible-playbook runs for ferrogen's integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parent.parent
+# The inventory hosts every foundation test runs against (ci/setup.sh writes them).
+TARGETS = ["sshroot", "sshuser", "localhost"]
+TESTS = REPO / "tests"
+PLAYBOOKS = TESTS / "playbooks"
+STATE = REPO / ".state"
+VENV = REPO / ".venv"
+INVENTORY = STATE / "inventory.ini"
+SSH_KEY = STATE / "id_ed25519"
+STRATEGY_DIR = REPO / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
+CALLBACK_DIR = TESTS / "callback_plugins"
+
+# Set by conftest when pytest runs with --ferrogen-baseline: every ferrogen=True run then goes
+# through vanilla Ansible instead, to check the playbooks and the harness themselves.
+BASELINE = {"on": False}
+
+
+def ansible_playbook_bin() -> Path:
+    return VENV / "bin" / "ansible-playbook"
+
+
+class PlaybookRun(NamedTuple):
+    returncode: int
+    results: list[dict]
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + "\n" + self.stderr
+
+    def for_host(self, host: str) -> list[dict]:
+        return [r for r in self.results if r["host"] == host]
+
+    def task(self, host: str, name: str) -> dict:
+        found = [r for r in self.results if r["host"] == host and r["task"] == name]
+        assert found, f"no result for task {name!r} on {host}; tasks seen: {[r['task'] for r in self.for_host(host)]}"
+        assert len(found) == 1, f"task {name!r} ran {len(found)} times on {host}"
+        return found[0]
+
+
+def base_env(tmp: Path, *, ferrogen: bool) -> dict[str, str]:
+    env = dict(os.environ)
+    # Nothing from the caller's Ansible setup may leak in.
+    for key in list(env):
+        if key.startswith(("ANSIBLE_", "MITOGEN_")) or key == "FERROGEN_RESULTS":
+            del env[key]
+    home = tmp / "ansible-home"
+    home.mkdir(parents=True, exist_ok=True)
+    env.update(
+        {
+            "ANSIBLE_HOME": str(home),
+            "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+            "ANSIBLE_HOST_KEY_CHECKING": "False",
+            "ANSIBLE_RETRY_FILES_ENABLED": "False",
+            "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_DIR),
+            "ANSIBLE_CALLBACKS_ENABLED": "result_dump",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_DEPRECATION_WARNINGS": "False",
+            "ANSIBLE_LIBRARY": str(PLAYBOOKS / "library"),
+            "ANSIBLE_TIMEOUT": "10",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    if ferrogen:
+        env["ANSIBLE_STRATEGY_PLUGINS"] = str(STRATEGY_DIR)
+        env["ANSIBLE_STRATEGY"] = "mitogen_linear"
+    else:
+        # Vanilla at its best: pipelining plus a persistent ssh master per host.
+        cp_dir = Path(tempfile.mkdtemp(prefix="cp-", dir="/tmp"))  # short: unix socket paths are limited
+        env["ANSIBLE_PIPELINING"] = "True"
+        env["ANSIBLE_SSH_ARGS"] = "-C -o ControlMaster=auto -o ControlPersist=60s"
+        env["ANSIBLE_SSH_CONTROL_PATH_DIR"] = str(cp_dir)
+    return env
+
+
+def run_playbook(
+    playbook: str | Path,
+    *,
+    ferrogen: bool,
+    tmp_path: Path | None = None,
+    inventory: str | Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] | list[str] = (),
+    limit: str | None = None,
+    timeout: float = 300,
+) -> PlaybookRun:
+    """Run one playbook and return (returncode, results, stdout, stderr).
+
+    results: one dict per task result per host, as written by tests/callback_plugins/result_dump.py
+    (keys: status, host, task, action, changed, failed, unreachable, skipped, rc, stdout, stderr,
+    msg, result).
+    """
+    if BASELINE["on"]:
+        ferrogen = False
+    tmp = Path(tmp_path) if tmp_path is not None else Path(tempfile.mkdtemp(prefix="ferrogen-run-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=tmp))
+    results_file = run_dir / "results.jsonl"
+    env = base_env(run_dir, ferrogen=ferrogen)
+    env["FERROGEN_RESULTS"] = str(results_file)
+    if extra_env:
+        env.update(extra_env)
+    playbook = Path(playbook)
+    if not playbook.is_absolute():
+        playbook = PLAYBOOKS / playbook
+    run_id = uuid.uuid4().hex[:12]  # playbooks use it to keep their scratch paths apart
+    cmd = [
+        str(ansible_playbook_bin()),
+        "-i",
+        str(inventory or INVENTORY),
+        str(playbook),
+        "-e",
+        f"ferrogen_run_id={run_id}",
+    ]
+    if limit:
+        cmd += ["--limit", limit]
+    cmd += list(extra_args)
+    try:
+        proc = subprocess.run(
+            cmd,
+            check=False,
+            env=env,
+            cwd=str(run_dir),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        _cleanup(env)
+        raise AssertionError(
+            f"ansible-playbook hung: {' '.join(cmd)} did not finish in {timeout}s\n"
+            f"stdout:\n{exc.stdout}\nstderr:\n{exc.stderr}"
+        ) from None
+    _cleanup(env)
+    results = []
+    if results_file.exists():
+        for line in results_file.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                results.append(json.loads(line))
+    return PlaybookRun(proc.returncode, results, proc.stdout, proc.stderr)
+
+
+def _cleanup(env: dict[str, str]) -> None:
+    """Remove the run's ControlPath dir (its ssh master then exits at its ControlPersist timeout)."""
+    cp_dir = env.get("ANSIBLE_SSH_CONTROL_PATH_DIR")
+    if cp_dir and os.path.basename(cp_dir).startswith("cp-"):
+        shutil.rmtree(cp_dir, ignore_errors=True)
+
+
+def describe(run: PlaybookRun) -> str:
+    """Failure message with the whole run output."""
+    return f"rc={run.returncode}\n--- stdout ---\n{run.stdout}\n--- stderr ---\n{run.stderr}"
+
+
+def write_inventory(path: Path, lines: list[str]) -> Path:
+    """An inventory with the given host lines plus the usual ssh options."""
+    text = "\n".join(
+        [
+            "[targets]",
+            *lines,
+            "",
+            "[all:vars]",
+            "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
+            "",
+        ]
+    )
+    path.write_text(text)
+    return path
+
+
+# ci/setup.sh starts the test sshd on this port (FERROGEN_SSH_PORT, default 2222).
+SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
+
+
+def ssh_host_line(
+    name: str, *, user: str = "root", port: int = SSH_PORT, python: str = "/usr/bin/python3", extra: str = ""
+) -> str:
+    return (
+        f"{name} ansible_host=127.0.0.1 ansible_port={port} ansible_user={user} "
+        f"ansible_ssh_private_key_file={SSH_KEY} ansible_python_interpreter={python} {extra}"
+    ).strip()

@@ -1,0 +1,3 @@
+#!/bin/sh
+# Used by modules.yml through the script module.
+echo "script says $1"
