@@ -367,7 +367,8 @@ def test_garbage_and_oversized_frames_do_not_harm_the_run(tmp_path):
     run = live.finish()
     assert run.returncode == 0, describe(run)
     for host in ("sshroot", "sshuser"):
-        assert run.task(host, "long task")["stdout"] == "slept"
+        long_task = run.task(host, "long task")
+        assert long_task["stdout"] == "slept", f"{host}: {long_task}\n{describe(run)}"
         assert run.task(host, "after the long task")["stdout"] == "after"
     # Every bad client was closed (none left hanging), each with a logged error.
     assert not [a for a in answers if "STILL OPEN" in a], answers
