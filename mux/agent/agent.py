@@ -609,6 +609,65 @@ class Task:
         return data
 
 
+class SpareProcess:
+    """A task process forked ahead of time, blocked on a pipe until the parent sends it a task.
+
+    It shares the parent's state as of its fork, counted by the parent's generation: a spare
+    from an older generation (before a module zip arrived or a module was compiled) is
+    discarded rather than used.
+    """
+
+    def __init__(self, pid, command_fd, stdout_file, stderr_file, generation):
+        self.pid = pid
+        self.command_fd = command_fd
+        self.stdout_file = stdout_file
+        self.stderr_file = stderr_file
+        self.generation = generation
+
+    def discard(self):
+        """End the spare: at end of its pipe it exits without running anything."""
+        for close in (lambda: os.close(self.command_fd), self.stdout_file.close, self.stderr_file.close):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def receive_spare_task(command_fd):
+    """Block until the parent sends a task frame; None if it closed the pipe instead."""
+    prefix = read_exactly(command_fd, FRAME_PREFIX.size)
+    if prefix is None:
+        return None
+    header_len, body_len = FRAME_PREFIX.unpack(prefix)
+    header = json.loads(read_exactly(command_fd, header_len).decode('utf-8'))
+    stdin = read_exactly(command_fd, body_len) if body_len else b''
+    return header['op'], header['args'], stdin, header['emulate_tty']
+
+
+def read_exactly(fd, size):
+    data = b''
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def close_descriptors_except(keep):
+    """Close every descriptor above 2 that is not in keep."""
+    try:
+        fds = [int(name) for name in os.listdir('/proc/self/fd')]
+    except OSError:
+        fds = range(3, 1024)
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class Agent:
     def __init__(self):
         self.channel = Channel()
@@ -623,6 +682,11 @@ class Agent:
         # Module zips whose module_utils this interpreter has imported, and modules compiled.
         self.warm_zips = set()
         self.compiled_modules = {}
+        # Counts changes to what tasks inherit (blobs, warm zips, compiled modules), so an
+        # older spare is not used; and the spare itself, forked once tasks have run.
+        self.generation = 0
+        self.spare = None
+        self.spare_wanted = False
         # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
         self.transfers = {}
         self.selector = selectors.DefaultSelector()
@@ -675,6 +739,12 @@ class Agent:
                     self.on_child_output(stream, child)
             if authenticating:
                 self.check_prompts()
+            if self.spare is None and self.spare_wanted:
+                self.spare_wanted = False
+                try:
+                    self.fork_spare()
+                except OSError as exc:
+                    self.log('debug', 'no spare task process: %s' % (exc,))
 
     def shutdown(self, code):
         for transfer in self.transfers.values():
@@ -682,9 +752,12 @@ class Agent:
         for child in self.children.values():
             child.stop()
             child.close_fds()
-        for task in self.tasks.values():
+        pids = [task.pid for task in self.tasks.values()]
+        if self.spare is not None:
+            pids.append(self.spare.pid)
+        for pid in pids:
             try:
-                os.kill(task.pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
         shutil.rmtree(self.tmpdir, ignore_errors=True)
@@ -896,6 +969,7 @@ class Agent:
         path = os.path.join(self.tmpdir, digest + '.zip')
         write_atomically(path, content)
         self.blobs[digest] = path
+        self.generation += 1
 
     # -- ops -------------------------------------------------------------------------------
 
@@ -903,20 +977,7 @@ class Agent:
         self.reply(call_id, {'pid': os.getpid()})
 
     def op_exec_command(self, call_id, args, body):
-        emulate_tty = bool(args.get('emulate_tty'))
-        cmd = args['cmd']
-        cwd = args.get('cwd')
-        shell = pwd.getpwuid(os.geteuid()).pw_shell or '/bin/sh'
-        if not os.access(shell, os.X_OK) or shell.endswith(('nologin', 'false')):
-            shell = '/bin/sh'
-
-        def child():
-            signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-            if cwd:
-                os.chdir(cwd)
-            os.execv(shell, [shell, '-c', cmd])
-
-        self.start_task(call_id, child, stdin=body, emulate_tty=emulate_tty)
+        self.start_task(call_id, 'exec_command', args, stdin=body, emulate_tty=bool(args.get('emulate_tty')))
 
     def op_run_module(self, call_id, args, body):
         zip_path = self.blobs.get(args['zip'])
@@ -924,17 +985,35 @@ class Agent:
             self.reply_error(call_id, 'missing_blob', 'module zip %s is not cached' % args['zip'])
             return
         self.warm_up(zip_path)
-        compiled = self.compile_module(zip_path, args['module_fqn'])
-        env = args.get('env') or {}
-        cwd = args.get('cwd')
+        self.compile_module(zip_path, args['module_fqn'])
+        self.start_task(call_id, 'run_module', args, stdin=b'', emulate_tty=False)
 
-        def child():
-            os.environ.update(env)
+    def task_main(self, op, args):
+        """What the process of an exec_command or run_module task runs. Built in that process
+        (a spare forked earlier has the same state; see SpareProcess)."""
+        cwd = args.get('cwd')
+        if op == 'exec_command':
+            shell = pwd.getpwuid(os.geteuid()).pw_shell or '/bin/sh'
+            if not os.access(shell, os.X_OK) or shell.endswith(('nologin', 'false')):
+                shell = '/bin/sh'
+
+            def exec_command():
+                signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                if cwd:
+                    os.chdir(cwd)
+                os.execv(shell, [shell, '-c', args['cmd']])
+
+            return exec_command
+        zip_path = self.blobs[args['zip']]
+        compiled = self.compiled_modules.get((zip_path, args['module_fqn']))
+
+        def run_module():
+            os.environ.update(args.get('env') or {})
             if cwd:
                 os.chdir(cwd)
             run_module_in_child(zip_path, args, compiled)
 
-        self.start_task(call_id, child, stdin=b'', emulate_tty=False)
+        return run_module
 
     def op_put_file(self, call_id, args, body):
         """A small file in one call: the body is the content."""
@@ -1016,6 +1095,7 @@ class Agent:
         if zip_path in self.warm_zips:
             return
         self.warm_zips.add(zip_path)
+        self.generation += 1
         add_zip_to_packages(zip_path)
         for name in module_utils_in_zip(zip_path):
             try:
@@ -1035,10 +1115,25 @@ class Agent:
             except Exception:
                 self.log('debug', 'warm-up import failed; tasks will import cold:\n'
                          + traceback.format_exc())
-        # Objects that exist now are never freed; keeping the collector off them spares
-        # every forked child copying their pages.
-        if hasattr(gc, "freeze"):
-            gc.freeze()
+        freeze_garbage_collector()
+
+    def import_standard_library_of(self, source):
+        """Import here the standard modules the module imports at its top level (glob, shlex,
+        ...), so that each task's child finds them imported."""
+        import ast
+        standard = getattr(sys, 'stdlib_module_names', ())
+        names = set()
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                names.add(node.module)
+        for name in sorted(names):
+            if name.partition('.')[0] in standard and name not in sys.modules:
+                try:
+                    __import__(name)
+                except Exception:
+                    self.log('debug', 'warm-up import of %s failed:\n%s' % (name, traceback.format_exc()))
 
     def compile_module(self, zip_path, module_fqn):
         """(spec, code) of the module, compiled once per interpreter rather than per task."""
@@ -1047,50 +1142,95 @@ class Agent:
             try:
                 spec = importlib.util.find_spec(module_fqn)
                 self.compiled_modules[key] = (spec, spec.loader.get_code(module_fqn))
+                self.import_standard_library_of(spec.loader.get_source(module_fqn))
             except Exception:
                 self.log('debug', 'cannot precompile %s:\n%s' % (module_fqn, traceback.format_exc()))
                 self.compiled_modules[key] = None
+            freeze_garbage_collector()
+            self.generation += 1
         return self.compiled_modules[key]
 
-    def start_task(self, call_id, child_main, stdin, emulate_tty):
+    def start_task(self, call_id, op, args, stdin, emulate_tty):
+        self.spare_wanted = True
+        spare = self.take_spare()
+        if spare is not None:
+            try:
+                write_all(spare.command_fd, encode_frame({'op': op, 'args': args, 'emulate_tty': emulate_tty}, stdin))
+            except OSError:
+                spare.discard()
+            else:
+                os.close(spare.command_fd)
+                if emulate_tty:
+                    spare.stderr_file.close()
+                self.tasks[spare.pid] = Task(call_id, spare.pid, spare.stdout_file,
+                                             None if emulate_tty else spare.stderr_file, emulate_tty)
+                return
         stdout_file = scratch_file(self.tmpdir)
         stderr_file = None if emulate_tty else scratch_file(self.tmpdir)
-        stdin_file = None
-        if stdin:
-            stdin_file = scratch_file(self.tmpdir)
-            stdin_file.write(stdin)
-            stdin_file.flush()
-            stdin_file.seek(0)
         pid = os.fork()
         if pid == 0:
-            code = 1
-            # A task lives milliseconds: collecting would only copy the parent's pages.
-            gc.disable()
-            try:
-                os.close(self.channel.rfd)
-                os.close(self.channel.wfd)
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                if stdin_file is not None:
-                    os.dup2(stdin_file.fileno(), 0)
-                os.dup2(stdout_file.fileno(), 1)
-                os.dup2((stderr_file or stdout_file).fileno(), 2)
-                child_main()
-                code = 0
-            except SystemExit as exc:
-                code = exit_code(exc.code)
-            except BaseException:
-                traceback.print_exc()
-            finally:
-                flush_std_streams()
-                os._exit(code)
-        if stdin_file is not None:
-            stdin_file.close()
+            self.run_task_process(lambda: (op, args, stdin, emulate_tty), stdout_file, stderr_file or stdout_file)
         self.tasks[pid] = Task(call_id, pid, stdout_file, stderr_file, emulate_tty)
 
+    def run_task_process(self, receive_task, stdout_file, stderr_file, keep_fds=()):
+        """The body of a freshly forked task process: leave the agent's descriptors and signal
+        handlers behind, get the task (at once, or as a spare when it comes), run it, exit."""
+        code = 1
+        # A task lives milliseconds: collecting would only copy the parent's pages.
+        gc.disable()
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            # The agent's other descriptors (its channel, become children's pipes, other
+            # tasks' output) must not outlive it in a task, nor keep a pipe from closing.
+            close_descriptors_except({stdout_file.fileno(), stderr_file.fileno()} | set(keep_fds))
+            task = receive_task()
+            if task is None:
+                code = 0
+                return
+            op, args, stdin, emulate_tty = task
+            if stdin:
+                stdin_file = scratch_file(self.tmpdir)
+                stdin_file.write(stdin)
+                stdin_file.flush()
+                os.lseek(stdin_file.fileno(), 0, os.SEEK_SET)
+                os.dup2(stdin_file.fileno(), 0)
+            os.dup2(stdout_file.fileno(), 1)
+            os.dup2((stdout_file if emulate_tty else stderr_file).fileno(), 2)
+            self.task_main(op, args)()
+            code = 0
+        except SystemExit as exc:
+            code = exit_code(exc.code)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            flush_std_streams()
+            os._exit(code)
+
+    def take_spare(self):
+        """The spare process, if it was forked from the state a task needs now."""
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.generation != self.generation:
+            spare.discard()
+            spare = None
+        return spare
+
+    def fork_spare(self):
+        """Fork the next task's process now, while idle, so a task does not wait for a fork."""
+        stdout_file = scratch_file(self.tmpdir)
+        stderr_file = scratch_file(self.tmpdir)
+        command_r, command_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(command_w)
+            self.run_task_process(lambda: receive_spare_task(command_r), stdout_file, stderr_file,
+                                  keep_fds=(command_r,))
+        os.close(command_r)
+        self.spare = SpareProcess(pid, command_w, stdout_file, stderr_file, self.generation)
+
     def reap(self):
-        while self.tasks or self.child_pids:
+        while self.tasks or self.child_pids or self.spare is not None:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -1103,6 +1243,11 @@ class Agent:
             if child is not None:
                 self.child_exited(child, status)
                 continue
+            if self.spare is not None and pid == self.spare.pid:
+                self.log('debug', 'spare task process %d ended unused (status %d)' % (pid, status))
+                self.spare.discard()
+                self.spare = None
+                continue
             task = self.tasks.pop(pid, None)
             if task is None:
                 continue
@@ -1110,6 +1255,13 @@ class Agent:
             self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
                      % (task.call_id, rc, len(stdout), len(stderr)))
             self.reply(task.call_id, {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr)
+
+
+def freeze_garbage_collector():
+    """Objects that exist now are never freed; keeping the collector off them spares every
+    forked child copying their pages."""
+    if hasattr(gc, 'freeze'):
+        gc.freeze()
 
 
 def exit_code(code):
@@ -1155,8 +1307,8 @@ def module_utils_in_zip(zip_path):
 
 
 def run_module_in_child(zip_path, args, compiled):
-    """Run an AnsiballZ-packaged module the way its own wrapper would, minus the unzip."""
-    add_zip_to_packages(zip_path)
+    """Run an AnsiballZ-packaged module the way its own wrapper would, minus the unzip. The
+    parent's warm-up already put the zip on sys.path and on the ansible packages' paths."""
     sys.argv = [zip_path]
     import atexit
     import runpy

@@ -2,7 +2,8 @@
 
 Ansible builds one self-contained script per task: a fixed wrapper, a base64 zip of the module
 and its module_utils (the same for every task of that module), and the task's arguments. The
-agent keeps the zip per interpreter and only the arguments travel again.
+agent keeps the zip per interpreter and only the arguments travel again. Where module_cache
+put a reference in place of the zip, the zip is looked up rather than sliced out and hashed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import ast
 import dataclasses
 import hashlib
 import shlex
+
+from ansible_ferrogen import module_cache
 
 WRAPPER_MARKER = b'_ANSIBALLZ_WRAPPER = True'
 CALL_MARKER = b'\nif __name__ == "__main__":\n    _ansiballz_main('
@@ -61,7 +64,11 @@ def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
         }
     except (SyntaxError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
         return None
-    digest = hashlib.sha1(zip_data).hexdigest()
+    referenced = module_cache.zip_for(zip_data)
+    if referenced is not None:
+        digest, zip_data = referenced
+    else:
+        digest = hashlib.sha1(zip_data).hexdigest()
     args['zip'] = digest
     return ModulePayload(zip_data=zip_data, zip_hash=digest, args=args)
 

@@ -12,7 +12,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, become, transfer
+from ansible_ferrogen import ansiballz, become, module_cache, transfer
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -80,6 +80,8 @@ class Connection(ConnectionBase):
     # Every new-style module goes to the persistent interpreter as one call.
     always_pipeline_modules = True
     has_tty = False
+    # Module payloads built for this connection may carry a reference instead of the zip.
+    resolves_module_references = True
 
     # Set by the wrapped become plugin when Ansible asks for a become command; the next
     # sudoable exec_command then runs in the become account's interpreter.
@@ -166,6 +168,8 @@ class Connection(ConnectionBase):
                                       as_become=as_become)
         else:
             display.vvv(f'ferrogen: exec {cmd}', host=self._host())
+            if in_data:
+                in_data = module_cache.expand(in_data)
             args = {'cmd': cmd, 'emulate_tty': self.wants_tty() and not in_data and sudoable}
             if cwd:
                 args['cwd'] = to_text(cwd)

@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import pytest
@@ -80,6 +81,47 @@ def test_tasks_leave_no_trace_in_the_interpreter(agent):
 def test_killed_task_reports_the_signal(agent):
     header, _ = agent.call('exec_command', {'cmd': 'kill -9 $$'})
     assert header['result']['rc'] == -signal.SIGKILL
+
+
+def children_of(pid):
+    children = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as handle:
+                fields = handle.read().rsplit(')', 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] != 'Z':
+            children.append(int(entry))
+    return children
+
+
+def wait_for(predicate, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(0.02)
+
+
+def test_a_spare_task_process_waits_while_idle_and_goes_with_the_agent(agent):
+    agent.call('exec_command', {'cmd': 'true'})
+    wait_for(lambda: len(children_of(agent.proc.pid)) == 1)
+    (spare,) = children_of(agent.proc.pid)
+    # The next task runs in that spare (the shell execs in the task's process), and a new
+    # spare is forked for the task after it.
+    _, body = agent.call('exec_command', {'cmd': 'echo $$'})
+    assert int(body) == spare
+    wait_for(lambda: len(children_of(agent.proc.pid)) == 1 and children_of(agent.proc.pid) != [spare])
+    (next_spare,) = children_of(agent.proc.pid)
+    assert agent.close() == 0
+    wait_for(lambda: not os.path.exists(f'/proc/{next_spare}'))
+
+
+def test_a_task_process_holds_none_of_the_agent_descriptors(agent):
+    check = f"{sys.executable} -c 'import os; print(sorted(os.listdir(\"/proc/self/fd\")))'"
+    for _ in range(3):  # forked directly, then from spares
+        header, body = agent.call('exec_command', {'cmd': check})
+        assert body.split(b'\n')[0] == b"['0', '1', '2', '3']", body
 
 
 def test_put_file_is_atomic_and_leaves_no_temp_file(agent, tmp_path):
