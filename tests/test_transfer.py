@@ -536,3 +536,43 @@ def test_one_gigabyte_copy_in_bounded_memory_with_progress(tmp_path, crash_setup
     assert status_rows and "MB/s" in status_rows[0] and "of 1073741824 bytes" in status_rows[0], status_rows
     progress = [line for line in run.output.splitlines() if "ferrogen: put" in line and "MB/s" in line]
     assert progress and "1073741824/1073741824 bytes" in progress[-1], run.output[-3000:]
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def _copy_once(tmp_path: Path, source: Path, dest: Path, remote_tmp: Path) -> helpers.PlaybookRun:
+    return helpers.run_playbook("transfer_repeat.yml", ferrogen=True, tmp_path=tmp_path, limit="sshroot",
+                                extra_env={"FERROGEN_LOG": "debug"},
+                                extra_args=["-e", "op=copy", "-e", "rounds=1", "-e", f"version={source}",
+                                            "-e", f"dest={dest}", "-e", f"ansible_remote_tmp={remote_tmp}"])  # fmt: skip
+
+
+@pytest.mark.mux_only
+def test_a_small_copy_waits_for_two_calls_and_leaves_no_temp_dir(tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("small\n")
+    remote_tmp = tmp_path / "rtmp"
+    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", remote_tmp)
+    assert run.returncode == 0, describe(run)
+    assert (tmp_path / "dest.txt").read_text() == "small\n"
+    ops = re.findall(r"agent: call \d+: (\w+)", run.stderr)
+    # stat and copy are the only calls the worker waits for; the temp dir's creation, the
+    # upload, its chmod and the removal are detached; no shell command runs at all.
+    assert sorted(ops) == ["add_mode", "make_dir", "put_file", "remove_tree", "run_module", "run_module"], ops
+    assert list(remote_tmp.glob("ansible-tmp-*")) == []
+    assert oct(remote_tmp.stat().st_mode & 0o777) == oct(0o700)
+
+
+@pytest.mark.mux_only
+def test_a_failed_detached_step_fails_the_task_with_its_error(tmp_path):
+    source = tmp_path / "source.txt"
+    source.write_text("small\n")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the remote temp dir should go\n")
+    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", blocker / "rtmp")
+    assert run.returncode != 0
+    result = run.task("sshroot", "copy round")
+    assert result["failed"], result
+    assert "an earlier make_dir of this task failed" in json.dumps(result), result
+    assert not (tmp_path / "dest.txt").exists()

@@ -689,6 +689,8 @@ class Agent:
         self.spare_wanted = False
         # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
         self.transfers = {}
+        # Task temp dirs made by make_dir and not removed yet.
+        self.task_dirs = set()
         self.selector = selectors.DefaultSelector()
         self.wakeup_r, wakeup_w = os.pipe()
         os.set_blocking(self.wakeup_r, False)
@@ -760,7 +762,8 @@ class Agent:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
+        for path in [self.tmpdir, *self.task_dirs]:
+            shutil.rmtree(path, ignore_errors=True)
         os._exit(code)
 
     def log(self, level, message):
@@ -977,6 +980,8 @@ class Agent:
         self.reply(call_id, {'pid': os.getpid()})
 
     def op_exec_command(self, call_id, args, body):
+        if not isinstance(args.get('cmd'), str):
+            raise ValueError('exec_command needs a "cmd" string')
         self.start_task(call_id, 'exec_command', args, stdin=body, emulate_tty=bool(args.get('emulate_tty')))
 
     def op_run_module(self, call_id, args, body):
@@ -1014,6 +1019,32 @@ class Agent:
             run_module_in_child(zip_path, args, compiled)
 
         return run_module
+
+    def op_make_dir(self, call_id, args, body):
+        """A task's temp dir (usually a detached call: the controller did not wait), private
+        to this account like its parents, as `umask 77 && mkdir -p` makes them. Removed at
+        exit if the controller has not removed it by then."""
+        old_umask = os.umask(0o077)
+        try:
+            os.makedirs(args['path'], mode=args.get('mode', 0o700), exist_ok=True)
+        finally:
+            os.umask(old_umask)
+        self.task_dirs.add(args['path'])
+        self.reply(call_id, {})
+
+    def op_remove_tree(self, call_id, args, body):
+        self.task_dirs.discard(args['path'])
+        try:
+            shutil.rmtree(args['path'])
+        except FileNotFoundError:
+            pass
+        self.reply(call_id, {})
+
+    def op_add_mode(self, call_id, args, body):
+        """chmod u+rwx and the like: add args['bits'] to each path's mode."""
+        for path in args['paths']:
+            os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | args['bits'])
+        self.reply(call_id, {})
 
     def op_put_file(self, call_id, args, body):
         """A small file in one call: the body is the content."""

@@ -35,7 +35,7 @@ use tokio::{
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    BecomeKey, BecomeSpec, Frame, FrameCodec, FrameError, TargetKey, TargetSpec, Transport,
+    BecomeKey, BecomeSpec, Frame, FrameCodec, FrameError, Reply, TargetKey, TargetSpec, Transport,
 };
 
 use crate::{
@@ -60,6 +60,10 @@ const LINGER: Duration = Duration::from_millis(500);
 
 /// Id of the login interpreter on the agent link.
 const LOGIN_INTERP: u32 = 0;
+
+/// The op the Target answers itself, from the login agent's `ready` frame (its temp dir,
+/// home, user, python), once the connection is up.
+const INTERPRETER_INFO: &str = "interpreter_info";
 
 /// How much longer than the target's timeout the mux waits for `spawned` before it gives
 /// up on a become interpreter itself (the agent should have answered by then).
@@ -409,6 +413,17 @@ impl Target {
     /// Sends `call` to its interpreter (state must be Ready), spawning a become
     /// interpreter for its account first if there is none.
     fn forward(&mut self, call: Dispatch, ctx: &mut Context<Self>) {
+        if call.op == INTERPRETER_INFO && call.become_spec.is_none() {
+            // What the login agent said when it came up: no round trip to the target.
+            let info = self.agent.clone().unwrap_or_default();
+            call.reply_to.do_send(CallReply::from_reply(Reply {
+                id: call.worker_id,
+                ok: true,
+                result: Some(Value::Object(info)),
+                error: None,
+            }));
+            return;
+        }
         let Some(become_spec) = call.become_spec.clone() else {
             self.send_call(LOGIN_INTERP, call, ctx);
             return;

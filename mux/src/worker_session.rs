@@ -99,6 +99,12 @@ pub struct WorkerSession {
     /// Streamed transfers in flight, by the worker's call id: where its `chunk`, `put_end`
     /// and `ack` frames go. Dropped with the session.
     transfers: HashMap<u64, Addr<Transfer>>,
+    /// Detached calls already acknowledged whose outcome is still to come, with their op:
+    /// never cancelled when the worker goes, and their replies are not written.
+    detached: HashMap<u64, String>,
+    /// The first failure of a detached call, given to the worker as the error of its next
+    /// answered call (the worker went on as though the step had worked).
+    detached_failure: Option<String>,
 }
 
 impl WorkerSession {
@@ -115,6 +121,8 @@ impl WorkerSession {
                 in_flight: HashMap::new(),
                 closing: false,
                 transfers: HashMap::new(),
+                detached: HashMap::new(),
+                detached_failure: None,
             }
         })
     }
@@ -193,12 +201,16 @@ impl WorkerSession {
             }
             (_, None) => self.protocol_error(format!("expected hello, got {kind:?}"), ctx),
             (Request::Call(call), Some(_)) => {
-                if self.in_flight.contains_key(&call.id) {
+                if self.in_flight.contains_key(&call.id) || self.detached.contains_key(&call.id) {
                     self.write_reply(CallReply::error(
                         call.id,
                         "bad_request",
                         format!("call id {} is already in flight", call.id),
                     ));
+                    return;
+                }
+                if call.detached {
+                    self.submit_detached(*call, frame.body, ctx);
                     return;
                 }
                 self.in_flight.insert(
@@ -296,6 +308,50 @@ impl WorkerSession {
     fn write_reply(&mut self, reply: CallReply) {
         self.writer.write(reply.frame);
     }
+
+    /// Acknowledges a detached call at once and sends it on; its reply comes back to
+    /// [`WorkerSession::detached_done`].
+    fn submit_detached(&mut self, call: worker_ipc::Call, body: Bytes, ctx: &mut Context<Self>) {
+        if Direction::of_op(&call.op).is_some() {
+            self.write_reply(CallReply::error(
+                call.id,
+                "bad_request",
+                format!("{} streams a file and cannot be detached", call.op),
+            ));
+            return;
+        }
+        self.detached.insert(call.id, call.op.clone());
+        self.write_reply(CallReply::from_reply(Reply {
+            id: call.id,
+            ok: true,
+            result: Some(json!({"detached": true})),
+            error: None,
+        }));
+        self.registry.do_send(registry::Submit {
+            call,
+            body,
+            session: self.session,
+            reply_to: ctx.address().recipient(),
+            transfer: None,
+        });
+    }
+
+    /// The outcome of a detached call: a failure is kept for the next answered call.
+    fn detached_done(&mut self, op: String, reply: &CallReply) {
+        if reply.frame.header.get("ok") == Some(&Value::Bool(true)) {
+            return;
+        }
+        let message = reply
+            .frame
+            .header
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        warn!(worker = ?self.worker_pid, id = reply.id, %op, "a detached call failed: {message}");
+        self.detached_failure
+            .get_or_insert_with(|| format!("an earlier {op} of this task failed: {message}"));
+    }
 }
 
 impl Actor for WorkerSession {
@@ -359,9 +415,17 @@ impl Handler<CallReply> for WorkerSession {
     type Result = ();
 
     fn handle(&mut self, msg: CallReply, _: &mut Self::Context) {
+        if let Some(op) = self.detached.remove(&msg.id) {
+            self.detached_done(op, &msg);
+            return;
+        }
         self.transfers.remove(&msg.id);
         if self.in_flight.remove(&msg.id).is_some() && !self.closing {
-            self.write_reply(msg);
+            let reply = match self.detached_failure.take() {
+                Some(failure) => CallReply::error(msg.id, "detached_failed", failure),
+                None => msg,
+            };
+            self.write_reply(reply);
         }
     }
 }

@@ -1046,3 +1046,63 @@ fn departed_worker_task_is_killed_by_the_real_agent() {
     assert_eq!(reply.body.as_ref(), b"next\n");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+// --- Detached calls and interpreter_info (issue 4: round trips per file) --------------------
+
+#[test]
+fn interpreter_info_is_answered_from_the_agents_ready_frame() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let reply = client.call(local(), "interpreter_info", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    let info = &reply.header["result"];
+    let tmpdir = info["tmpdir"].as_str().unwrap();
+    assert!(std::path::Path::new(tmpdir).is_dir(), "{info}");
+    let ping = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(info["pid"], ping.header["result"]["pid"]);
+}
+
+#[test]
+fn detached_calls_are_acknowledged_at_once_and_a_failure_fails_the_next_call() {
+    let mux = Mux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("made-by-detached-call");
+    let mut client = mux.client();
+    let detached = |client: &mut Client, id: u64, args: Value| {
+        client.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", local())
+                .with("op", "exec_command")
+                .with("args", args)
+                .with("detached", true),
+        );
+        let ack = client.reply_to(id);
+        assert_eq!(ack.header["result"]["detached"], true, "{:?}", ack.header);
+    };
+    // Acknowledged before it runs, yet it runs before the next call on that interpreter.
+    let slow = format!("sleep 0.3; touch {}", marker.display());
+    detached(&mut client, 100, json!({"cmd": slow}));
+    let args = json!({"cmd": format!("test -e {}", marker.display())});
+    let reply = client.call(local(), "exec_command", args.clone(), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    // A detached call that fails (here: a malformed one) fails the next answered call...
+    detached(&mut client, 101, json!({"no_cmd": true}));
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(error_kind(&reply), "detached_failed", "{:?}", reply.header);
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("exec_command"), "{message}");
+    // ...once only.
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    // Streams cannot be detached.
+    client.send(
+        Frame::new("call")
+            .with("id", 102)
+            .with("target", local())
+            .with("op", "put_begin")
+            .with("args", json!({"path": "/nonexistent"}))
+            .with("detached", true),
+    );
+    assert_eq!(error_kind(&client.reply_to(102)), "bad_request");
+}

@@ -72,5 +72,9 @@ class BecomeConnection(LocalConnection):
             'python': self.python_interpreter(),
         }
 
+    def task_temp_dirs_in_interpreter(self) -> bool:
+        # Every call runs as the become account, whose interpreter is not the login one.
+        return False
+
     def _call(self, op, args, body=b'', blobs=None, as_become=False):
         return super()._call(op, args, body, blobs, as_become=True)

@@ -60,11 +60,14 @@ class MuxClient:
         return cls._instance
 
     def call(self, target: dict, op: str, args: dict, body: bytes = b'',
-             blobs: dict[str, bytes] | None = None, become: dict | None = None) -> tuple[dict, bytes]:
+             blobs: dict[str, bytes] | None = None, become: dict | None = None,
+             detached: bool = False) -> tuple[dict, bytes]:
         """Run op on target (as the become account, if given); upload any blob the mux lacks
-        and retry once."""
+        and retry once. A detached call is only acknowledged (docs/protocol.md)."""
         blobs = blobs or {}
         request = {'type': 'call', 'target': target, 'op': op, 'args': args, 'blobs': list(blobs)}
+        if detached:
+            request['detached'] = True
         if current_task:
             request['task'] = current_task
         if become is not None:

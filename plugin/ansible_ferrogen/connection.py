@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 
@@ -16,6 +17,9 @@ from ansible_ferrogen import ansiballz, become, module_cache, transfer
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
+
+# interpreter_info answers by target key, for this worker process.
+_interpreter_info: dict[str, dict] = {}
 
 # Connection-level failures: Ansible marks the host unreachable.
 UNREACHABLE_KINDS = frozenset(('unreachable', 'connection_lost'))
@@ -53,6 +57,11 @@ def borrow_documentation(vanilla: str, name: str, short_description: str) -> str
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def inside(path: str, directory: str) -> bool:
+    """Whether path is directory or below it."""
+    return path == directory or path.startswith(directory.rstrip('/') + '/')
+
+
 def drop_control_options(args: list[str]) -> list[str]:
     """Remove -o ControlMaster/ControlPersist/ControlPath, in both -o X=y and -oX=y forms."""
     kept = []
@@ -86,6 +95,9 @@ class Connection(ConnectionBase):
     # Set by the wrapped become plugin when Ansible asks for a become command; the next
     # sudoable exec_command then runs in the become account's interpreter.
     _become_requested = False
+    # The task temp dir action_mixin made in the login interpreter's temp dir: small uploads
+    # into it are detached calls.
+    detached_temp_dir: str | None = None
 
     def set_become_plugin(self, plugin) -> None:
         """Keep Ansible's become plugin for its options, but run its commands ourselves."""
@@ -128,6 +140,25 @@ class Connection(ConnectionBase):
         if not value or str(value).startswith('auto'):
             return None
         return str(value)
+
+    def task_temp_dirs_in_interpreter(self) -> bool:
+        """Whether action_mixin may put task temp dirs in the login interpreter's own temp
+        dir (every call but unprivileged become ones runs in that interpreter)."""
+        return True
+
+    def interpreter_info(self) -> dict:
+        """The login interpreter's `ready` (tmpdir, home, user, pid), answered by the mux
+        without a round trip to the target; kept for this worker process."""
+        key = json.dumps(dict(self.target_spec(), name=None), sort_keys=True)
+        info = _interpreter_info.get(key)
+        if info is None:
+            info = _interpreter_info[key] = self._call('interpreter_info', {})[0]
+        return info
+
+    def detached(self, op: str, args: dict, body: bytes = b'') -> None:
+        """Send a call that the mux acknowledges at once (docs/protocol.md, "Detached calls")."""
+        self._run(op, lambda client, target, account: client.call(target, op, args, body, None, account,
+                                                                  detached=True))
 
     def _connect(self):
         # The mux connects on the first call and keeps the connection for the whole run.
@@ -219,7 +250,11 @@ class Connection(ConnectionBase):
             if len(data) <= transfer.SMALL_FILE_LIMIT:
                 display.vvv(f'ferrogen: put {in_path} to {out_path} ({len(data)} bytes in one call)',
                             host=self._host())
-                self._call('put_file', {'path': out_path}, data, as_become=as_become)
+                if self.detached_temp_dir and inside(out_path, self.detached_temp_dir):
+                    # The action's next call uses the file, and fails if this did.
+                    self.detached('put_file', {'path': out_path}, data)
+                else:
+                    self._call('put_file', {'path': out_path}, data, as_become=as_become)
                 return
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size

@@ -92,6 +92,11 @@ pub struct Call {
     /// The Ansible task the call belongs to, for the actor table only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Answered by the mux at once (`{"detached": true}`), before the op runs: for steps
+    /// whose outcome the worker need not wait for (creating or removing a temp dir, a small
+    /// upload). A failure fails this worker's next answered call instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detached: bool,
 }
 
 fn empty_object() -> Value {

@@ -35,6 +35,7 @@ fn golden_frames() -> Vec<(&'static str, Frame)> {
         args: json!({"cmd": "cat", "emulate_tty": false}),
         blobs: vec!["da39a3ee5e6b4b0d3255bfef95601890afd80709".into()],
         task: None,
+        detached: false,
     }));
     let reply = Response::Reply(Reply {
         id: 7,

@@ -1,0 +1,121 @@
+"""Round trips that action plugins need not wait for, on ferrogen connections.
+
+Vanilla Ansible waits on the target for every helper step of an action: creating the task's
+temp dir, uploading into it, making the upload executable, removing the dir, expanding `~`.
+On a ferrogen connection, where nothing that reads the temp dir runs as an unprivileged
+become account:
+
+- the task's temp dir is named by the controller, under remote_tmp as Ansible would put it
+  (`~` is the login account's home, which the mux knows from the interpreter's `ready`);
+  the interpreter removes any such dir still there when it exits;
+- creating it, small uploads into it, `chmod u+rwx` of its files and removing it are
+  detached calls: the mux acknowledges them at once and runs them, in order, before the next
+  call to that interpreter; a failure fails this task's next call with the error that occurred;
+- `~` of the login account is known from the interpreter's `ready`.
+
+With an unprivileged become account every step runs as vanilla Ansible runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+from ansible import constants as C
+from ansible.plugins.action import ActionBase
+
+from ansible_ferrogen.connection import Connection, inside
+
+# Ansible removes only temp dirs whose name holds this (ActionBase._should_remove_tmp_path).
+TEMP_DIR_PREFIX = 'ansible-tmp-'
+
+
+def _ours(action: ActionBase) -> bool:
+    connection = action._connection
+    return isinstance(connection, Connection) and connection.task_temp_dirs_in_interpreter()
+
+
+def _task_temp_dir(action: ActionBase) -> str | None:
+    """The temp dir this task made through us, or None."""
+    return getattr(action, '_ferrogen_temp_dir', None)
+
+
+def make_tmp_path(original):
+    def _make_tmp_path(self, remote_user=None):
+        if not _ours(self) or self._is_become_unprivileged():
+            return original(self, remote_user)
+        if getattr(self._connection, '_remote_is_local', False):
+            root = C.DEFAULT_LOCAL_TMP
+        else:
+            root = self._remote_expand_user(self.get_shell_option('remote_tmp', default='~/.ansible/tmp'),
+                                            sudoable=False)
+        if '$' in root or not root.startswith('/'):
+            return original(self, remote_user)  # the shell must expand it
+        name = f'{TEMP_DIR_PREFIX}{time.time()}-{os.getpid()}-{secrets.randbelow(2**48)}'
+        path = self._connection._shell.join_path(root, name)
+        self._connection.detached('make_dir', {'path': path, 'mode': 0o700})
+        self._cleanup_remote_tmp = True
+        self._ferrogen_temp_dir = self._connection.detached_temp_dir = path
+        self._connection._shell.tmpdir = path
+        return path
+
+    return _make_tmp_path
+
+
+def remove_tmp_path(original):
+    def _remove_tmp_path(self, tmp_path, force=False):
+        ours = _task_temp_dir(self)
+        if tmp_path is None:
+            tmp_path = self._connection._shell.tmpdir
+        if ours is None or tmp_path != ours or not (force or self._should_remove_tmp_path(tmp_path)):
+            return original(self, tmp_path, force)
+        self._connection.detached('remove_tree', {'path': tmp_path})
+        self._connection._shell.tmpdir = None
+        self._ferrogen_temp_dir = self._connection.detached_temp_dir = None
+
+    return _remove_tmp_path
+
+
+def fixup_perms2(original):
+    def _fixup_perms2(self, remote_paths, remote_user=None, execute=True):
+        ours = _task_temp_dir(self)
+        if ours is None or not all(inside(path, ours) for path in remote_paths):
+            return original(self, remote_paths, remote_user, execute)
+        # The dir is private to the account that reads it; only the execute bit may be missing.
+        if execute:
+            self._connection.detached('add_mode', {'paths': list(remote_paths), 'bits': 0o700})
+        return remote_paths
+
+    return _fixup_perms2
+
+
+def remote_expand_user(original):
+    def _remote_expand_user(self, path, sudoable=True, pathsep=None):
+        if not _ours(self) or not (path == '~' or path.startswith('~/')):
+            return original(self, path, sudoable, pathsep)
+        info = self._connection.interpreter_info()
+        become_user = self.get_become_option('become_user') if self._connection.become else None
+        if sudoable and become_user and become_user != info.get('user'):
+            return original(self, path, sudoable, pathsep)
+        return info['home'] + path[1:]
+
+    return _remote_expand_user
+
+
+PATCHES = {
+    '_make_tmp_path': make_tmp_path,
+    '_remove_tmp_path': remove_tmp_path,
+    '_fixup_perms2': fixup_perms2,
+    '_remote_expand_user': remote_expand_user,
+}
+
+
+def install() -> None:
+    """Patch ActionBase (in the controller, before workers fork); other connections see no
+    change."""
+    if getattr(ActionBase, '_ferrogen_action_mixin', False):
+        return
+    for name, wrap in PATCHES.items():
+        setattr(ActionBase, name, wrap(getattr(ActionBase, name)))
+    ActionBase._ferrogen_action_mixin = True
