@@ -862,6 +862,12 @@ class Agent:
                                  'become interpreter for %s is gone: %s' % (child.account, exc))
 
     def on_child_output(self, stream, child):
+        fd = child.tty_r if stream == 'tty' else child.stdout_r
+        registered = self.selector.get_map().get(fd)
+        if registered is None or registered.data != (stream, child):
+            # An event of the same select() batch as the child's exit (its fds are closed,
+            # and their numbers may already belong to a newer child).
+            return
         if stream == 'tty':
             chunk = child.read_tty()
             if chunk is False:
