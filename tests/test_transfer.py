@@ -236,6 +236,26 @@ def versions(tmp_path: Path) -> dict[str, bytes]:
     }
 
 
+def race(run_playbook, tmp_path: Path, watched: Path, contents: dict[str, bytes], extra_args_of) -> None:
+    """Two runs at once, "a" and "b", each transferring its own version onto `watched` while a
+    reader polls it: every read must be one complete version, and both must be seen."""
+    reader = Reader(watched, {sha1(data): name for name, data in contents.items()})
+    reader.start()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [
+            pool.submit(run_playbook, "transfer_repeat.yml", ferrogen=True, limit="sshroot",
+                        tmp_path=tmp_path / f"run-{name}", extra_args=extra_args_of(name))
+            for name in ("a", "b")
+        ]  # fmt: skip
+        runs = [f.result() for f in futures]
+    reader.stop.set()
+    reader.join()
+    for run in runs:
+        assert run.returncode == 0, describe(run)
+    assert reader.bad == []
+    assert reader.seen.get("a") and reader.seen.get("b"), reader.seen
+
+
 def test_concurrent_copies_are_atomic(run_playbook, tmp_path):
     contents = versions(tmp_path)
     remote_dir = Path(f"/tmp/ferrogen-race-{uuid.uuid4().hex[:10]}")
@@ -245,24 +265,8 @@ def test_concurrent_copies_are_atomic(run_playbook, tmp_path):
         dest.write_bytes(contents["old"])
         for name in ("a", "b"):
             (tmp_path / name).write_bytes(contents[name])
-        reader = Reader(dest, {sha1(data): name for name, data in contents.items()})
-        reader.start()
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            futures = [
-                pool.submit(
-                    run_playbook, "transfer_repeat.yml", ferrogen=True, limit="sshroot", tmp_path=tmp_path / f"run-{name}",
-                    extra_args=["-e", "op=copy", "-e", "rounds=12", "-e", f"version={tmp_path / name}",
-                                "-e", f"dest={dest}"],
-                )
-                for name in ("a", "b")
-            ]  # fmt: skip
-            runs = [f.result() for f in futures]
-        reader.stop.set()
-        reader.join()
-        for run in runs:
-            assert run.returncode == 0, describe(run)
-        assert reader.bad == []
-        assert reader.seen.get("a") and reader.seen.get("b"), reader.seen
+        race(run_playbook, tmp_path, dest, contents,
+             lambda name: ["-e", "op=copy", "-e", "rounds=12", "-e", f"version={tmp_path / name}", "-e", f"dest={dest}"])
         assert no_temp_files(remote_dir) == []
     finally:
         shutil.rmtree(remote_dir, ignore_errors=True)
@@ -279,24 +283,8 @@ def test_concurrent_fetches_are_atomic(run_playbook, tmp_path):
         local_dir.mkdir()
         local = local_dir / "dest"
         local.write_bytes(contents["old"])
-        reader = Reader(local, {sha1(data): name for name, data in contents.items()})
-        reader.start()
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            futures = [
-                pool.submit(
-                    run_playbook, "transfer_repeat.yml", ferrogen=True, limit="sshroot", tmp_path=tmp_path / f"run-{name}",
-                    extra_args=["-e", "op=fetch", "-e", "rounds=12", "-e", f"remote={remote_dir / name}",
-                                "-e", f"local={local}"],
-                )
-                for name in ("a", "b")
-            ]  # fmt: skip
-            runs = [f.result() for f in futures]
-        reader.stop.set()
-        reader.join()
-        for run in runs:
-            assert run.returncode == 0, describe(run)
-        assert reader.bad == []
-        assert reader.seen.get("a") and reader.seen.get("b"), reader.seen
+        race(run_playbook, tmp_path, local, contents,
+             lambda name: ["-e", "op=fetch", "-e", "rounds=12", "-e", f"remote={remote_dir / name}", "-e", f"local={local}"])
         assert no_temp_files(local_dir) == []
     finally:
         shutil.rmtree(remote_dir, ignore_errors=True)

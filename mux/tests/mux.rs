@@ -478,22 +478,26 @@ fn status_command_prints_table() {
 
 #[test]
 fn invalid_pool_size_exits_2() {
+    let err = serve_with_invalid_setting("MITOGEN_POOL_SIZE", "zero");
+    assert!(err.contains("zero"), "{err}");
+}
+
+/// Starts `serve` with `var=value`, expects exit status 2 and an error naming `var`;
+/// returns the error.
+fn serve_with_invalid_setting(var: &str, value: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
         .args(["serve", "--socket"])
         .arg(dir.path().join("s"))
-        .env("MITOGEN_POOL_SIZE", "zero")
+        .env(var, value)
         .stdin(Stdio::piped())
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("MITOGEN_POOL_SIZE") && err.contains("zero"),
-        "{err}"
-    );
-    assert!(out.stdout.is_empty());
+    assert_eq!(out.status.code(), Some(2), "{var}={value}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains(var), "{err}");
+    err
 }
 
 #[test]
@@ -865,22 +869,9 @@ fn departed_worker_calls_are_cancelled_on_the_agent() {
 
 #[test]
 fn invalid_max_interpreters_exits_2() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     for bad in ["0", "lots"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
-            .args(["serve", "--socket"])
-            .arg(dir.path().join("s"))
-            .env("MITOGEN_MAX_INTERPRETERS", bad)
-            .stdin(Stdio::piped())
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("MITOGEN_MAX_INTERPRETERS") && err.contains(bad),
-            "{err}"
-        );
+        let err = serve_with_invalid_setting("MITOGEN_MAX_INTERPRETERS", bad);
+        assert!(err.contains(bad), "{err}");
     }
 }
 
@@ -977,17 +968,7 @@ fn periodic_dumps_go_to_the_log() {
 
 #[test]
 fn invalid_dump_interval_exits_2() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferrogen-mux"))
-        .args(["serve", "--socket"])
-        .arg(dir.path().join("s"))
-        .env("MITOGEN_DUMP_THREAD_STACKS", "-1")
-        .stdin(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("MITOGEN_DUMP_THREAD_STACKS"));
+    serve_with_invalid_setting("MITOGEN_DUMP_THREAD_STACKS", "-1");
 }
 
 /// A worker killed mid-call, against the real agent: that task's process is killed on the
