@@ -609,12 +609,12 @@ class Task:
         return data
 
 
-class SpareProcess:
-    """A task process forked ahead of time, blocked on a pipe until the parent sends it a task.
+class TaskProcess:
+    """A forked task process, blocked on a pipe until the parent sends it its task.
 
-    It shares the parent's state as of its fork, counted by the parent's generation: a spare
-    from an older generation (before a module zip arrived or a module was compiled) is
-    discarded rather than used.
+    It shares the parent's state as of its fork, counted by the parent's generation. A spare
+    (forked ahead of time) from an older generation, before a module zip arrived or a module was
+    compiled, is discarded rather than used.
     """
 
     def __init__(self, pid, command_fd, stdout_file, stderr_file, generation):
@@ -624,17 +624,28 @@ class SpareProcess:
         self.stderr_file = stderr_file
         self.generation = generation
 
+    def hand_over(self, op, args, stdin, emulate_tty):
+        """Send the task; False (and the process discarded) if it is gone."""
+        try:
+            write_all(self.command_fd, encode_frame({'op': op, 'args': args, 'emulate_tty': emulate_tty}, stdin))
+        except OSError:
+            self.discard()
+            return False
+        os.close(self.command_fd)
+        if emulate_tty:
+            # Its stderr goes to its stdout, as over a terminal.
+            self.stderr_file.close()
+        return True
+
     def discard(self):
-        """End the spare: at end of its pipe it exits without running anything."""
-        for close in (lambda: os.close(self.command_fd), self.stdout_file.close, self.stderr_file.close):
-            try:
-                close()
-            except OSError:
-                pass
+        """End the process: at end of its pipe it exits without running anything."""
+        os.close(self.command_fd)
+        self.stdout_file.close()
+        self.stderr_file.close()
 
 
-def receive_spare_task(command_fd):
-    """Block until the parent sends a task frame; None if it closed the pipe instead."""
+def receive_task(command_fd):
+    """Block until the parent sends the task frame; None if it closed the pipe instead."""
     prefix = read_exactly(command_fd, FRAME_PREFIX.size)
     if prefix is None:
         return None
@@ -744,7 +755,7 @@ class Agent:
             if self.spare is None and self.spare_wanted:
                 self.spare_wanted = False
                 try:
-                    self.fork_spare()
+                    self.spare = self.fork_task_process()
                 except OSError as exc:
                     self.log('debug', 'no spare task process: %s' % (exc,))
 
@@ -1001,7 +1012,7 @@ class Agent:
 
     def task_main(self, op, args):
         """What the process of an exec_command or run_module task runs. Built in that process
-        (a spare forked earlier has the same state; see SpareProcess)."""
+        (a spare forked earlier has the same state; see TaskProcess)."""
         cwd = args.get('cwd')
         if op == 'exec_command':
             shell = pwd.getpwuid(os.geteuid()).pw_shell or '/bin/sh'
@@ -1189,29 +1200,17 @@ class Agent:
 
     def start_task(self, call_id, op, args, stdin, emulate_tty):
         self.spare_wanted = True
-        spare = self.take_spare()
-        if spare is not None:
-            try:
-                write_all(spare.command_fd, encode_frame({'op': op, 'args': args, 'emulate_tty': emulate_tty}, stdin))
-            except OSError:
-                spare.discard()
-            else:
-                os.close(spare.command_fd)
-                if emulate_tty:
-                    spare.stderr_file.close()
-                self.tasks[spare.pid] = Task(call_id, spare.pid, spare.stdout_file,
-                                             None if emulate_tty else spare.stderr_file, emulate_tty)
-                return
-        stdout_file = scratch_file(self.tmpdir)
-        stderr_file = None if emulate_tty else scratch_file(self.tmpdir)
-        pid = os.fork()
-        if pid == 0:
-            self.run_task_process(lambda: (op, args, stdin, emulate_tty), stdout_file, stderr_file or stdout_file)
-        self.tasks[pid] = Task(call_id, pid, stdout_file, stderr_file, emulate_tty)
+        process = self.take_spare()
+        if process is None or not process.hand_over(op, args, stdin, emulate_tty):
+            process = self.fork_task_process()
+            if not process.hand_over(op, args, stdin, emulate_tty):
+                raise OSError('the task process ended before it was given its task')
+        self.tasks[process.pid] = Task(call_id, process.pid, process.stdout_file,
+                                       None if emulate_tty else process.stderr_file, emulate_tty)
 
-    def run_task_process(self, receive_task, stdout_file, stderr_file, keep_fds=()):
+    def run_task_process(self, command_fd, stdout_file, stderr_file):
         """The body of a freshly forked task process: leave the agent's descriptors and signal
-        handlers behind, get the task (at once, or as a spare when it comes), run it, exit."""
+        handlers behind, wait for the task on command_fd, run it, exit."""
         code = 1
         # A task lives milliseconds: collecting would only copy the parent's pages.
         gc.disable()
@@ -1221,8 +1220,8 @@ class Agent:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             # The agent's other descriptors (its channel, become children's pipes, other
             # tasks' output) must not outlive it in a task, nor keep a pipe from closing.
-            close_descriptors_except({stdout_file.fileno(), stderr_file.fileno()} | set(keep_fds))
-            task = receive_task()
+            close_descriptors_except({command_fd, stdout_file.fileno(), stderr_file.fileno()})
+            task = receive_task(command_fd)
             if task is None:
                 code = 0
                 return
@@ -1253,18 +1252,18 @@ class Agent:
             spare = None
         return spare
 
-    def fork_spare(self):
-        """Fork the next task's process now, while idle, so a task does not wait for a fork."""
+    def fork_task_process(self):
+        """A task process, waiting for its task. Forked while idle (the spare), a task does not
+        wait for the fork."""
         stdout_file = scratch_file(self.tmpdir)
         stderr_file = scratch_file(self.tmpdir)
         command_r, command_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(command_w)
-            self.run_task_process(lambda: receive_spare_task(command_r), stdout_file, stderr_file,
-                                  keep_fds=(command_r,))
+            self.run_task_process(command_r, stdout_file, stderr_file)
         os.close(command_r)
-        self.spare = SpareProcess(pid, command_w, stdout_file, stderr_file, self.generation)
+        return TaskProcess(pid, command_w, stdout_file, stderr_file, self.generation)
 
     def reap(self):
         while self.tasks or self.child_pids or self.spare is not None:

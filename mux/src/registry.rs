@@ -259,14 +259,7 @@ impl Handler<ResetTarget> for Registry {
             target,
             reply_to,
         } = msg;
-        let ok = move || {
-            reply_to.do_send(CallReply::from_reply(Reply {
-                id,
-                ok: true,
-                result: Some(json!({})),
-                error: None,
-            }))
-        };
+        let ok = move || reply_to.do_send(CallReply::ok(id, json!({})));
         let Some((_, addr)) = self.targets.remove(&target.key()) else {
             debug!(target = %target.key(), "reset of a target with no connection");
             ok();

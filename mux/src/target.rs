@@ -35,7 +35,7 @@ use tokio::{
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    BecomeKey, BecomeSpec, Frame, FrameCodec, FrameError, Reply, TargetKey, TargetSpec, Transport,
+    BecomeKey, BecomeSpec, Frame, FrameCodec, FrameError, TargetKey, TargetSpec, Transport,
 };
 
 use crate::{
@@ -416,12 +416,8 @@ impl Target {
         if call.op == INTERPRETER_INFO && call.become_spec.is_none() {
             // What the login agent said when it came up: no round trip to the target.
             let info = self.agent.clone().unwrap_or_default();
-            call.reply_to.do_send(CallReply::from_reply(Reply {
-                id: call.worker_id,
-                ok: true,
-                result: Some(Value::Object(info)),
-                error: None,
-            }));
+            call.reply_to
+                .do_send(CallReply::ok(call.worker_id, Value::Object(info)));
             return;
         }
         let Some(become_spec) = call.become_spec.clone() else {

@@ -525,12 +525,7 @@ mod tests {
         assert_eq!(described["bytes"], 3);
         assert_eq!(described["total"], 3);
         assert_eq!(described["state"], "streaming");
-        transfer.do_send(CallReply::from_reply(worker_ipc::Reply {
-            id: 7,
-            ok: true,
-            result: Some(json!({"size": 3})),
-            error: None,
-        }));
+        transfer.do_send(CallReply::ok(7, json!({"size": 3})));
         settle().await;
         assert_eq!(sink.worker.lock().unwrap().last().unwrap().kind(), "reply");
         assert!(!transfer.connected(), "a finished transfer stops");

@@ -44,6 +44,11 @@ pub struct CallReply {
 }
 
 impl CallReply {
+    /// A successful reply raised by the mux itself.
+    pub fn ok(id: u64, result: Value) -> CallReply {
+        CallReply::from_reply(Reply::ok(id, result))
+    }
+
     /// A failed reply raised by the mux itself.
     pub fn error(id: u64, kind: &str, message: impl Into<String>) -> CallReply {
         CallReply::from_reply(Reply::error(id, kind, message))
@@ -321,12 +326,7 @@ impl WorkerSession {
             return;
         }
         self.detached.insert(call.id, call.op.clone());
-        self.write_reply(CallReply::from_reply(Reply {
-            id: call.id,
-            ok: true,
-            result: Some(json!({"detached": true})),
-            error: None,
-        }));
+        self.write_reply(CallReply::ok(call.id, json!({"detached": true})));
         self.registry.do_send(registry::Submit {
             call,
             body,

@@ -173,6 +173,16 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A successful reply carrying `result`.
+    pub fn ok(id: u64, result: Value) -> Reply {
+        Reply {
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
+        }
+    }
+
     /// A failed reply of the given kind.
     pub fn error(id: u64, kind: &str, message: impl Into<String>) -> Reply {
         Reply {
