@@ -529,25 +529,30 @@ def test_one_gigabyte_copy_in_bounded_memory_with_progress(tmp_path, crash_setup
 # --------------------------------------------------------------------------- round trips
 
 
-def _copy_once(tmp_path: Path, source: Path, dest: Path, remote_tmp: Path) -> helpers.PlaybookRun:
+def _copy_once(tmp_path: Path, source: Path, dest: Path, remote_tmp: Path, rounds: int = 1) -> helpers.PlaybookRun:
     return helpers.run_playbook("transfer_repeat.yml", ferrogen=True, tmp_path=tmp_path, limit="sshroot",
                                 extra_env={"FERROGEN_LOG": "debug"},
-                                extra_args=["-e", "op=copy", "-e", "rounds=1", "-e", f"version={source}",
+                                extra_args=["-vvv", "-e", "op=copy", "-e", f"rounds={rounds}", "-e", f"version={source}",
                                             "-e", f"dest={dest}", "-e", f"ansible_remote_tmp={remote_tmp}"])  # fmt: skip
 
 
 @pytest.mark.mux_only
-def test_a_small_copy_waits_for_two_calls_and_leaves_no_temp_dir(tmp_path):
+def test_a_small_copy_waits_for_one_call_and_leaves_no_temp_dir(tmp_path):
     source = tmp_path / "source.txt"
     source.write_text("small\n")
     remote_tmp = tmp_path / "rtmp"
-    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", remote_tmp)
+    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", remote_tmp, rounds=2)
     assert run.returncode == 0, describe(run)
+    assert "WARNING" not in run.stdout + run.stderr, describe(run)
     assert (tmp_path / "dest.txt").read_text() == "small\n"
+    items = run.task("sshroot", "copy round")["result"]["results"]
+    assert [item["changed"] for item in items] == [True, False], items
     ops = re.findall(r"agent: call \d+: (\w+)", run.stderr)
-    # stat and copy are the only calls the worker waits for; the temp dir's creation, the
-    # upload, its chmod and the removal are detached; no shell command runs at all.
-    assert sorted(ops) == ["add_mode", "make_dir", "put_file", "remove_tree", "run_module", "run_module"], ops
+    # Per copy, one call runs stat and then copy (or file, once the content is there); it is
+    # the only call the worker waits for. The temp dir's creation, the upload and the removal
+    # are detached; no shell command runs at all.
+    assert sorted(ops) == sorted(["make_dir", "put_file", "run_module", "remove_tree"] * 2), ops
+    assert len(re.findall(r"already ran with the call before it", run.stdout)) == 4, describe(run)
     assert list(remote_tmp.glob("ansible-tmp-*")) == []
     assert oct(remote_tmp.stat().st_mode & 0o777) == oct(0o700)
 

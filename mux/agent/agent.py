@@ -579,15 +579,57 @@ class BecomeChild:
                 pass
 
 
-class Task:
-    """A forked child running one call, and the files that will hold its output."""
+def stat_result(stdout):
+    """The `stat` of a stat module's output; None for a failure or anything unexpected."""
+    try:
+        result = json.loads(stdout.decode('utf-8'))
+    except ValueError:
+        return None
+    status = result.get('stat') if isinstance(result, dict) and not result.get('failed') else None
+    if not isinstance(status, dict) or not isinstance(status.get('exists'), bool):
+        return None
+    if status['exists'] and not (status.get('isdir') is False and isinstance(status.get('checksum', ''), str)):
+        return None
+    return status
 
-    def __init__(self, call_id, pid, stdout_file, stderr_file, emulate_tty):
+
+def stat_shows_other_content(stdout, condition):
+    """Whether the stat module's output says the path is absent or a non-directory without the
+    content whose sha1 is condition['sha1']: when Ansible's copy action runs the copy module."""
+    status = stat_result(stdout)
+    return status is not None and (not status['exists'] or status.get('checksum', '') != condition['sha1'])
+
+
+def stat_shows_same_content(stdout, condition):
+    """Whether the stat module's output says the path is a non-directory with that content:
+    when the copy action runs the file module instead."""
+    status = stat_result(stdout)
+    return status is not None and status['exists'] and status.get('checksum') == condition['sha1']
+
+
+# The conditions a run_module continuation may have, by name.
+CONTINUATION_CONDITIONS = {
+    'stat_shows_other_content': stat_shows_other_content,
+    'stat_shows_same_content': stat_shows_same_content,
+}
+
+
+class Task:
+    """A forked child running one call, and the files that will hold its output.
+
+    `then` is the call's continuation (see Agent.op_run_module), still to choose once this
+    task has finished; `before` is the result and output of the task this one continues, and
+    which branch of its continuation this is.
+    """
+
+    def __init__(self, call_id, pid, stdout_file, stderr_file, emulate_tty, then=(), before=None):
         self.call_id = call_id
         self.pid = pid
         self.stdout_file = stdout_file
         self.stderr_file = stderr_file
         self.emulate_tty = emulate_tty
+        self.then = then
+        self.before = before
 
     def collect(self, status):
         if os.WIFEXITED(status):
@@ -1002,13 +1044,28 @@ class Agent:
         self.start_task(call_id, 'exec_command', args, stdin=body, emulate_tty=bool(args.get('emulate_tty')))
 
     def op_run_module(self, call_id, args, body):
-        zip_path = self.blobs.get(args['zip'])
-        if zip_path is None:
-            self.reply_error(call_id, 'missing_blob', 'module zip %s is not cached' % args['zip'])
-            return
+        """Run a module. With `then`, a list of {"if": condition, "args": module call}, the
+        first of those modules whose condition the first module's result meets runs right after
+        it, in the same call: the controller needs one round trip where it would have waited
+        twice (docs/protocol.md, "Continuations")."""
+        then = args.get('then') or []
+        if then:
+            args = dict(args)
+            del args['then']
+        for branch in then:
+            if set(branch) != {'if', 'args'} or branch['if'].get('kind') not in CONTINUATION_CONDITIONS:
+                raise ValueError('run_module: each "then" needs "if" (a known condition) and "args"')
+        for zip_hash in [args['zip']] + [branch['args']['zip'] for branch in then]:
+            if zip_hash not in self.blobs:
+                self.reply_error(call_id, 'missing_blob', 'module zip %s is not cached' % zip_hash)
+                return
+        self.prepare_module(args)
+        self.start_task(call_id, 'run_module', args, stdin=b'', emulate_tty=False, then=then)
+
+    def prepare_module(self, args):
+        zip_path = self.blobs[args['zip']]
         self.warm_up(zip_path)
         self.compile_module(zip_path, args['module_fqn'])
-        self.start_task(call_id, 'run_module', args, stdin=b'', emulate_tty=False)
 
     def task_main(self, op, args):
         """What the process of an exec_command or run_module task runs. Built in that process
@@ -1198,7 +1255,7 @@ class Agent:
             self.generation += 1
         return self.compiled_modules[key]
 
-    def start_task(self, call_id, op, args, stdin, emulate_tty):
+    def start_task(self, call_id, op, args, stdin, emulate_tty, then=(), before=None):
         self.spare_wanted = True
         process = self.take_spare()
         if process is None or not process.hand_over(op, args, stdin, emulate_tty):
@@ -1206,7 +1263,7 @@ class Agent:
             if not process.hand_over(op, args, stdin, emulate_tty):
                 raise OSError('the task process ended before it was given its task')
         self.tasks[process.pid] = Task(call_id, process.pid, process.stdout_file,
-                                       None if emulate_tty else process.stderr_file, emulate_tty)
+                                       None if emulate_tty else process.stderr_file, emulate_tty, then, before)
 
     def run_task_process(self, command_fd, stdout_file, stderr_file):
         """The body of a freshly forked task process: leave the agent's descriptors and signal
@@ -1290,7 +1347,30 @@ class Agent:
             rc, stdout, stderr = task.collect(status)
             self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
                      % (task.call_id, rc, len(stdout), len(stderr)))
-            self.reply(task.call_id, {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr)
+            self.finish_task(task, rc, stdout, stderr)
+
+    def finish_task(self, task, rc, stdout, stderr):
+        """Reply to the task's call, or first start its continuation if its condition holds."""
+        result, body = {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr
+        if task.before is not None:
+            first, first_body, index = task.before
+            result = dict(first, then={'ran': index, 'rc': rc, 'stdout_len': len(stdout), 'body_len': len(body)})
+            body = first_body + body
+        elif task.then:
+            result['then'] = {'ran': None}
+            for index, branch in enumerate(task.then):
+                condition = branch['if']
+                if not (rc == 0 and CONTINUATION_CONDITIONS[condition['kind']](stdout, condition)):
+                    continue
+                try:
+                    self.prepare_module(branch['args'])
+                    self.start_task(task.call_id, 'run_module', branch['args'], stdin=b'', emulate_tty=False,
+                                    before=({'rc': rc, 'stdout_len': len(stdout), 'body_len': len(body)}, body, index))
+                    return
+                except Exception as exc:
+                    self.log('warning', 'call %s: its second module did not start: %s' % (task.call_id, exc))
+                break
+        self.reply(task.call_id, result, body)
 
 
 def freeze_garbage_collector():

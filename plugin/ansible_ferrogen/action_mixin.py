@@ -79,12 +79,16 @@ def remove_tmp_path(original):
 
 def fixup_perms2(original):
     def _fixup_perms2(self, remote_paths, remote_user=None, execute=True):
-        ours = _task_temp_dir(self)
+        # The action's own temp dir, or the one the action that runs it made (template runs copy).
+        ours = _task_temp_dir(self) or getattr(self._connection, 'detached_temp_dir', None)
         if ours is None or not all(inside(path, ours) for path in remote_paths):
             return original(self, remote_paths, remote_user, execute)
-        # The dir is private to the account that reads it; only the execute bit may be missing.
-        if execute:
-            self._connection.detached('add_mode', {'paths': list(remote_paths), 'bits': 0o700})
+        # The dir is private to the account that reads it; only the execute bit may be missing,
+        # and not on the dir itself (made 0700) nor on an upload made ahead (speculation.py).
+        paths = [path for path in remote_paths
+                 if path.rstrip('/') != ours.rstrip('/') and not self._connection.uploaded_ahead(path)]
+        if execute and paths:
+            self._connection.detached('add_mode', {'paths': paths, 'bits': 0o700})
         return remote_paths
 
     return _fixup_perms2

@@ -13,7 +13,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, become, module_cache, transfer
+from ansible_ferrogen import ansiballz, become, module_cache, speculation, transfer
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -82,6 +82,24 @@ def drop_control_options(args: list[str]) -> list[str]:
     return kept
 
 
+def split_output(result: dict, body: bytes) -> tuple[int, bytes, bytes]:
+    """(rc, stdout, stderr) of a task's reply, whose body is stdout then stderr."""
+    split = result.get('stdout_len', len(body))
+    return result['rc'], body[:split], body[split:]
+
+
+class Captured(Exception):
+    """Stops a module call in capture mode, carrying the call it would have made."""
+
+    def __init__(self, call: speculation.ModuleCall):
+        super().__init__(call.args['module_fqn'])
+        self.call = call
+
+
+class NotCaptured(Exception):
+    """Capture mode met a command that is not a module call we could run ahead."""
+
+
 class Connection(ConnectionBase):
     """Runs commands, modules and transfers through the run's ferrogen-mux."""
 
@@ -98,6 +116,15 @@ class Connection(ConnectionBase):
     # The task temp dir action_mixin made in the login interpreter's temp dir: small uploads
     # into it are detached calls.
     detached_temp_dir: str | None = None
+    # speculation.py: while capturing, exec_command records the module call instead of
+    # making it; results of calls that ran ahead, by ModuleCall.key(), and uploads made ahead.
+    _capturing = False
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}
+        self._ready_uploads: set[tuple[str, str]] = set()
+        self._used_uploads: set[tuple[str, str]] = set()
 
     def set_become_plugin(self, plugin) -> None:
         """Keep Ansible's become plugin for its options, but run its commands ourselves."""
@@ -192,11 +219,19 @@ class Connection(ConnectionBase):
         self._become_requested = False
         cwd = getattr(self, 'cwd', None)
         payload = ansiballz.parse(in_data, cmd) if in_data else None
+        if self._capturing:
+            if payload is None:
+                raise NotCaptured(cmd)
+            raise Captured(speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become))
         if payload is not None:
+            call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become)
+            ready = self._ready_results.pop(call.key(), None)
+            if ready is not None:
+                display.vvv(f'ferrogen: {payload.args["module_fqn"]} already ran with the call before it',
+                            host=self._host())
+                return ready
             display.vvv(f'ferrogen: run {payload.args["module_fqn"]} in the persistent interpreter', host=self._host())
-            args = dict(payload.args, cwd=to_text(cwd)) if cwd else payload.args
-            result, body = self._call('run_module', args, blobs={payload.zip_hash: payload.zip_data},
-                                      as_become=as_become)
+            result, body = self._call('run_module', call.args, blobs=call.blobs, as_become=as_become)
         else:
             display.vvv(f'ferrogen: exec {cmd}', host=self._host())
             if in_data:
@@ -205,8 +240,58 @@ class Connection(ConnectionBase):
             if cwd:
                 args['cwd'] = to_text(cwd)
             result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
-        split = result.get('stdout_len', len(body))
-        return result['rc'], body[:split], body[split:]
+        return split_output(result, body)
+
+    def capture(self, run) -> speculation.ModuleCall | None:
+        """The module call run() would make through this connection, without making it; None
+        if run() makes none that we could run ahead (see speculation.py)."""
+        self._capturing = True
+        try:
+            run()
+        except Captured as captured:
+            return captured.call
+        except Exception as exc:  # noqa: BLE001 - whatever stopped it, the real run meets it again
+            display.vvvv(f'ferrogen: nothing to run ahead: {exc}', host=self._host())
+        finally:
+            self._capturing = False
+        return None
+
+    def run_module_then(self, first: speculation.ModuleCall,
+                        branches: list[tuple[dict, speculation.ModuleCall]]) -> None:
+        """Run first and then the first module of branches whose condition first's result
+        meets, in one call; keep their results for exec_command to answer the same calls with
+        when the action makes them."""
+        blobs = dict(first.blobs)
+        for _, call in branches:
+            blobs.update(call.blobs)
+        args = dict(first.args, then=[{'if': condition, 'args': call.args} for condition, call in branches])
+        display.vvv(f'ferrogen: run {first.args["module_fqn"]}, then the module it calls for', host=self._host())
+        result, body = self._call('run_module', args, blobs=blobs, as_become=first.as_become)
+        then = result.get('then') or {}
+        ran = then.get('ran')
+        first_len = len(body) if ran is None else result['body_len']
+        self._ready_results[first.key()] = split_output(result, body[:first_len])
+        if ran is not None:
+            self._ready_results[branches[ran][1].key()] = split_output(then, body[first_len:])
+
+    def prepare_upload(self, in_path: str, out_path: str, data: bytes) -> None:
+        """Upload a small file into the task temp dir now, already u+rwx as the action's
+        _fixup_perms2 would make it; put_file(in_path, out_path) is then already done."""
+        self.detached('put_file', {'path': out_path, 'mode': 0o700}, data)
+        self._ready_uploads.add((in_path, out_path))
+
+    def uploaded_ahead(self, remote_path: str) -> bool:
+        """Whether remote_path is an upload prepare_upload made (the module that used it may
+        already have moved it away)."""
+        return any(out_path == remote_path for _, out_path in self._ready_uploads | self._used_uploads)
+
+    def forget_ready(self) -> list[str]:
+        """Drop what ran ahead and was not asked for; the modules among it, by name."""
+        unused = [json.loads(key)[1]['module_fqn'] for key in self._ready_results]
+        self._ready_results.clear()
+        self._ready_uploads.clear()
+        self._used_uploads.clear()
+        return unused
 
     def transfers_as_become(self, remote_path: str) -> bool:
         """Whether a transfer of remote_path runs in the become account's interpreter.
@@ -244,6 +329,11 @@ class Connection(ConnectionBase):
             handle = open(in_path, 'rb')  # noqa: SIM115 - closed below, also on errors
         except OSError as exc:
             raise AnsibleFileNotFound(f'file or module does not exist: {in_path}: {exc}') from exc
+        if (in_path, out_path) in self._ready_uploads:
+            self._ready_uploads.discard((in_path, out_path))
+            self._used_uploads.add((in_path, out_path))
+            handle.close()
+            return
         as_become = self.transfers_as_become(out_path)
         with handle:
             data = handle.read(transfer.SMALL_FILE_LIMIT + 1)

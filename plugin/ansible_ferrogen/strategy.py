@@ -11,7 +11,7 @@ from ansible.executor.process.worker import WorkerProcess
 from ansible.plugins.loader import become_loader, connection_loader
 from ansible.utils.display import Display
 
-from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, client, module_cache
+from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, client, module_cache, speculation
 from ansible_ferrogen.mux_process import MuxProcess
 
 display = Display()
@@ -89,6 +89,7 @@ def strategy_with_mux(base: type) -> type:
             name_worker_tasks()
             module_cache.install()
             action_mixin.install()
+            speculation.install()
             MuxProcess.ensure()
             with redirected_connections():
                 return super().run(iterator, play_context)

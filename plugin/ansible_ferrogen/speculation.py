@@ -1,0 +1,159 @@
+"""One round trip for a small copy, where Ansible's copy action waits twice.
+
+For every file, the copy action runs the stat module on the destination, and only then, if the
+destination is absent or holds other content, uploads the file and runs the copy module. On a
+ferrogen connection, for a small file and the plain case (force, no check or diff mode, no raw,
+no vault file), the action's steps are prepared before it runs:
+
+- the file goes into the task temp dir as a detached upload, which vanilla Ansible would make
+  after the stat (it is private to the task, and removed with it);
+- the stat module call and the copy module call the action is about to make are captured, built
+  by the action's own code (`Connection.capture`);
+- one call runs the stat module and then, only if its result shows the destination absent or
+  holding other content, the copy module, or, if it holds this content, the file module: exactly
+  what the action would run next, with the same arguments (the agent's continuation
+  conditions).
+
+The action then runs unchanged and its own calls are answered from those results. Anything it
+asks that was not prepared (a directory destination, a link to follow) goes to the target as
+usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from ansible.module_utils.parsing.convert_bool import boolean
+from ansible.plugins.action import copy as copy_action
+from ansible.plugins.loader import action_loader
+from ansible.utils.display import Display
+
+from ansible_ferrogen import transfer
+
+display = Display()
+
+# How an Ansible Vault file starts: its content is decrypted on the controller first.
+VAULT_HEADER = b'$ANSIBLE_VAULT'
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleCall:
+    """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
+
+    args: dict
+    blobs: dict
+    as_become: bool
+
+    @classmethod
+    def of(cls, payload, cwd: str | None, as_become: bool) -> ModuleCall:
+        args = dict(payload.args, cwd=cwd) if cwd else payload.args
+        return cls(args=args, blobs={payload.zip_hash: payload.zip_data}, as_become=as_become)
+
+    def key(self) -> str:
+        """Equal for calls that run the same module with the same arguments in the same account
+        (the payload's embedded date is not part of the arguments)."""
+        return json.dumps([self.as_become, self.args], sort_keys=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyPlan:
+    """What the copy action will do for one file if the destination needs it."""
+
+    source: str
+    data: bytes
+    dest_file: str
+    temp_source: str
+    # The copy module's arguments if the destination needs the file; the file module's if it
+    # already holds it.
+    copy_args: dict
+    file_args: dict
+    sha1: str
+
+
+def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
+    """The copy action's steps for this file, as its _copy_file computes them, or None where
+    the case is not the plain one."""
+    task = action._task
+    args = task.args
+    shell = action._connection._shell
+    # action_mixin made the task temp dir, so the upload can be detached.
+    ours = getattr(action._connection, 'detached_temp_dir', None)
+    if (ours is None or ours != shell.tmpdir or task.check_mode or task.diff or args.get('checksum')
+            or not boolean(args.get('force', 'yes'), strict=False)
+            or boolean(args.get('raw', 'no'), strict=False)):
+        return None
+    try:
+        source = action._loader.path_dwim(source_full)
+        with open(source, 'rb') as handle:
+            data = handle.read(transfer.SMALL_FILE_LIMIT + 1)
+            mode = os.fstat(handle.fileno()).st_mode
+    except OSError:
+        return None
+    if len(data) > transfer.SMALL_FILE_LIMIT or data.startswith(VAULT_HEADER):
+        return None
+    dest_file = shell.join_path(dest, source_rel) if shell.path_has_trailing_slash(dest) else dest
+    temp_source = shell.join_path(shell.tmpdir, '.source') + os.path.splitext(dest_file)[1]
+    sha1 = hashlib.sha1(data).hexdigest()
+    copy_args = copy_action._create_remote_copy_args(args)
+    copy_args.update(src=temp_source, dest=dest, _original_basename=source_rel, follow=follow, checksum=sha1)
+    file_args = copy_action._create_remote_file_args(args)
+    file_args.update(dest=dest, _original_basename=source_rel, recurse=False, state='file')
+    file_args.pop('src', None)
+    if args.get('mode', None) == 'preserve':
+        copy_args['mode'] = file_args['mode'] = '0%03o' % (mode & 0o7777)
+    return CopyPlan(source, data, dest_file, temp_source, copy_args, file_args, sha1)
+
+
+def prepare_copy(action, plan: CopyPlan, task_vars, follow) -> None:
+    """Upload the file, and run stat and then copy or file as the action will, in one round
+    trip."""
+    connection = action._connection
+    stat_call = connection.capture(lambda: action._execute_remote_stat(
+        plan.dest_file, all_vars=task_vars, follow=follow, checksum=True))
+    branches = [({'kind': 'stat_shows_other_content', 'sha1': plan.sha1}, connection.capture(
+        lambda: action._execute_module(module_name='ansible.legacy.copy', module_args=dict(plan.copy_args),
+                                       task_vars=task_vars)))]
+    if not follow:
+        # With follow, the action first asks where a link points; that stays its own call.
+        branches.append(({'kind': 'stat_shows_same_content', 'sha1': plan.sha1}, connection.capture(
+            lambda: action._execute_module(module_name='ansible.legacy.file', module_args=dict(plan.file_args),
+                                           task_vars=task_vars))))
+    calls = [stat_call] + [call for _, call in branches]
+    if any(call is None or call.as_become != stat_call.as_become for call in calls):
+        return
+    connection.prepare_upload(plan.source, plan.temp_source, plan.data)
+    connection.run_module_then(stat_call, branches)
+
+
+def copy_file(original):
+    def _copy_file(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
+        plan = plan_copy(self, source_full, source_rel, dest, follow)
+        if plan is None:
+            return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
+        prepare_copy(self, plan, task_vars, follow)
+        try:
+            return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
+        finally:
+            unused = [name for name in self._connection.forget_ready() if name != 'ansible.modules.stat']
+            if unused:
+                display.warning(f'ferrogen: {unused[0]} ran ahead for {plan.dest_file}, but the copy action did not '
+                                'ask for it; please report this as a ferrogen bug')
+
+    return _copy_file
+
+
+def install() -> None:
+    """Patch the copy action (which template also runs), in the controller before workers fork;
+    only ferrogen connections, whose task temp dir action_mixin made, see a change.
+
+    The plugin loader may load the action's file under another module name than
+    ansible.plugins.action.copy, once per process: the classes it hands out are patched.
+    """
+    classes = {action_loader.get(name, class_only=True) for name in ('ansible.legacy.copy', 'ansible.builtin.copy')}
+    for cls in classes:
+        if not cls.__dict__.get('_ferrogen_speculation', False):
+            cls._copy_file = copy_file(cls._copy_file)
+            cls._ferrogen_speculation = True
