@@ -45,16 +45,22 @@ PYTHON_INTERPRETER_OPTION = {
 }
 
 
+# libyaml, where PyYAML has it: the borrowed documentation is parsed and written on every run's
+# critical path, ten times faster than in pure Python.
+YAML_LOADER = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
+YAML_DUMPER = getattr(yaml, 'CSafeDumper', yaml.SafeDumper)
+
+
 def borrow_documentation(vanilla: str, name: str, short_description: str) -> str:
     """Reuse a built-in plugin's options so every variable users already set keeps working."""
-    doc = yaml.safe_load(vanilla)
+    doc = yaml.load(vanilla, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
     doc['name'] = name
     doc['short_description'] = short_description
     doc.pop('author', None)
     doc['author'] = 'ferrogen developers'
     doc.setdefault('options', {})['python_interpreter'] = PYTHON_INTERPRETER_OPTION
     doc['options']['inventory_name'] = INVENTORY_NAME_OPTION
-    return yaml.safe_dump(doc, sort_keys=False)
+    return yaml.dump(doc, Dumper=YAML_DUMPER, sort_keys=False)
 
 
 def inside(path: str, directory: str) -> bool:
