@@ -163,6 +163,10 @@ def test_actions_match_vanilla(run_playbook, inputs, tmp_path):
             # The checks above would also pass if both were wrong in the same way.
             assert results["copy small file"]["changed"] and not results["copy small file again"]["changed"]
             assert results["copy big file"]["changed"] and not results["copy big file again"]["changed"]
+            assert results["copy other content over a file"]["changed"]
+            assert results["copy into a directory named without a slash"]["changed"]
+            assert not results["copy into a directory named without a slash again"]["changed"]
+            assert results["copy content onto a directory"]["msg"] == "can not use content with a dir as dest"
             assert results["fetch flat"]["changed"] and not results["fetch flat again"]["changed"]
             assert results["script big"]["stdout"] == "big script ran"
             big = (inputs / "big.bin").read_bytes()
