@@ -190,6 +190,24 @@ def test_process_probe_tells_vanilla_apart(run_playbook, tmp_path):
     assert all(len(ssh) >= 1 for _, ssh in snapshots), "marker not seen on the run's ssh command line"
 
 
+@pytest.mark.mux_only
+def test_connection_comes_up_while_the_task_prepares(run_playbook, tmp_path):
+    """A task that connects asks the mux to start connecting as soon as its action exists (the
+    mux test connect_brings_a_target_up_before_its_first_call shows what the mux does with
+    that); debug and skipped tasks start no connection, not even to a host that is down."""
+    inv = write_inventory(tmp_path / "inventory.ini", [ssh_host_line("deadhost", port=1), ssh_host_line("sshroot")])
+    run = run_playbook("connect_ahead.yml", ferrogen=True, inventory=inv, extra_args=("-vvv",), timeout=120)
+    assert run.returncode == 0, describe(run)
+    assert run.task("deadhost", "command hostname")["status"] == "skipped", describe(run)
+    assert run.task("sshroot", "command hostname")["status"] == "ok", describe(run)
+    ahead = run.output.find("ferrogen: connecting ahead of the first call")
+    module = run.output.find("ferrogen: run ansible.modules.command in the persistent interpreter")
+    assert 0 <= ahead < module, describe(run)
+    assert run.output.count("ferrogen: connecting ahead of the first call") == 1, describe(run)
+    assert "target=sshroot" in run.output, describe(run)
+    assert "target=deadhost" not in run.output, describe(run)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

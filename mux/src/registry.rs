@@ -62,6 +62,15 @@ pub struct ResetTarget {
     pub reply_to: Recipient<CallReply>,
 }
 
+/// A worker's `connect`: start the target's connection now, if it has none, so that it is
+/// up (or being set up) when the worker's first call arrives.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connect {
+    /// The target to connect to.
+    pub target: TargetSpec,
+}
+
 /// A worker went away with calls in flight: cancel them on their targets.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -245,6 +254,18 @@ impl Handler<Submit> for Registry {
             transfer,
             task: call.task,
         });
+    }
+}
+
+/// Handler for Connect: the Target starts connecting as it is created; one that exists
+/// already is left alone.
+impl Handler<Connect> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Connect, ctx: &mut Self::Context) {
+        if !self.shutting_down {
+            self.target_for(&msg.target, ctx);
+        }
     }
 }
 

@@ -170,6 +170,7 @@ impl WorkerSession {
                             | "blob"
                             | "status"
                             | "reset"
+                            | "connect"
                             | "chunk"
                             | "put_end"
                             | "ack"
@@ -277,6 +278,11 @@ impl WorkerSession {
                     id: reset.id,
                     target: reset.target,
                     reply_to: ctx.address().recipient(),
+                });
+            }
+            (Request::Connect(connect), Some(_)) => {
+                self.registry.do_send(registry::Connect {
+                    target: connect.target,
                 });
             }
             (Request::Chunk(worker_ipc::Chunk { id, .. }), Some(_))

@@ -386,6 +386,50 @@ fn unreachable_ssh_target_reports_ssh_stderr() {
     assert!(message.contains("exit status 255"), "{message}");
 }
 
+/// Polls the status table until a target is ready; returns its agent pid.
+fn wait_for_ready_target(client: &mut Client) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = client.status();
+        let ready = rows
+            .iter()
+            .find(|row| row["kind"] == "target" && row["state"] == "ready");
+        if let Some(pid) = ready.and_then(|row| row["agent_pid"].as_u64()) {
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no target became ready: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn connect_brings_a_target_up_before_its_first_call() {
+    let mux = Mux::start();
+    let mut client = mux.client();
+    client.send(Frame::new("connect").with("target", local()));
+    let agent_pid = wait_for_ready_target(&mut client);
+    // Another connect and the call itself use that same connection.
+    client.send(Frame::new("connect").with("target", local()));
+    let ping = client.call(local(), "ping", json!({}), &[], b"");
+    assert_eq!(ping.header["result"]["pid"], agent_pid, "{:?}", ping.header);
+    let targets = client.status();
+    assert_eq!(
+        targets.iter().filter(|row| row["kind"] == "target").count(),
+        1,
+        "{targets:?}"
+    );
+    // A connect that fails is silent; the call after it gets the failure.
+    let nowhere = json!({"transport": "ssh", "host": "127.0.0.1", "port": 1,
+                         "ssh_executable": "ssh", "host_key_checking": false, "timeout": 5,
+                         "name": "nowhere"});
+    client.send(Frame::new("connect").with("target", nowhere.clone()));
+    let reply = client.call(nowhere, "ping", json!({}), &[], b"");
+    assert_eq!(error_kind(&reply), "unreachable", "{:?}", reply.header);
+}
+
 #[test]
 fn missing_python_is_unreachable_with_its_message() {
     let mux = Mux::start();

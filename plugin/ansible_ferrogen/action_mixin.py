@@ -11,7 +11,9 @@ become account:
 - creating it, small uploads into it, `chmod u+rwx` of its files and removing it are
   detached calls: the mux acknowledges them at once and runs them, in order, before the next
   call to that interpreter; a failure fails this task's next call with the error that occurred;
-- `~` of the login account is known from the interpreter's `ready`.
+- `~` of the login account is known from the interpreter's `ready`;
+- the connection itself comes up while the action prepares its first call: the mux is asked
+  to connect as soon as an action that needs a connection exists.
 
 With an unprivileged become account every step runs as vanilla Ansible runs it.
 """
@@ -39,6 +41,18 @@ def _ours(action: ActionBase) -> bool:
 def _task_temp_dir(action: ActionBase) -> str | None:
     """The temp dir this task made through us, or None."""
     return getattr(action, '_ferrogen_temp_dir', None)
+
+
+def init(original):
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        # Made once the task's connection options are set, before the action builds its
+        # module: the connection comes up meanwhile. Actions that never connect (debug,
+        # set_fact, assert...) say so, and no connection is started for them.
+        if self._requires_connection and isinstance(self._connection, Connection):
+            self._connection.connect_ahead()
+
+    return __init__
 
 
 def make_tmp_path(original):
@@ -108,6 +122,7 @@ def remote_expand_user(original):
 
 
 PATCHES = {
+    '__init__': init,
     '_make_tmp_path': make_tmp_path,
     '_remove_tmp_path': remove_tmp_path,
     '_fixup_perms2': fixup_perms2,

@@ -79,6 +79,11 @@ class MuxClient:
             header, reply_body = self._roundtrip(request, body)
         return self._result(header), reply_body
 
+    def connect_ahead(self, target: dict) -> None:
+        """Have the mux start connecting to target now; nothing comes back, and a failure
+        reaches the next call (docs/protocol.md, "Connecting ahead")."""
+        self._send(frames.encode({'type': 'connect', 'target': target}))
+
     def put_stream(self, target: dict, args: dict, source, size: int, become: dict | None = None,
                    report=None) -> dict:
         """Stream an open file to args['path'] on target (transfer.put_stream)."""

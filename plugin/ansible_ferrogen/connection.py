@@ -21,6 +21,9 @@ display = Display()
 # interpreter_info answers by target key, for this worker process.
 _interpreter_info: dict[str, dict] = {}
 
+# (pid, target key) of the targets this worker process asked the mux to connect to ahead.
+_connecting_ahead: set[tuple[int, str]] = set()
+
 # Connection-level failures: Ansible marks the host unreachable.
 UNREACHABLE_KINDS = frozenset(('unreachable', 'connection_lost'))
 
@@ -179,10 +182,30 @@ class Connection(ConnectionBase):
         dir (every call but unprivileged become ones runs in that interpreter)."""
         return True
 
+    def target_key(self) -> str:
+        """The target spec without its name: calls with equal keys share a connection."""
+        return json.dumps(dict(self.target_spec(), name=None), sort_keys=True)
+
+    def connect_ahead(self) -> None:
+        """Have the mux bring this host's connection up while the task prepares its first
+        call (the action builds the module meanwhile). Once per target in a worker; errors
+        are left for that call to meet."""
+        try:
+            target = self.target_spec()
+            key = (os.getpid(), self.target_key())
+            if key in _connecting_ahead:
+                return
+            MuxClient.get().connect_ahead(target)
+        except AnsibleError as exc:
+            display.vvvv(f'ferrogen: not connecting ahead: {exc}', host=self._host())
+            return
+        _connecting_ahead.add(key)
+        display.vvv('ferrogen: connecting ahead of the first call', host=self._host())
+
     def interpreter_info(self) -> dict:
         """The login interpreter's `ready` (tmpdir, home, user, pid), answered by the mux
         without a round trip to the target; kept for this worker process."""
-        key = json.dumps(dict(self.target_spec(), name=None), sort_keys=True)
+        key = self.target_key()
         info = _interpreter_info.get(key)
         if info is None:
             info = _interpreter_info[key] = self._call('interpreter_info', {})[0]

@@ -24,8 +24,8 @@ pub mod target;
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
 pub use frame::{Frame, FrameCodec, FrameError, FramePart};
 pub use message::{
-    Ack, Blob, Call, Chunk, ErrorInfo, ErrorMessage, Hello, HelloReply, PutEnd, Reply, Request,
-    Reset, Response, StatusReport,
+    Ack, Blob, Call, Chunk, Connect, ErrorInfo, ErrorMessage, Hello, HelloReply, PutEnd, Reply,
+    Request, Reset, Response, StatusReport,
 };
 pub use target::{TargetKey, TargetSpec, Transport};
 

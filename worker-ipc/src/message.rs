@@ -25,6 +25,8 @@ pub enum Request {
     /// Shut a target's connection and interpreters down (`meta: reset_connection`);
     /// answered by a [`Reply`].
     Reset(Reset),
+    /// Start connecting to a target the worker is about to call; never answered.
+    Connect(Connect),
     /// File data of a `put_begin` transfer; the body is the data.
     Chunk(Chunk),
     /// The end of a `put_begin` transfer: the agent checks, fsyncs and renames.
@@ -110,6 +112,15 @@ pub struct Reset {
     /// Chosen by the worker like a call id; echoed in the reply.
     pub id: u64,
     /// The target whose connection goes.
+    pub target: TargetSpec,
+}
+
+/// `{"type": "connect", "target": {...}}`: start the target's connection and login interpreter
+/// now, so that they come up while the worker still prepares its first call (builds the
+/// module, reads the file). Unanswered: a failure reaches the call that follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Connect {
+    /// The target to connect to.
     pub target: TargetSpec,
 }
 
@@ -302,6 +313,13 @@ mod tests {
             reset.parse::<Request>().unwrap(),
             Request::Reset(Reset {
                 id: 9,
+                target: TargetSpec::local()
+            })
+        );
+        let connect = Frame::new("connect").with("target", json!({"transport": "local"}));
+        assert_eq!(
+            connect.parse::<Request>().unwrap(),
+            Request::Connect(Connect {
                 target: TargetSpec::local()
             })
         );
