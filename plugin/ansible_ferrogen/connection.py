@@ -130,10 +130,13 @@ class Connection(ConnectionBase):
     _capturing = False
 
     def __init__(self, *args, **kwargs):
+        self._target_spec: tuple[str | None, dict] | None = None
         super().__init__(*args, **kwargs)
         self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}
         self._ready_uploads: set[tuple[str, str]] = set()
         self._used_uploads: set[tuple[str, str]] = set()
+        # Payloads parsed while capturing, by id() (the payload is kept, so the id stays its).
+        self._captured_payloads: dict[int, tuple[bytes, str, ansiballz.ModulePayload]] = {}
 
     def set_become_plugin(self, plugin) -> None:
         """Keep Ansible's become plugin for its options, but run its commands ourselves."""
@@ -157,8 +160,20 @@ class Connection(ConnectionBase):
         return False
 
     def target_spec(self) -> dict:
-        """The TargetSpec (docs/protocol.md) that names this host's connection in the mux."""
+        """The TargetSpec (docs/protocol.md) that names this host's connection in the mux;
+        worked out once per set of options, since one action makes several calls."""
+        remote_addr = self._play_context.remote_addr
+        if self._target_spec is None or self._target_spec[0] != remote_addr:
+            self._target_spec = (remote_addr, self.build_target_spec())
+        return self._target_spec[1]
+
+    def build_target_spec(self) -> dict:
+        """The TargetSpec, from the plugin's options."""
         raise NotImplementedError
+
+    def set_options(self, *args, **kwargs) -> None:
+        super().set_options(*args, **kwargs)
+        self._target_spec = None
 
     def become_account(self) -> dict:
         """The account a become call runs as: the task's become plugin decides."""
@@ -247,10 +262,11 @@ class Connection(ConnectionBase):
         as_become = sudoable and self._become_requested
         self._become_requested = False
         cwd = getattr(self, 'cwd', None)
-        payload = ansiballz.parse(in_data, cmd) if in_data else None
+        payload = self._parse_payload(in_data, cmd) if in_data else None
         if self._capturing:
             if payload is None:
                 raise NotCaptured(cmd)
+            self._captured_payloads[id(in_data)] = (in_data, cmd, payload)
             raise Captured(speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become))
         if payload is not None:
             call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become)
@@ -270,6 +286,14 @@ class Connection(ConnectionBase):
                 args['cwd'] = to_text(cwd)
             result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
         return split_output(result, body)
+
+    def _parse_payload(self, in_data: bytes, cmd: str) -> ansiballz.ModulePayload | None:
+        """ansiballz.parse, answered from capture when the action sends a payload built then
+        (speculation.py hands it the same one)."""
+        captured = self._captured_payloads.get(id(in_data))
+        if captured is not None and captured[0] is in_data and captured[1] == cmd:
+            return captured[2]
+        return ansiballz.parse(in_data, cmd)
 
     def capture(self, run) -> speculation.ModuleCall | None:
         """The module call run() would make through this connection, without making it; None
@@ -318,6 +342,7 @@ class Connection(ConnectionBase):
         """Drop what ran ahead and was not asked for; the modules among it, by name."""
         unused = [json.loads(key)[1]['module_fqn'] for key in self._ready_results]
         self._ready_results.clear()
+        self._captured_payloads.clear()
         self._ready_uploads.clear()
         self._used_uploads.clear()
         return unused
@@ -422,7 +447,7 @@ class SshConnection(Connection):
         # Vanilla ssh adds -tt to commands without stdin: stderr merges into stdout, \n becomes \r\n.
         return bool(self.get_option('use_tty'))
 
-    def target_spec(self) -> dict:
+    def build_target_spec(self) -> dict:
         ssh_args = []
         for option in ('ssh_args', 'ssh_common_args', 'ssh_extra_args'):
             value = self.get_option(option)
@@ -455,7 +480,7 @@ class LocalConnection(Connection):
         """As shutil.copyfile (the vanilla local plugin) creates it."""
         return 0o666
 
-    def target_spec(self) -> dict:
+    def build_target_spec(self) -> dict:
         return {
             'transport': 'local',
             'host': None,

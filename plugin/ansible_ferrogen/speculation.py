@@ -16,7 +16,8 @@ no vault file), the action's steps are prepared before it runs:
 
 The action then runs unchanged and its own calls are answered from those results. Anything it
 asks that was not prepared (a directory destination, a link to follow) goes to the target as
-usual.
+usual. The module payloads built while capturing are handed to the action again when it asks
+for the same module with the same arguments, rather than built twice.
 """
 
 from __future__ import annotations
@@ -128,15 +129,41 @@ def prepare_copy(action, plan: CopyPlan, task_vars, follow) -> None:
     connection.run_module_then(stat_call, branches)
 
 
+def build_key(module_name, module_args) -> str | None:
+    """Equal for builds of the same module with the same arguments; None if the arguments
+    cannot be told apart reliably."""
+    try:
+        return json.dumps([module_name, module_args], sort_keys=True)
+    except (TypeError, ValueError):
+        return None
+
+
+def configure_module(original):
+    def _configure_module(self, module_name, module_args, task_vars):
+        builds = getattr(self, '_ferrogen_builds', None)
+        key = None if builds is None else build_key(module_name, module_args)
+        if key is None:
+            return original(self, module_name, module_args, task_vars)
+        if self._connection._capturing:
+            builds[key] = original(self, module_name, module_args, task_vars)
+            return builds[key]
+        built = builds.pop(key, None)
+        return built if built is not None else original(self, module_name, module_args, task_vars)
+
+    return _configure_module
+
+
 def copy_file(original):
     def _copy_file(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
         plan = plan_copy(self, source_full, source_rel, dest, follow)
         if plan is None:
             return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
+        self._ferrogen_builds = {}
         prepare_copy(self, plan, task_vars, follow)
         try:
             return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         finally:
+            self._ferrogen_builds = None
             unused = [name for name in self._connection.forget_ready() if name != 'ansible.modules.stat']
             if unused:
                 display.warning(f'ferrogen: {unused[0]} ran ahead for {plan.dest_file}, but the copy action did not '
@@ -156,4 +183,5 @@ def install() -> None:
     for cls in classes:
         if not cls.__dict__.get('_ferrogen_speculation', False):
             cls._copy_file = copy_file(cls._copy_file)
+            cls._configure_module = configure_module(cls._configure_module)
             cls._ferrogen_speculation = True

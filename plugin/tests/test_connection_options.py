@@ -21,3 +21,19 @@ def test_borrowed_documentation_keeps_vanilla_variables():
     port_vars = [entry['name'] for entry in doc['options']['port']['vars']]
     assert 'ansible_port' in port_vars
     assert doc['options']['python_interpreter']['vars'] == [{'name': 'ansible_python_interpreter'}]
+
+
+def test_target_spec_follows_new_options():
+    """The spec is worked out once per set of options: new options give a new spec."""
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader
+
+    from ansible_ferrogen.strategy import CONNECTION_DIR
+
+    connection_loader.add_directory(CONNECTION_DIR)
+    connection = connection_loader.get('mitogen_ssh', PlayContext())
+    connection.set_options(var_options={'ansible_host': '127.0.0.1', 'ansible_port': 2201})
+    assert connection.target_spec()['port'] == 2201
+    assert connection.target_spec() is connection.target_spec()
+    connection.set_options(var_options={'ansible_host': '127.0.0.1', 'ansible_port': 2202})
+    assert connection.target_spec()['port'] == 2202
