@@ -135,7 +135,8 @@ class Connection(ConnectionBase):
         self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}
         self._ready_uploads: set[tuple[str, str]] = set()
         self._used_uploads: set[tuple[str, str]] = set()
-        # Payloads parsed while capturing, by id() (the payload is kept, so the id stays its).
+        # Payloads parsed while capturing, by id(): each entry holds its bytes, so no other object
+        # can take that id while the entry exists.
         self._captured_payloads: dict[int, tuple[bytes, str, ansiballz.ModulePayload]] = {}
 
     def set_become_plugin(self, plugin) -> None:

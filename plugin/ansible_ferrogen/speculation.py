@@ -159,8 +159,8 @@ def copy_file(original):
         if plan is None:
             return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         self._ferrogen_builds = {}
-        prepare_copy(self, plan, task_vars, follow)
         try:
+            prepare_copy(self, plan, task_vars, follow)
             return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         finally:
             self._ferrogen_builds = None
