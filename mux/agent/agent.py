@@ -61,6 +61,9 @@ class Channel:
     """The framed link to the mux: our original stdin and stdout, moved out of the way."""
 
     def __init__(self):
+        # The mux may send frames right behind the bootstrap payload, before our `ready`: the
+        # stub read the payload through sys.stdin.buffer, which may hold their first bytes.
+        self.inbuf = bytearray(early_input())
         # Keep the protocol on private descriptors, and point fd 0/1 at harmless places so a
         # stray print() or a child reading stdin can never corrupt the stream.
         self.rfd = os.dup(0)
@@ -76,7 +79,6 @@ class Channel:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_CHUNK)
             except (OSError, ValueError):
                 pass
-        self.inbuf = bytearray()
 
     def send(self, header, body=b''):
         write_all(self.wfd, encode_frame(header, body))
@@ -84,6 +86,17 @@ class Channel:
     def read_available(self):
         """Read what the pipe holds; return the complete frames, or None at end of stream."""
         return read_frames(self.rfd, self.inbuf)
+
+
+def early_input():
+    """What sys.stdin.buffer read ahead of the bootstrap payload, taken out of it so that no
+    task reads it again (fd 0 is then non-blocking, as the channel's copy of it will be)."""
+    try:
+        os.set_blocking(0, False)
+        buffered = sys.stdin.buffer.peek(1) or b''
+        return sys.stdin.buffer.read(len(buffered)) if buffered else b''
+    except (AttributeError, OSError, ValueError):
+        return b''
 
 
 def debug_settings():
@@ -773,15 +786,14 @@ class Agent:
 
     def run(self):
         self.announce()
+        # Calls the mux sent before our `ready` may be complete already, and no wake-up
+        # would come for them.
+        self.on_channel_readable()
         while True:
             authenticating = any(c.state in ('authenticating', 'booting') for c in self.children.values())
             for key, _ in self.selector.select(PROMPT_SETTLE / 3 if authenticating else None):
                 if key.data == 'channel':
-                    frames = self.channel.read_available()
-                    if frames is None:
-                        self.shutdown(0)
-                    for header, body in frames:
-                        self.dispatch(header, body)
+                    self.on_channel_readable()
                 elif key.data == 'wakeup':
                     try:
                         while os.read(self.wakeup_r, 4096):
@@ -800,6 +812,13 @@ class Agent:
                     self.spare = self.fork_task_process()
                 except OSError as exc:
                     self.log('debug', 'no spare task process: %s' % (exc,))
+
+    def on_channel_readable(self):
+        frames = self.channel.read_available()
+        if frames is None:
+            self.shutdown(0)
+        for header, body in frames:
+            self.dispatch(header, body)
 
     def shutdown(self, code):
         for transfer in self.transfers.values():

@@ -396,6 +396,17 @@ impl Target {
         self.pid = Some(spawned.pid);
         self.writer = Some(FramedWrite::new(spawned.stdin, FrameCodec::new(), ctx));
         Target::add_stream(FramedRead::new(spawned.stdout, FrameCodec::new()), ctx);
+        while self.queue.first().is_some_and(Target::goes_before_ready) {
+            let call = self.queue.remove(0);
+            self.send_call(LOGIN_INTERP, call, ctx);
+        }
+    }
+
+    /// Whether `call` may go to the login agent right behind the bootstrap payload, before
+    /// its `ready`: the agent reads it once it is up, which saves the round trip of waiting
+    /// for `ready`. Calls answered from `ready`, calls for a become account and streams wait.
+    fn goes_before_ready(call: &Dispatch) -> bool {
+        call.become_spec.is_none() && call.op != INTERPRETER_INFO && call.transfer.is_none()
     }
 
     fn on_ready(&mut self, frame: Frame, ctx: &mut Context<Self>) {
@@ -822,9 +833,14 @@ impl Target {
         }
         self.account_of.clear();
         for (_, call) in self.in_flight.drain() {
-            let msg = format!("{message} (while running {})", call.op);
-            call.reply_to
-                .do_send(CallReply::error(call.worker_id, "connection_lost", msg));
+            // A call sent before `ready` (goes_before_ready) never reached a running agent.
+            let reply = if self.was_ready {
+                let msg = format!("{message} (while running {})", call.op);
+                CallReply::error(call.worker_id, "connection_lost", msg)
+            } else {
+                CallReply::error(call.worker_id, kind, message.clone())
+            };
+            call.reply_to.do_send(reply);
         }
         for tx in self.on_finished.drain(..) {
             let _ = tx.send(());
@@ -947,8 +963,13 @@ impl Handler<Dispatch> for Target {
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
         match self.state {
             State::Ready => self.forward(msg, ctx),
-            // Dying: the Registry already forgot us; this call raced with that and is
-            // failed with the others in finalize.
+            State::Connecting
+                if self.writer.is_some()
+                    && self.queue.is_empty()
+                    && Target::goes_before_ready(&msg) =>
+            {
+                self.send_call(LOGIN_INTERP, msg, ctx)
+            }
             State::Connecting => self.queue.push(msg),
             // The Registry forgot this Target when it began dying; this call raced with
             // that and is retried on a new connection.

@@ -466,6 +466,49 @@ fn agent_that_never_gets_ready_times_out() {
     assert!(message.contains("sleepy agent"), "{message}");
 }
 
+/// Writes a stand-in agent that says `ready` only once a call has arrived, then answers it.
+fn agent_that_waits_for_a_call(dir: &tempfile::TempDir) -> String {
+    let agent = dir.path().join("waits_for_a_call.py");
+    let source = r#"import json, os, struct, sys
+PREFIX = struct.Struct('>II')
+stdin = sys.stdin.buffer
+out = os.fdopen(os.dup(1), 'wb')
+
+def read_exact(n):
+    data = stdin.read(n)
+    if len(data) < n:
+        sys.exit(0)
+    return data
+
+def send(header):
+    data = json.dumps(header).encode()
+    out.write(PREFIX.pack(len(data), 0) + data)
+    out.flush()
+
+header_len, body_len = PREFIX.unpack(read_exact(PREFIX.size))
+call = json.loads(read_exact(header_len))
+read_exact(body_len)
+send({'type': 'ready', 'pid': os.getpid(), 'python': sys.executable, 'user': 'login',
+      'home': '/', 'tmpdir': '/tmp'})
+send({'type': 'reply', 'id': call['id'], 'ok': True, 'result': {'op': call['op']}})
+stdin.read()
+"#;
+    std::fs::write(&agent, source).unwrap();
+    agent.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_call_goes_to_the_agent_before_its_ready_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent_that_waits_for_a_call(&dir);
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
+    let mut client = mux.client();
+    let target = json!({"transport": "local", "timeout": 5});
+    let reply = client.call(target, "ping", json!({}), &[], b"");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_eq!(reply.header["result"]["op"], "ping");
+}
+
 /// Waits for the mux to exit cleanly within 2 s, and for its transport to be gone by 3 s.
 fn assert_mux_and_transport_exit(mux: &mut Mux, transport_pid: u32) {
     let started = Instant::now();

@@ -19,12 +19,14 @@ PREFIX = struct.Struct('>II')
 
 
 class AgentProcess:
-    def __init__(self):
+    def __init__(self, early: bytes = b''):
+        """Start the agent as the mux does; `early` follows the bootstrap payload in the same
+        write, as frames the mux sends before `ready` do."""
         with open(AGENT, 'rb') as handle:
             source = zlib.compress(handle.read())
         stub = f'import sys,zlib;SOURCE=sys.stdin.buffer.read({len(source)});exec(zlib.decompress(SOURCE))'
         self.proc = subprocess.Popen([sys.executable, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.proc.stdin.write(source)
+        self.proc.stdin.write(source + early)
         self.proc.stdin.flush()
         self.ready, _ = self.read()
         self.next_id = 0
@@ -50,6 +52,30 @@ class AgentProcess:
     def close(self):
         self.proc.stdin.close()
         return self.proc.wait(timeout=10)
+
+
+def frame(header, body=b''):
+    encoded = json.dumps(header).encode()
+    return PREFIX.pack(len(encoded), len(body)) + encoded + body
+
+
+def test_calls_sent_behind_the_bootstrap_payload_are_answered_after_ready():
+    """The stub reads its payload through a buffered reader, which also takes in the first
+    frames; the agent must still see them, with no further input to wake it up."""
+    early = frame({'type': 'call', 'id': 1, 'op': 'ping', 'args': {}})
+    early += frame({'type': 'call', 'id': 2, 'op': 'exec_command', 'args': {'cmd': 'cat'}}, b'x' * 100000)
+    agent = AgentProcess(early)
+    try:
+        assert agent.ready['type'] == 'ready'
+        replies = {}
+        while len(replies) < 2:
+            header, body = agent.read()
+            if header['type'] == 'reply':
+                replies[header['id']] = (header, body)
+        assert replies[1][0]['ok'] and replies[1][0]['result']['pid'] == agent.proc.pid
+        assert replies[2][0]['result']['rc'] == 0 and replies[2][1] == b'x' * 100000
+    finally:
+        agent.close()
 
 
 def test_ready_names_a_private_temp_dir(agent):
