@@ -442,23 +442,31 @@ fn missing_python_is_unreachable_with_its_message() {
     assert!(message.contains("exit status 127"), "{message}");
 }
 
-/// Writes a stand-in agent that never sends `ready`.
-fn sleepy_agent(dir: &tempfile::TempDir) -> String {
-    let agent = dir.path().join("sleepy.py");
-    let source = "import sys, time\nsys.stderr.write('sleepy agent\\n')\nsys.stderr.flush()\ntime.sleep(60)\n";
+/// A stand-in agent that never sends `ready`.
+const SLEEPY_AGENT: &str =
+    "import sys, time\nsys.stderr.write('sleepy agent\\n')\nsys.stderr.flush()\ntime.sleep(60)\n";
+
+/// Writes a stand-in agent's source into `dir`; returns its path for FERROGEN_AGENT_SOURCE.
+fn write_agent(dir: &tempfile::TempDir, source: &str) -> String {
+    let agent = dir.path().join("standin.py");
     std::fs::write(&agent, source).unwrap();
     agent.to_str().unwrap().to_owned()
 }
 
-#[test]
-fn agent_that_never_gets_ready_times_out() {
+/// Starts a mux whose agent is `source` and pings a local target with `timeout` through it.
+fn ping_with_standin_agent(source: &str, timeout: u64) -> Frame {
     let dir = tempfile::tempdir().unwrap();
-    let agent = sleepy_agent(&dir);
+    let agent = write_agent(&dir, source);
     let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
     let mut client = mux.client();
+    let target = json!({"transport": "local", "timeout": timeout});
+    client.call(target, "ping", json!({}), &[], b"")
+}
+
+#[test]
+fn agent_that_never_gets_ready_times_out() {
     let started = Instant::now();
-    let target = json!({"transport": "local", "timeout": 1});
-    let reply = client.call(target, "ping", json!({}), &[], b"");
+    let reply = ping_with_standin_agent(SLEEPY_AGENT, 1);
     assert!(started.elapsed() < Duration::from_secs(8));
     assert_eq!(error_kind(&reply), "unreachable");
     let message = reply.header["error"]["message"].as_str().unwrap();
@@ -466,10 +474,8 @@ fn agent_that_never_gets_ready_times_out() {
     assert!(message.contains("sleepy agent"), "{message}");
 }
 
-/// Writes a stand-in agent that says `ready` only once a call has arrived, then answers it.
-fn agent_that_waits_for_a_call(dir: &tempfile::TempDir) -> String {
-    let agent = dir.path().join("waits_for_a_call.py");
-    let source = r#"import json, os, struct, sys
+/// A stand-in agent that says `ready` only once a call has arrived, then answers it.
+const AGENT_THAT_WAITS_FOR_A_CALL: &str = r#"import json, os, struct, sys
 PREFIX = struct.Struct('>II')
 stdin = sys.stdin.buffer
 out = os.fdopen(os.dup(1), 'wb')
@@ -493,18 +499,10 @@ send({'type': 'ready', 'pid': os.getpid(), 'python': sys.executable, 'user': 'lo
 send({'type': 'reply', 'id': call['id'], 'ok': True, 'result': {'op': call['op']}})
 stdin.read()
 "#;
-    std::fs::write(&agent, source).unwrap();
-    agent.to_str().unwrap().to_owned()
-}
 
 #[test]
 fn a_call_goes_to_the_agent_before_its_ready_frame() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = agent_that_waits_for_a_call(&dir);
-    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
-    let mut client = mux.client();
-    let target = json!({"transport": "local", "timeout": 5});
-    let reply = client.call(target, "ping", json!({}), &[], b"");
+    let reply = ping_with_standin_agent(AGENT_THAT_WAITS_FOR_A_CALL, 5);
     assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
     assert_eq!(reply.header["result"]["op"], "ping");
 }
@@ -614,7 +612,7 @@ fn version_flag() {
 #[test]
 fn pool_size_bounds_simultaneous_connects() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = sleepy_agent(&dir);
+    let agent = write_agent(&dir, SLEEPY_AGENT);
     let mux = Mux::start_with(&[
         ("FERROGEN_AGENT_SOURCE", &agent),
         ("MITOGEN_POOL_SIZE", "1"),
