@@ -1373,7 +1373,7 @@ class Agent:
         result, body = {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr
         if task.before is not None:
             first, first_body, index = task.before
-            result = dict(first, then={'ran': index, 'rc': rc, 'stdout_len': len(stdout), 'body_len': len(body)})
+            result = dict(first, then=dict(result, ran=index, body_len=len(body)))
             body = first_body + body
         elif task.then:
             result['then'] = {'ran': None}
@@ -1384,7 +1384,7 @@ class Agent:
                 try:
                     self.prepare_module(branch['args'])
                     self.start_task(task.call_id, 'run_module', branch['args'], stdin=b'', emulate_tty=False,
-                                    before=({'rc': rc, 'stdout_len': len(stdout), 'body_len': len(body)}, body, index))
+                                    before=(dict(result, body_len=len(body)), body, index))
                     return
                 except Exception as exc:
                     self.log('warning', 'call %s: its second module did not start: %s' % (task.call_id, exc))

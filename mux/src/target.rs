@@ -396,6 +396,15 @@ impl Target {
         self.pid = Some(spawned.pid);
         self.writer = Some(FramedWrite::new(spawned.stdin, FrameCodec::new(), ctx));
         Target::add_stream(FramedRead::new(spawned.stdout, FrameCodec::new()), ctx);
+        self.send_calls_before_ready(ctx);
+    }
+
+    /// Once the agent link is open, sends the queue's leading calls that may go before
+    /// `ready`; the rest, and everything behind them, waits for it (calls keep their order).
+    fn send_calls_before_ready(&mut self, ctx: &mut Context<Self>) {
+        if self.writer.is_none() {
+            return;
+        }
         while self.queue.first().is_some_and(Target::goes_before_ready) {
             let call = self.queue.remove(0);
             self.send_call(LOGIN_INTERP, call, ctx);
@@ -963,14 +972,10 @@ impl Handler<Dispatch> for Target {
     fn handle(&mut self, msg: Dispatch, ctx: &mut Self::Context) {
         match self.state {
             State::Ready => self.forward(msg, ctx),
-            State::Connecting
-                if self.writer.is_some()
-                    && self.queue.is_empty()
-                    && Target::goes_before_ready(&msg) =>
-            {
-                self.send_call(LOGIN_INTERP, msg, ctx)
+            State::Connecting => {
+                self.queue.push(msg);
+                self.send_calls_before_ready(ctx);
             }
-            State::Connecting => self.queue.push(msg),
             // The Registry forgot this Target when it began dying; this call raced with
             // that and is retried on a new connection.
             State::Dying => self.redispatch.do_send(Redispatch {

@@ -264,14 +264,15 @@ class Connection(ConnectionBase):
         self._become_requested = False
         cwd = getattr(self, 'cwd', None)
         payload = self._parse_payload(in_data, cmd) if in_data else None
+        call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become) if payload else None
         if self._capturing:
-            if payload is None:
+            if call is None:
                 raise NotCaptured(cmd)
             self._captured_payloads[id(in_data)] = (in_data, cmd, payload)
-            raise Captured(speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become))
-        if payload is not None:
-            call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become)
-            ready = self._ready_results.pop(call.key(), None)
+            raise Captured(call)
+        if call is not None:
+            # Only a prepared copy has results waiting: other calls skip building the key.
+            ready = self._ready_results.pop(call.key(), None) if self._ready_results else None
             if ready is not None:
                 display.vvv(f'ferrogen: {payload.args["module_fqn"]} already ran with the call before it',
                             host=self._host())
