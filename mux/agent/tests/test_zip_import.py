@@ -1,0 +1,105 @@
+"""Importing a module zip's contents in the agent: each module compiled once, with the file
+names and sources zipimport would give it."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import importlib.util
+import json
+import os
+import sys
+import traceback
+import zipfile
+
+from ansible.executor import module_common
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import Templar
+from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
+from ansible_ferrogen import ansiballz
+
+spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
+agent_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(agent_module)
+
+LEAF_SOURCE = '''
+def fail():
+    raise ValueError('raised from the leaf')
+'''
+
+PROBE_MODULE = '''
+import sys
+from ansible.module_utils.basic import AnsibleModule
+
+basic = sys.modules['ansible.module_utils.basic']
+module = AnsibleModule(argument_spec={})
+module.exit_json(basic_file=basic.__file__, basic_loader=type(basic.__loader__).__name__)
+'''
+
+
+def write_zip(path, members):
+    with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name, source in members.items():
+            archive.writestr(name, source)
+
+
+def test_each_module_is_compiled_once_and_named_inside_the_zip(tmp_path, monkeypatch):
+    zip_path = str(tmp_path / 'payload.zip')
+    write_zip(zip_path, {
+        'ferrogen_zipprobe/__init__.py': '',
+        'ferrogen_zipprobe/sub/__init__.py': 'from . import leaf\n',
+        'ferrogen_zipprobe/sub/leaf.py': LEAF_SOURCE,
+    })
+    compiled = collections.Counter()
+    real_compile = builtins.compile
+
+    def counting_compile(source, filename, *args, **kwargs):
+        compiled[filename] += 1
+        return real_compile(source, filename, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'compile', counting_compile)
+    monkeypatch.setattr(sys, 'path', [zip_path] + sys.path)
+    try:
+        with agent_module.ZipSourceFinder(zip_path):
+            package = importlib.import_module('ferrogen_zipprobe.sub')
+        leaf = sys.modules['ferrogen_zipprobe.sub.leaf']
+        assert dict(compiled) == {os.path.join(zip_path, member): 1 for member in (
+            'ferrogen_zipprobe/__init__.py', 'ferrogen_zipprobe/sub/__init__.py', 'ferrogen_zipprobe/sub/leaf.py')}
+        assert leaf.__file__ == os.path.join(zip_path, 'ferrogen_zipprobe/sub/leaf.py')
+        assert package.__path__ == [os.path.join(zip_path, 'ferrogen_zipprobe/sub')]
+        assert agent_module.ZipSourceFinder not in map(type, sys.meta_path)
+        # Once the finder is gone, a traceback still shows the leaf's source line.
+        try:
+            leaf.fail()
+        except ValueError:
+            assert "raise ValueError('raised from the leaf')" in traceback.format_exc()
+    finally:
+        for name in [name for name in sys.modules if name.startswith('ferrogen_zipprobe')]:
+            del sys.modules[name]
+
+
+def test_a_submodule_outside_the_zip_is_left_to_the_other_finders(tmp_path):
+    zip_path = str(tmp_path / 'payload.zip')
+    write_zip(zip_path, {'pkg/mod.py': ''})
+    with agent_module.ZipSourceFinder(zip_path) as finder:
+        assert finder.find_spec('pkg.mod', ['/elsewhere/pkg']) is None
+        assert finder.find_spec('pkg.missing', [os.path.join(zip_path, 'pkg')]) is None
+        assert finder.find_spec('pkg.mod', [os.path.join(zip_path, 'pkg')]).origin == os.path.join(zip_path, 'pkg/mod.py')
+
+
+def test_a_module_sees_its_module_utils_loaded_from_the_zip_by_the_agent(agent, tmp_path, monkeypatch):
+    monkeypatch.setenv('ANSIBLE_LOCAL_TEMP', str(tmp_path / 'local-tmp'))
+    _AnsibleCollectionFinder()._install()
+    module_path = tmp_path / 'ferrogen_probe.py'
+    module_path.write_text(PROBE_MODULE)
+    built = module_common.modify_module(
+        module_name='ferrogen_probe', module_path=str(module_path), module_args={},
+        templar=Templar(loader=DataLoader()), task_vars={'ansible_python_interpreter': sys.executable})
+    payload = ansiballz.parse(built.b_module_data, sys.executable)
+    agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
+    header, body = agent.call('run_module', payload.args)
+    assert header['ok'], header
+    result = json.loads(body.decode().strip().splitlines()[-1])
+    zip_path = os.path.join(agent.ready['tmpdir'], payload.zip_hash + '.zip')
+    assert result['basic_file'] == os.path.join(zip_path, 'ansible/module_utils/basic.py')
+    assert result['basic_loader'] == 'ZipSourceLoader'
