@@ -482,6 +482,8 @@ class BecomeChild:
         self.password_sent = False
         self.inbuf = bytearray()
         self.source = source
+        # Frames the mux sent without waiting for `spawned`, delivered once the agent is up.
+        self.held = []
         # The stub says when authentication is over, so that nothing but the password is on
         # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
         stub = ('import os,sys,zlib;os.write(1,%r);%sSOURCE=sys.stdin.buffer.read(%d);'
@@ -895,7 +897,8 @@ class Agent:
     def spawn(self, header):
         self.start_child(header['interp'], header.get('become') or {}, header.get('timeout'))
 
-    def start_child(self, interp, spec, timeout, use_tty=False):
+    def start_child(self, interp, spec, timeout, use_tty=False, held=()):
+        """Start become interpreter `interp`; `held` are frames already sent for it."""
         try:
             if SOURCE is None:
                 raise RuntimeError('this agent was not started by the bootstrap stub')
@@ -903,7 +906,9 @@ class Agent:
         except Exception as exc:
             self.channel.send({'type': 'spawned', 'interp': interp, 'ok': False,
                                'error': {'kind': 'become_failed', 'message': str(exc)}})
+            self.refuse_held(held, str(exc))
             return
+        child.held = list(held)
         self.log('debug', 'become %s: starting interpreter %d through %s (pid %d, %s)'
                  % (child.account, interp, spec.get('exe') or spec.get('method'), child.pid,
                     'with a terminal' if child.use_tty else 'without a terminal'))
@@ -914,7 +919,7 @@ class Agent:
 
     def relay(self, interp, header, body):
         child = self.children.get(interp)
-        if child is None or child.state != 'ready':
+        if child is None or child.state not in ('authenticating', 'booting', 'ready'):
             if header.get('type') == 'call':
                 self.reply_error(header.get('id'), 'connection_lost',
                                  'become interpreter %s is not running' % (interp,))
@@ -926,6 +931,12 @@ class Agent:
             body = self.blob_for_child(header, body)
             if body is None:
                 return
+        if child.state == 'ready':
+            self.deliver(child, header, body)
+        else:
+            child.held.append((header, body))
+
+    def deliver(self, child, header, body):
         try:
             child.send(header, body)
         except OSError as exc:
@@ -965,6 +976,9 @@ class Agent:
                 self.log('debug', 'become %s: interpreter %d ready, pid %s' % (child.account, child.interp, header.get('pid')))
                 child.state = 'ready'
                 self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': True, 'ready': header})
+                held, child.held = child.held, []
+                for held_header, held_body in held:
+                    self.deliver(child, held_header, held_body)
             else:
                 self.channel.send(header, body)
 
@@ -988,6 +1002,14 @@ class Agent:
         child.state = 'failed'
         self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': False,
                            'error': {'kind': 'become_failed', 'message': message}})
+        held, child.held = child.held, []
+        self.refuse_held(held, message)
+
+    def refuse_held(self, held, message):
+        """Every call gets its one reply; the mux has failed these already and drops them."""
+        for header, _ in held:
+            if header.get('type') == 'call':
+                self.reply_error(header.get('id'), 'become_failed', message)
 
     def child_exited(self, child, status):
         for fd in (child.stdout_r, child.tty_r):
@@ -999,7 +1021,7 @@ class Agent:
             child.read_tty()
             if not child.use_tty and TTY_REQUIRED in child.prompt_excerpt():
                 child.close_fds()
-                self.start_child(child.interp, child.spec, child.timeout, use_tty=True)
+                self.start_child(child.interp, child.spec, child.timeout, use_tty=True, held=child.held)
                 return
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
             self.fail_spawn(child, 'could not become %s (exit status %d): %s'

@@ -8,8 +8,9 @@
 //! Target and the next call starts a new one).
 //!
 //! Become interpreters (docs/protocol.md, "Become interpreters"): the first call for an
-//! account makes the Target allocate an interpreter id, ask the login agent to `spawn` it and
-//! queue that account's calls until `spawned`; an [`InterpreterLru`] keeps at most
+//! account makes the Target allocate an interpreter id and ask the login agent to `spawn` it.
+//! That account's calls follow at once: the login agent holds them until the new interpreter
+//! is up, so the first call costs no extra round trip. An [`InterpreterLru`] keeps at most
 //! `MITOGEN_MAX_INTERPRETERS` of them, stopping least recently used idle ones. `reset` and
 //! the mux's shutdown end the whole connection through [`Shutdown`].
 
@@ -185,10 +186,9 @@ struct InFlight {
 struct Account {
     /// Its id on the agent link.
     id: u32,
-    /// Set until the agent answers `spawned`; calls queue meanwhile.
+    /// Set until the agent answers `spawned`: never evicted meanwhile, and failed calls are
+    /// answered here if it never comes.
     spawning: bool,
-    /// Calls waiting for the spawn to finish.
-    queue: Vec<Dispatch>,
 }
 
 /// One target connection.
@@ -447,12 +447,8 @@ impl Target {
         let key = become_spec.key();
         if let Some(account) = self.accounts.get_mut(&key) {
             self.lru.start_call(&key);
-            if account.spawning {
-                account.queue.push(call);
-            } else {
-                let id = account.id;
-                self.send_call(id, call, ctx);
-            }
+            let id = account.id;
+            self.send_call(id, call, ctx);
             return;
         }
         let admission = self.lru.admit(key.clone());
@@ -489,14 +485,9 @@ impl Target {
             .with("become", become_spec.to_agent_json())
             .with("timeout", self.spec.timeout);
         self.transmit(frame);
-        self.accounts.insert(
-            key.clone(),
-            Account {
-                id,
-                spawning: true,
-                queue: vec![call],
-            },
-        );
+        self.accounts
+            .insert(key.clone(), Account { id, spawning: true });
+        self.send_call(id, call, ctx);
         let patience =
             Duration::from_secs_f64(self.spec.timeout.clamp(0.1, 86_400.0)) + SPAWN_SLACK;
         ctx.run_later(patience, move |act, _| {
@@ -588,24 +579,42 @@ impl Target {
         format!("{key} on {}", self.name)
     }
 
-    /// A become interpreter could not be started: fails its queued calls and forgets it so
-    /// the next call for the account tries again.
+    /// A become interpreter could not be started: fails the calls sent to it and forgets it
+    /// so the next call for the account tries again.
     fn fail_spawn(&mut self, id: u32, kind: &str, message: &str) {
         let Some(key) = self.account_of.get(&id).cloned() else {
             return;
         };
         let text = format!("become {}: {message}", self.account_label(&key));
         warn!(target = %self.name, interp = id, "{text}");
-        if let Some(account) = self.forget_account(&key) {
-            for call in account.queue {
-                call.reply_to
-                    .do_send(CallReply::error(call.worker_id, kind, text.clone()));
-            }
+        let failed = self.take_calls_of(id);
+        // The agent answers each of them too, once it has given up on the interpreter.
+        self.cancelled
+            .extend(failed.iter().map(|(mux_id, _)| *mux_id));
+        for (_, call) in failed {
+            call.reply_to
+                .do_send(CallReply::error(call.worker_id, kind, text.clone()));
         }
+        self.forget_account(&key);
+    }
+
+    /// Removes interpreter `id`'s calls from those in flight, with their mux ids, in the
+    /// order they were sent.
+    fn take_calls_of(&mut self, id: u32) -> Vec<(u64, InFlight)> {
+        let mut ids: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, call)| call.interp == id)
+            .map(|(mux_id, _)| *mux_id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|mux_id| Some((mux_id, self.in_flight.remove(&mux_id)?)))
+            .collect()
     }
 
     /// `{"type": "spawned", "interp": N, "ok": ...}` from the login agent.
-    fn on_interp_spawned(&mut self, frame: &Frame, ctx: &mut Context<Self>) {
+    fn on_interp_spawned(&mut self, frame: &Frame) {
         let Some(id) = frame.header.get("interp").and_then(Value::as_u64) else {
             warn!(target = %self.name, "\"spawned\" without an interp id");
             return;
@@ -643,15 +652,8 @@ impl Target {
         if let Some(addr) = self.interpreters.get(&id) {
             addr.do_send(interpreter::Spawned { pid });
         }
-        let queue = match self.accounts.get_mut(&key) {
-            Some(account) => {
-                account.spawning = false;
-                std::mem::take(&mut account.queue)
-            }
-            None => Vec::new(),
-        };
-        for call in queue {
-            self.send_call(id, call, ctx);
+        if let Some(account) = self.accounts.get_mut(&key) {
+            account.spawning = false;
         }
     }
 
@@ -672,33 +674,18 @@ impl Target {
             return;
         };
         let message = format!("connection to {} lost: {why}", self.account_label(&key));
-        let lost: Vec<u64> = self
-            .in_flight
-            .iter()
-            .filter(|(_, c)| c.interp == id)
-            .map(|(mux_id, _)| *mux_id)
-            .collect();
+        let lost = self.take_calls_of(id);
         if lost.is_empty() {
             debug!(target = %self.name, interp = id, "{message}");
         } else {
             warn!(target = %self.name, interp = id, "{message}");
         }
-        for mux_id in lost {
-            if let Some(call) = self.in_flight.remove(&mux_id) {
-                let text = format!("{message} (while running {})", call.op);
-                call.reply_to
-                    .do_send(CallReply::error(call.worker_id, "connection_lost", text));
-            }
+        for (_, call) in lost {
+            let text = format!("{message} (while running {})", call.op);
+            call.reply_to
+                .do_send(CallReply::error(call.worker_id, "connection_lost", text));
         }
-        if let Some(account) = self.forget_account(&key) {
-            for call in account.queue {
-                call.reply_to.do_send(CallReply::error(
-                    call.worker_id,
-                    "connection_lost",
-                    message.clone(),
-                ));
-            }
-        }
+        self.forget_account(&key);
     }
 
     /// A call of interpreter `interp` is over: the LRU may now stop idle ones.
@@ -833,13 +820,7 @@ impl Target {
             call.reply_to
                 .do_send(CallReply::error(call.worker_id, kind, message.clone()));
         }
-        for (key, account) in self.accounts.drain() {
-            for call in account.queue {
-                let msg = format!("{message} (while starting {key})");
-                call.reply_to
-                    .do_send(CallReply::error(call.worker_id, "connection_lost", msg));
-            }
-        }
+        self.accounts.clear();
         self.account_of.clear();
         for (_, call) in self.in_flight.drain() {
             // A call sent before `ready` (goes_before_ready) never reached a running agent.
@@ -1010,7 +991,7 @@ impl StreamHandler<Result<Frame, FrameError>> for Target {
             (_, "reply") => self.on_reply(frame),
             (_, "ack" | "chunk") => self.on_transfer_frame(frame),
             (_, "log") => self.on_log(&frame),
-            (State::Ready, "spawned") => self.on_interp_spawned(&frame, ctx),
+            (State::Ready, "spawned") => self.on_interp_spawned(&frame),
             (State::Ready, "interp_lost") => self.on_interp_lost(&frame),
             (_, "stopped") => {
                 debug!(target = %self.name, interp = ?frame.header.get("interp"), "interpreter stopped")
@@ -1151,18 +1132,6 @@ impl Handler<Cancel> for Target {
     fn handle(&mut self, msg: Cancel, _: &mut Self::Context) {
         let wanted = |session: u64, id: u64| session == msg.session && msg.worker_ids.contains(&id);
         self.queue.retain(|c| !wanted(c.session, c.worker_id));
-        let mut done_accounts = Vec::new();
-        for (key, account) in self.accounts.iter_mut() {
-            let before = account.queue.len();
-            account.queue.retain(|c| !wanted(c.session, c.worker_id));
-            for _ in account.queue.len()..before {
-                done_accounts.push(key.clone());
-            }
-        }
-        for key in done_accounts {
-            // Still spawning, so never evicted here; the count just drops.
-            let _ = self.lru.finish_call(&key);
-        }
         let running: Vec<u64> = self
             .in_flight
             .iter()

@@ -829,7 +829,21 @@ fn all_busy_goes_over_the_limit_and_comes_back() {
 }
 
 #[test]
-fn failed_become_fails_queued_calls_and_the_next_call_retries() {
+fn a_become_call_goes_to_the_agent_before_spawned() {
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
+    let mut client = mux.client();
+    // The stand-in spawns "late" accounts only once their first call has arrived.
+    let reply = client.call_as(local(), sudo("late1"), "ping");
+    assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+    assert_eq!(reply.header["result"]["user"], "late1");
+    let reply = client.call_as(local(), sudo("late1"), "ping");
+    assert_eq!(reply.header["result"]["user"], "late1");
+    assert_eq!(stats(&mut client)["spawns"], 1);
+}
+
+#[test]
+fn failed_become_fails_its_calls_and_the_next_call_retries() {
     let agent = standin_agent();
     let log = tempfile::NamedTempFile::new().unwrap();
     let mux = Mux::start_full(
@@ -856,7 +870,7 @@ fn failed_become_fails_queued_calls_and_the_next_call_retries() {
     assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
 
     let stats = stats(&mut client);
-    // One spawn per attempt: the two queued calls shared one, the third retried.
+    // One spawn per attempt: the first two calls shared one, the third retried.
     assert_eq!(
         stats["passwords"],
         json!(["Sup3r-Secret-pw", "Sup3r-Secret-pw", "Sup3r-Secret-pw"]),

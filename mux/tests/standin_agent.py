@@ -7,7 +7,9 @@ are answered from that entry. It keeps the counts the tests assert on.
 Ops: ping -> {pid, interp, user}; stats -> {alive, max_alive, spawns, stops, cancelled,
 passwords}; hold -> answered only when a later `release` comes; release -> answers every
 held call, then itself; die -> the interpreter "exits": interp_lost, no reply.
-Users starting with "bad" fail to spawn (become_failed, "incorrect password").
+Users starting with "bad" fail to spawn (become_failed, "incorrect password"). Users starting
+with "late" are spawned only once a call for them has arrived, as a real agent does when it
+holds frames sent before the child is up: a mux that waited for `spawned` would hang.
 """
 
 import json
@@ -27,6 +29,7 @@ stops = []
 cancelled = []
 passwords = []
 held = []             # (id, interp)
+late = {}             # interp -> user, spawned when its first call comes
 
 
 def send(header, body=b''):
@@ -49,6 +52,14 @@ def reply(call_id, result):
     send({'type': 'reply', 'id': call_id, 'ok': True, 'result': result})
 
 
+def spawned(interp, user):
+    global spawns, max_alive
+    spawns += 1
+    interps[interp] = user
+    max_alive = max(max_alive, len(interps))
+    send({'type': 'spawned', 'interp': interp, 'ok': True, 'ready': {'pid': 100000 + interp, 'user': user}})
+
+
 send({'type': 'ready', 'pid': os.getpid(), 'python': sys.executable, 'version': '3',
       'uid': os.getuid(), 'user': 'login', 'home': '/', 'tmpdir': '/tmp'})
 while True:
@@ -65,11 +76,10 @@ while True:
                   'error': {'kind': 'become_failed',
                             'message': 'sudo: incorrect password for %s' % become['user']}})
             continue
-        spawns += 1
-        interps[interp] = become['user']
-        max_alive = max(max_alive, len(interps))
-        send({'type': 'spawned', 'interp': interp, 'ok': True,
-              'ready': {'pid': 100000 + interp, 'user': become['user']}})
+        if become['user'].startswith('late'):
+            late[interp] = become['user']
+            continue
+        spawned(interp, become['user'])
     elif kind == 'stop':
         interps.pop(interp, None)
         stops.append(interp)
@@ -82,6 +92,8 @@ while True:
     elif kind == 'blob':
         pass
     elif kind == 'call':
+        if interp in late:
+            spawned(interp, late.pop(interp))
         if interp != 0 and interp not in interps:
             send({'type': 'reply', 'id': header['id'], 'ok': False,
                   'error': {'kind': 'agent_error', 'message': 'no interpreter %d' % interp}})

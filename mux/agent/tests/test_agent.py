@@ -189,13 +189,31 @@ class BecomeAgent(AgentProcess):
         self.login_user = login_user
         super().__init__()
 
-    def spawn(self, interp, timeout=10, **become):
+    def send_spawn(self, interp, timeout=10, **become):
         become.setdefault('python', TARGET_PYTHON)
         self.send({'type': 'spawn', 'interp': interp, 'become': become, 'timeout': timeout})
+
+    def spawn(self, interp, timeout=10, **become):
+        self.send_spawn(interp, timeout, **become)
         while True:
             header, _ = self.read()
             if header['type'] == 'spawned':
                 return header
+
+    def spawn_then_call(self, interp, op, args, timeout=10, **become):
+        """Spawn and call without waiting in between, as the mux does: (spawned, reply)."""
+        self.send_spawn(interp, timeout, **become)
+        self.next_id += 1
+        self.send({'type': 'call', 'id': self.next_id, 'interp': interp, 'op': op, 'args': args})
+        spawned = reply = None
+        while spawned is None or reply is None:
+            header, body = self.read()
+            if header['type'] == 'spawned':
+                spawned = header
+            elif header['type'] == 'reply':
+                assert spawned is not None, 'the reply came before spawned'
+                reply = header, body
+        return spawned, reply
 
     def call_in(self, interp, op, args, body=b''):
         self.next_id += 1
@@ -253,6 +271,26 @@ def test_become_methods(as_user, login, become, expected):
     assert spawned['ready']['user'] == expected
     assert whoami(agent, 1) == expected
     assert whoami(agent, 0) == (login or 'root')
+
+
+@pytest.mark.parametrize('login, become, expected', [
+    ('ferrotest', {'method': 'sudo', 'user': 'root', 'password': 'testpass', 'flags': '-H -S -n'}, 'root'),
+    ('ferrotty', {'method': 'sudo', 'user': 'root', 'flags': '-H -S -n'}, 'root'),
+], ids=['sudo-password', 'sudo-requiretty'])
+def test_a_call_sent_right_behind_spawn_runs_once_the_child_is_up(as_user, login, become, expected):
+    agent = as_user(login)
+    spawned, (header, body) = agent.spawn_then_call(1, 'exec_command', {'cmd': 'id -un'}, **become)
+    assert spawned['ok'], spawned
+    assert header['ok'], header
+    assert body.strip().decode() == expected
+
+
+def test_a_call_sent_right_behind_a_failing_spawn_gets_the_spawn_error(as_user):
+    agent = as_user('ferrotest')
+    spawned, (header, _) = agent.spawn_then_call(1, 'exec_command', {'cmd': 'id -un'}, method='sudo', user='root',
+                                                 password='wrong', flags='-H -S -n', timeout=20)
+    assert not spawned['ok']
+    assert header['error'] == spawned['error']
 
 
 def test_wrong_password_fails_fast_with_a_clear_message(as_user):
