@@ -15,7 +15,7 @@ import uuid
 
 import helpers
 import pytest
-from helpers import TARGETS, describe, ssh_host_line, write_inventory
+from helpers import PLAYBOOKS, TARGETS, describe, ssh_host_line, write_inventory
 
 # Tasks whose stdout differs between connection types for reasons outside Ansible's control
 # are still compared, after normalizing line endings (ssh -tt turns \n into \r\n for raw/script).
@@ -277,6 +277,28 @@ def test_bad_modules_show_output(run_playbook, host, ferrogen):
     assert "ferro-nonjson-marker: this is not JSON" in _blob(nonjson["result"]), nonjson
     assert "ferro-crash-marker" in run.stdout and "ferro-nonjson-marker" in run.stdout
     assert run.task(host, "alive")["status"] == "ok"
+
+
+@pytest.mark.parametrize("ferrogen", [True, False], ids=["ferrogen", "vanilla"])
+def test_modules_of_several_collections_import_from_their_own_zip(run_playbook, ferrogen):
+    """Two collections share the ansible_collections package, and two modules of one collection
+    carry different module_utils: interleaved on one interpreter, and as another account, each
+    module finds what its own zip holds."""
+    run = run_playbook(
+        "collections.yml", ferrogen=ferrogen, limit="sshroot",
+        extra_env={"ANSIBLE_COLLECTIONS_PATH": str(PLAYBOOKS / "collections")},
+    )
+    assert run.returncode == 0, describe(run)
+    messages = {r["task"]: r["msg"] for r in run.for_host("sshroot")}
+    assert messages == {
+        "greet": "alpha greets one",
+        "echo": "beta echoes two",
+        "count": "alpha counts 5 letters in three",
+        "greet again": "alpha greets four",
+        "echo again": "beta echoes five",
+        "count as another account": "alpha counts 3 letters in six",
+        "greet as another account": "alpha greets seven",
+    }, describe(run)
 
 
 def test_harness_sees_vanilla_loop(cached_run):

@@ -52,6 +52,9 @@ FRAME_PREFIX = struct.Struct('>II')
 MAX_HEADER = 16 * 1024 * 1024
 MAX_BODY = 256 * 1024 * 1024
 
+# Top-level packages of module zips, as prefixes of dotted names: ansible's own and collections'.
+ZIP_PACKAGE_ROOTS = ('ansible.', 'ansible_collections.')
+
 # Where the private temp dir may live, in the order Ansible's remote_tmp and Python's
 # tempfile would try them.
 TEMP_DIR_CANDIDATES = ('~/.ansible/tmp', '/var/tmp', '/tmp')
@@ -1245,7 +1248,7 @@ class Agent:
             return
         self.warm_zips.add(zip_path)
         self.generation += 1
-        add_zip_to_packages(zip_path)
+        put_zip_first(zip_path)
         for name in module_utils_in_zip(zip_path):
             try:
                 __import__(name)
@@ -1441,18 +1444,25 @@ def flush_std_streams():
             pass
 
 
-def add_zip_to_packages(zip_path):
-    """Put a module zip first on sys.path and on the path of every ansible package already
-    imported (from earlier zips), so its own submodules are found."""
-    if zip_path not in sys.path:
+def put_zip_first(zip_path):
+    """Put a module zip first on sys.path and on the path of every ansible and
+    ansible_collections package already imported (from earlier zips). A zip holds everything
+    its module needs, so the module's own imports must find this zip's copy first: another
+    module's zip may hold a package of the same name (`ansible_collections`, a collection's
+    `plugins.module_utils`) with other contents."""
+    if sys.path[0] != zip_path:
+        if zip_path in sys.path:
+            sys.path.remove(zip_path)
         sys.path.insert(0, zip_path)
     for name, module in list(sys.modules.items()):
+        if not (name + '.').startswith(ZIP_PACKAGE_ROOTS):
+            continue
         path = getattr(module, '__path__', None)
-        if path is None or not (name == 'ansible' or name.startswith('ansible.')):
+        if path is None:
             continue
         subdir = os.path.join(zip_path, *name.split('.'))
-        if subdir not in path:
-            module.__path__ = [subdir] + list(path)
+        if not path or path[0] != subdir:
+            module.__path__ = [subdir] + [entry for entry in path if entry != subdir]
 
 
 class ZipSourceFinder:
@@ -1539,7 +1549,9 @@ def module_utils_in_zip(zip_path):
 
 def run_module_in_child(zip_path, args, compiled):
     """Run an AnsiballZ-packaged module the way its own wrapper would, minus the unzip. The
-    parent's warm-up already put the zip on sys.path and on the ansible packages' paths."""
+    parent's warm-up imported the zip's module_utils; the packages the module imports here
+    must come from its own zip before any other."""
+    put_zip_first(zip_path)
     sys.argv = [zip_path]
     import atexit
     import runpy
