@@ -301,6 +301,21 @@ def test_modules_of_several_collections_import_from_their_own_zip(run_playbook, 
     }, describe(run)
 
 
+@pytest.mark.mux_only
+def test_a_collections_module_utils_are_compiled_once_per_interpreter(run_playbook):
+    """The agent compiles a collection's module_utils when it prepares the module's zip; each
+    task then imports them from that code, under the file name zipimport would give them."""
+    run = run_playbook(
+        "collection_imports.yml", ferrogen=True, limit="sshroot",
+        extra_env={"ANSIBLE_COLLECTIONS_PATH": str(PLAYBOOKS / "collections")},
+    )
+    assert run.returncode == 0, describe(run)
+    items = run.task("sshroot", "whence")["result"]["results"]
+    assert [item["loader"] for item in items] == ["ZipSourceLoader"] * 3, describe(run)
+    for item in items:
+        assert re.search(r"\.zip/ansible_collections/ferrotest/alpha/plugins/module_utils/greeting\.py$", item["file"]), item
+
+
 def test_harness_sees_vanilla_loop(cached_run):
     """The result plumbing itself: a vanilla loop-100 over ssh yields 100 changed items."""
     run = cached_run("loop100.yml", "sshroot", False)

@@ -13,6 +13,7 @@ Standard library only; Python 3.6 or newer.
 """
 
 import base64
+import contextlib
 import fcntl
 import gc
 import grp
@@ -752,6 +753,8 @@ class Agent:
         self.warm = False
         # Module zips whose module_utils this interpreter has imported, and modules compiled.
         self.warm_zips = set()
+        self.zip_modules = ZipModules()
+        sys.meta_path.insert(0, self.zip_modules)
         self.compiled_modules = {}
         # Counts changes to what tasks inherit (blobs, warm zips, compiled modules), so an
         # older spare is not used; and the spare itself, forked once tasks have run.
@@ -1110,8 +1113,9 @@ class Agent:
         zip_path = self.blobs[args['zip']]
         if (zip_path, args['module_fqn']) in self.compiled_modules:
             return
-        with ZipSourceFinder(zip_path):
+        with self.zip_modules.preparing(zip_path):
             self.warm_up(zip_path)
+            self.zip_modules.compile_rest(zip_path)
             self.compile_module(zip_path, args['module_fqn'])
 
     def task_main(self, op, args):
@@ -1465,52 +1469,97 @@ def put_zip_first(zip_path):
             module.__path__ = [subdir] + [entry for entry in path if entry != subdir]
 
 
-class ZipSourceFinder:
-    """While the agent imports a module zip's contents (warm-up, module compile), finds them
-    in the zip itself and compiles each once. zipimport compiles a module's source twice per
-    import, once to name its file and once to run it: over the fifty-odd module_utils of a
-    module zip, about 50 ms of CPU per interpreter. Tasks' own later imports go through
-    zipimport as before: the zip stays on sys.path."""
+class ZipModules:
+    """The agent's importer for module zips, ahead of zipimport on sys.meta_path. zipimport
+    compiles a module's source on every import, and twice at that (once to name its file, once
+    to run it): for the fifty-odd module_utils of a module zip, about 50 ms of CPU.
 
-    def __init__(self, zip_path):
-        self.zip_path = zip_path
-        self.archive = zipfile.ZipFile(zip_path)
-        self.members = frozenset(self.archive.namelist())
+    While the agent prepares a zip (`preparing`), its own imports (the module_utils warm-up, the
+    module's packages) read that zip here and compile each file once, and `compile_rest` then
+    compiles every other source file of the zip: a collection's module_utils, which the module
+    imports anew in each task process, take no compile there. Whatever was not compiled that
+    way is left to zipimport, which finds the same file: the search follows the same paths."""
 
-    def __enter__(self):
-        sys.meta_path.insert(0, self)
-        return self
+    def __init__(self):
+        # Zip path -> the names of its members.
+        self.members = {}
+        # (zip path, member) -> code compiled while preparing, inherited by task processes.
+        self.compiled = {}
+        # (zip path, ZipFile) while the agent prepares that zip; never open across a fork.
+        self.open_archive = None
 
-    def __exit__(self, *exc_info):
-        sys.meta_path.remove(self)
-        self.archive.close()
+    @contextlib.contextmanager
+    def preparing(self, zip_path):
+        archive = zipfile.ZipFile(zip_path)
+        self.members[zip_path] = frozenset(archive.namelist())
+        self.open_archive = (zip_path, archive)
+        try:
+            yield
+        finally:
+            self.open_archive = None
+            archive.close()
+
+    def compile_rest(self, zip_path):
+        """Compile the zip's source files that are not imported yet (while preparing it)."""
+        archive = self.open_archive[1]
+        for member in sorted(self.members[zip_path]):
+            if not member.endswith('.py') or (zip_path, member) in self.compiled:
+                continue
+            name = member[:-len('/__init__.py')] if member.endswith('/__init__.py') else member[:-len('.py')]
+            if name.replace('/', '.') in sys.modules:
+                continue
+            try:
+                self.compiled[(zip_path, member)] = compile(
+                    archive.read(member), os.path.join(zip_path, member), 'exec', dont_inherit=True)
+            except (SyntaxError, ValueError):
+                pass  # zipimport reports it where the module is imported
 
     def find_spec(self, fullname, path=None, target=None):
         relative = fullname.replace('.', '/')
-        # As zipimport would: a submodule only where its package's path reaches into this zip.
-        if path is not None and os.path.join(self.zip_path, os.path.dirname(relative)) not in path:
-            return None
-        for member, is_package in ((relative + '/__init__.py', True), (relative + '.py', False)):
-            if member not in self.members:
-                continue
-            loader = ZipSourceLoader(self.zip_path, member, self.archive.read(member))
-            spec = importlib.util.spec_from_loader(fullname, loader, origin=loader.path, is_package=is_package)
-            spec.has_location = True
-            if is_package:
-                spec.submodule_search_locations.append(os.path.join(self.zip_path, relative))
-            return spec
+        package_dir = os.path.dirname(relative)
+        # The entries a path-based import would try, in its order, while they are our zips.
+        for entry in sys.path if path is None else path:
+            zip_path = self.zip_at(entry, package_dir)
+            if zip_path is None:
+                return None
+            for member, is_package in ((relative + '/__init__.py', True), (relative + '.py', False)):
+                if member in self.members[zip_path]:
+                    return self.spec(fullname, zip_path, member, is_package)
         return None
+
+    def zip_at(self, entry, package_dir):
+        """The known zip whose `package_dir` directory `entry` is, or None."""
+        for zip_path in self.members:
+            if entry == (os.path.join(zip_path, package_dir) if package_dir else zip_path):
+                return zip_path
+        return None
+
+    def spec(self, fullname, zip_path, member, is_package):
+        code = self.compiled.get((zip_path, member))
+        if code is not None:
+            loader = ZipSourceLoader(zip_path, member, code=code)
+        elif self.open_archive is not None and self.open_archive[0] == zip_path:
+            loader = ZipSourceLoader(zip_path, member, source=self.open_archive[1].read(member))
+        else:
+            return None
+        spec = importlib.util.spec_from_loader(fullname, loader, origin=loader.path, is_package=is_package)
+        spec.has_location = True
+        if is_package:
+            spec.submodule_search_locations.append(os.path.dirname(loader.path))
+        return spec
 
 
 class ZipSourceLoader:
     """One module of a module zip, with the file name and source zipimport would give it."""
 
-    def __init__(self, zip_path, member, source):
+    def __init__(self, zip_path, member, source=None, code=None):
         self.zip_path = zip_path
         self.member = member
         self.path = os.path.join(zip_path, member)
         # Dropped once the module has run: the loader lives as long as its module.
         self.source = source
+        # Compiled ahead of the import, when the agent prepared the zip.
+        self.code = code
 
     def create_module(self, spec):
         return None
@@ -1521,6 +1570,8 @@ class ZipSourceLoader:
         exec(code, module.__dict__)
 
     def get_code(self, fullname):
+        if self.code is not None:
+            return self.code
         return compile(self.source_bytes(), self.path, 'exec', dont_inherit=True)
 
     def get_source(self, fullname):

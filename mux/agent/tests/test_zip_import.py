@@ -12,6 +12,7 @@ import sys
 import traceback
 import zipfile
 
+import pytest
 from ansible.executor import module_common
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
@@ -43,12 +44,16 @@ def write_zip(path, members):
             archive.writestr(name, source)
 
 
-def test_each_module_is_compiled_once_and_named_inside_the_zip(tmp_path, monkeypatch):
+@pytest.fixture
+def zip_modules(tmp_path, monkeypatch):
+    """(ZipModules first on sys.meta_path, zip path, compile counts by file name); the zip holds
+    package ferrogen_zipprobe and is first on sys.path."""
     zip_path = str(tmp_path / 'payload.zip')
     write_zip(zip_path, {
         'ferrogen_zipprobe/__init__.py': '',
         'ferrogen_zipprobe/sub/__init__.py': 'from . import leaf\n',
         'ferrogen_zipprobe/sub/leaf.py': LEAF_SOURCE,
+        'ferrogen_zipprobe/late.py': LEAF_SOURCE,
     })
     compiled = collections.Counter()
     real_compile = builtins.compile
@@ -57,34 +62,53 @@ def test_each_module_is_compiled_once_and_named_inside_the_zip(tmp_path, monkeyp
         compiled[filename] += 1
         return real_compile(source, filename, *args, **kwargs)
 
+    modules = agent_module.ZipModules()
     monkeypatch.setattr(builtins, 'compile', counting_compile)
     monkeypatch.setattr(sys, 'path', [zip_path] + sys.path)
+    monkeypatch.setattr(sys, 'meta_path', [modules] + sys.meta_path)
+    yield modules, zip_path, compiled
+    for name in [name for name in sys.modules if name.startswith('ferrogen_zipprobe')]:
+        del sys.modules[name]
+
+
+def test_each_module_is_compiled_once_and_named_inside_the_zip(zip_modules):
+    modules, zip_path, compiled = zip_modules
+    with modules.preparing(zip_path):
+        package = importlib.import_module('ferrogen_zipprobe.sub')
+    leaf = sys.modules['ferrogen_zipprobe.sub.leaf']
+    assert dict(compiled) == {os.path.join(zip_path, member): 1 for member in (
+        'ferrogen_zipprobe/__init__.py', 'ferrogen_zipprobe/sub/__init__.py', 'ferrogen_zipprobe/sub/leaf.py')}
+    assert leaf.__file__ == os.path.join(zip_path, 'ferrogen_zipprobe/sub/leaf.py')
+    assert package.__path__ == [os.path.join(zip_path, 'ferrogen_zipprobe/sub')]
+    # Once the zip is closed, a traceback still shows the leaf's source line.
     try:
-        with agent_module.ZipSourceFinder(zip_path):
-            package = importlib.import_module('ferrogen_zipprobe.sub')
-        leaf = sys.modules['ferrogen_zipprobe.sub.leaf']
-        assert dict(compiled) == {os.path.join(zip_path, member): 1 for member in (
-            'ferrogen_zipprobe/__init__.py', 'ferrogen_zipprobe/sub/__init__.py', 'ferrogen_zipprobe/sub/leaf.py')}
-        assert leaf.__file__ == os.path.join(zip_path, 'ferrogen_zipprobe/sub/leaf.py')
-        assert package.__path__ == [os.path.join(zip_path, 'ferrogen_zipprobe/sub')]
-        assert agent_module.ZipSourceFinder not in map(type, sys.meta_path)
-        # Once the finder is gone, a traceback still shows the leaf's source line.
-        try:
-            leaf.fail()
-        except ValueError:
-            assert "raise ValueError('raised from the leaf')" in traceback.format_exc()
-    finally:
-        for name in [name for name in sys.modules if name.startswith('ferrogen_zipprobe')]:
-            del sys.modules[name]
+        leaf.fail()
+    except ValueError:
+        assert "raise ValueError('raised from the leaf')" in traceback.format_exc()
 
 
-def test_a_submodule_outside_the_zip_is_left_to_the_other_finders(tmp_path):
-    zip_path = str(tmp_path / 'payload.zip')
-    write_zip(zip_path, {'pkg/mod.py': ''})
-    with agent_module.ZipSourceFinder(zip_path) as finder:
-        assert finder.find_spec('pkg.mod', ['/elsewhere/pkg']) is None
-        assert finder.find_spec('pkg.missing', [os.path.join(zip_path, 'pkg')]) is None
-        assert finder.find_spec('pkg.mod', [os.path.join(zip_path, 'pkg')]).origin == os.path.join(zip_path, 'pkg/mod.py')
+def test_what_is_not_imported_while_preparing_is_compiled_then_and_imported_later_without(zip_modules):
+    modules, zip_path, compiled = zip_modules
+    with modules.preparing(zip_path):
+        importlib.import_module('ferrogen_zipprobe')
+        modules.compile_rest(zip_path)
+    late_path = os.path.join(zip_path, 'ferrogen_zipprobe/late.py')
+    assert compiled[late_path] == 1
+    late = importlib.import_module('ferrogen_zipprobe.late')
+    assert compiled[late_path] == 1
+    assert late.__file__ == late_path
+    assert compiled[os.path.join(zip_path, 'ferrogen_zipprobe/__init__.py')] == 1
+
+
+def test_what_was_not_compiled_ahead_is_left_to_zipimport(zip_modules):
+    modules, zip_path, _ = zip_modules
+    package_dir = os.path.join(zip_path, 'ferrogen_zipprobe')
+    with modules.preparing(zip_path):
+        assert modules.find_spec('ferrogen_zipprobe.late', ['/elsewhere/ferrogen_zipprobe']) is None
+        assert modules.find_spec('ferrogen_zipprobe.missing', [package_dir]) is None
+        assert modules.find_spec('ferrogen_zipprobe.late', [package_dir]).origin == os.path.join(package_dir, 'late.py')
+    assert modules.find_spec('ferrogen_zipprobe.late', [package_dir]) is None
+    assert importlib.import_module('ferrogen_zipprobe.late').__loader__.__class__.__name__ == 'zipimporter'
 
 
 def test_a_module_sees_its_module_utils_loaded_from_the_zip_by_the_agent(agent, tmp_path, monkeypatch):
