@@ -301,6 +301,21 @@ def test_modules_of_several_collections_import_from_their_own_zip(run_playbook, 
     }, describe(run)
 
 
+@pytest.mark.parametrize("ferrogen", [True, False], ids=["ferrogen", "vanilla"])
+def test_async_tasks(run_playbook, ferrogen):
+    """Ansible writes an async task's module and async_wrapper to the target and starts the
+    wrapper, which detaches; the job's result then comes from polling or async_status."""
+    run = run_playbook("async.yml", ferrogen=ferrogen, limit="sshroot", timeout=180)
+    assert run.returncode == 0, describe(run)
+    polled = run.task("sshroot", "polled")
+    assert polled["stdout"] == "polled-out" and polled["rc"] == 0, polled
+    fired = run.task("sshroot", "fired")
+    assert fired["result"]["started"] == 1 and fired["result"]["finished"] == 0, fired
+    status = run.task("sshroot", "status")
+    assert status["stdout"] == "fired-out" and status["result"]["finished"] == 1, status
+    assert run.task("sshroot", "polled as another account")["stdout"] == "ferrotest"
+
+
 @pytest.mark.mux_only
 def test_a_collections_module_utils_are_compiled_once_per_interpreter(run_playbook):
     """The agent compiles a collection's module_utils when it prepares the module's zip; each

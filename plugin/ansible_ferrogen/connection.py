@@ -112,9 +112,10 @@ class NotCaptured(Exception):
 class Connection(ConnectionBase):
     """Runs commands, modules and transfers through the run's ferrogen-mux."""
 
+    # Every new-style module goes to the persistent interpreter as one call (is_pipelining_enabled
+    # below), except an async task's: Ansible then writes the module and its async_wrapper to
+    # the target and starts the wrapper, which detaches from the interpreter.
     has_pipelining = True
-    # Every new-style module goes to the persistent interpreter as one call.
-    always_pipeline_modules = True
     has_tty = False
     # Module payloads built for this connection may carry a reference instead of the zip.
     resolves_module_references = True
