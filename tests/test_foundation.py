@@ -302,6 +302,21 @@ def test_modules_of_several_collections_import_from_their_own_zip(run_playbook, 
 
 
 @pytest.mark.parametrize("ferrogen", [True, False], ids=["ferrogen", "vanilla"])
+def test_delegated_tasks_run_where_they_are_delegated(run_playbook, ferrogen):
+    run = run_playbook("delegation.yml", ferrogen=ferrogen, limit="sshuser,sshroot")
+    assert run.returncode == 0, describe(run)
+    users = {r["task"]: r["stdout"] for r in run.for_host("sshuser") if r["action"].endswith("command")}
+    assert users == {
+        "on sshroot": "root",
+        "on sshroot as another account": "ferrotest",
+        "on localhost": "root",
+        "local action": "root",
+        "once": "ferrotest",
+    }, describe(run)
+    assert run.task("sshroot", "user of sshroot's facts")["stdout"] == "root", describe(run)
+
+
+@pytest.mark.parametrize("ferrogen", [True, False], ids=["ferrogen", "vanilla"])
 def test_async_tasks(run_playbook, ferrogen):
     """Ansible writes an async task's module and async_wrapper to the target and starts the
     wrapper, which detaches; the job's result then comes from polling or async_status."""
