@@ -1247,13 +1247,14 @@ class Agent:
 
     def warm_up(self, zip_path):
         """Import what this zip's modules need once, here, so each forked child starts warm:
-        the module_utils Ansible packed for the module (exactly its dependencies)."""
+        the module_utils Ansible packed for the module (exactly its dependencies). Called
+        while zip_modules prepares the zip."""
         if zip_path in self.warm_zips:
             return
         self.warm_zips.add(zip_path)
         self.generation += 1
         put_zip_first(zip_path)
-        for name in module_utils_in_zip(zip_path):
+        for name in module_utils_in_zip(self.zip_modules.members[zip_path]):
             try:
                 __import__(name)
             except Exception:
@@ -1505,8 +1506,7 @@ class ZipModules:
         for member in sorted(self.members[zip_path]):
             if not member.endswith('.py') or (zip_path, member) in self.compiled:
                 continue
-            name = member[:-len('/__init__.py')] if member.endswith('/__init__.py') else member[:-len('.py')]
-            if name.replace('/', '.') in sys.modules:
+            if module_name_of(member) in sys.modules:
                 continue
             try:
                 self.compiled[(zip_path, member)] = compile(
@@ -1587,14 +1587,17 @@ class ZipSourceLoader:
             return archive.read(self.member)
 
 
-def module_utils_in_zip(zip_path):
-    """Dotted names of the ansible.module_utils modules in a module zip, packages first."""
-    names = []
-    with zipfile.ZipFile(zip_path) as archive:
-        for member in archive.namelist():
-            if member.startswith('ansible/module_utils/') and member.endswith('.py'):
-                dotted = member[:-3].replace('/', '.')
-                names.append(dotted[:-len('.__init__')] if dotted.endswith('.__init__') else dotted)
+def module_name_of(member):
+    """The dotted name of the module in zip member `a/b/__init__.py` or `a/b/c.py`."""
+    path = member[:-len('/__init__.py')] if member.endswith('/__init__.py') else member[:-len('.py')]
+    return path.replace('/', '.')
+
+
+def module_utils_in_zip(members):
+    """Dotted names of the ansible.module_utils modules among a module zip's members, packages
+    first."""
+    names = [module_name_of(member) for member in members
+             if member.startswith('ansible/module_utils/') and member.endswith('.py')]
     return sorted(names, key=lambda name: (name.count('.'), name))
 
 
