@@ -447,6 +447,36 @@ SUDO_STDIN_FLAGS = frozenset(('-S', '--stdin'))
 SUDO_NONINTERACTIVE_FLAGS = frozenset(('-n', '--non-interactive'))
 
 
+# Where a system's own Python usually is, for become accounts that cannot run ours.
+PLATFORM_PYTHONS = ('/usr/bin/python3', '/usr/local/bin/python3', '/usr/libexec/platform-python')
+
+
+def python_for_any_account():
+    """The interpreter a become account runs when the task names none: this one, if every
+    account may run it; else the platform's. A login interpreter found through the login
+    account's PATH may live in its home (pyenv, a virtualenv), out of another account's reach."""
+    for python in (sys.executable,) + PLATFORM_PYTHONS:
+        if runnable_by_anyone(python):
+            return python
+    return sys.executable
+
+
+def runnable_by_anyone(path):
+    """Whether every directory on the way to `path`, and what it links to, lets others in."""
+    try:
+        for step in (path, os.path.realpath(path)):
+            if not os.stat(step).st_mode & stat.S_IXOTH:
+                return False
+            directory = os.path.dirname(step)
+            while directory not in ('/', ''):
+                if not os.stat(directory).st_mode & stat.S_IXOTH:
+                    return False
+                directory = os.path.dirname(directory)
+    except OSError:
+        return False
+    return True
+
+
 def become_argv(spec, python, stub):
     """The command that starts an agent as another account."""
     method = spec.get('method') or 'sudo'
@@ -492,7 +522,7 @@ class BecomeChild:
         # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
         stub = ('import os,sys,zlib;os.write(1,%r);%sSOURCE=sys.stdin.buffer.read(%d);'
                 'exec(zlib.decompress(SOURCE))' % (GO_MARKER, debug_settings(), len(source)))
-        argv = become_argv(spec, spec.get('python') or sys.executable, stub)
+        argv = become_argv(spec, spec.get('python') or python_for_any_account(), stub)
         if self.use_tty:
             # The password goes in on a terminal: stdin and stderr are a pty in raw mode, so it
             # carries the protocol unaltered once the agent runs. Echo is off, so the password

@@ -19,13 +19,13 @@ PREFIX = struct.Struct('>II')
 
 
 class AgentProcess:
-    def __init__(self, early: bytes = b''):
+    def __init__(self, early: bytes = b'', python: str = sys.executable):
         """Start the agent as the mux does; `early` follows the bootstrap payload in the same
         write, as frames the mux sends before `ready` do."""
         with open(AGENT, 'rb') as handle:
             source = zlib.compress(handle.read())
         stub = f'import sys,zlib;SOURCE=sys.stdin.buffer.read({len(source)});exec(zlib.decompress(SOURCE))'
-        self.proc = subprocess.Popen([sys.executable, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen([python, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.proc.stdin.write(source + early)
         self.proc.stdin.flush()
         self.ready, _ = self.read()
@@ -185,9 +185,9 @@ TARGET_PYTHON = '/usr/bin/python3'
 
 
 class BecomeAgent(AgentProcess):
-    def __init__(self, login_user=None):
+    def __init__(self, login_user=None, python=sys.executable):
         self.login_user = login_user
-        super().__init__()
+        super().__init__(python=python)
 
     def send_spawn(self, interp, timeout=10, **become):
         become.setdefault('python', TARGET_PYTHON)
@@ -291,6 +291,22 @@ def test_a_call_sent_right_behind_a_failing_spawn_gets_the_spawn_error(as_user):
                                                  password='wrong', flags='-H -S -n', timeout=20)
     assert not spawned['ok']
     assert header['error'] == spawned['error']
+
+
+def test_a_become_account_that_cannot_reach_the_login_python_gets_the_platforms(tmp_path):
+    """With no python named, the become interpreter is the login one, unless that one sits
+    where other accounts cannot go (a pyenv or virtualenv in root's home)."""
+    private = tmp_path / 'private'
+    private.mkdir(mode=0o700)
+    (private / 'python3').symlink_to(TARGET_PYTHON)
+    agent = BecomeAgent(python=str(private / 'python3'))
+    try:
+        spawned = agent.spawn(1, method='sudo', user='ferrotest', flags='-H -S -n', python=None)
+        assert spawned['ok'], spawned
+        assert spawned['ready']['python'] == TARGET_PYTHON
+        assert whoami(agent, 1) == 'ferrotest'
+    finally:
+        agent.close()
 
 
 def test_wrong_password_fails_fast_with_a_clear_message(as_user):
