@@ -554,6 +554,11 @@ class BecomeChild:
         for fd in (self.stdout_r, self.tty_r):
             os.set_blocking(fd, False)
 
+    @property
+    def starting(self):
+        """Not up yet: the tool is authenticating, or the agent is booting."""
+        return self.state in ('authenticating', 'booting')
+
     def take_go_marker(self):
         """True once the stub has announced itself; the source is then sent."""
         if not self.inbuf.startswith(GO_MARKER):
@@ -828,7 +833,7 @@ class Agent:
         # would come for them.
         self.on_channel_readable()
         while True:
-            authenticating = any(c.state in ('authenticating', 'booting') for c in self.children.values())
+            authenticating = any(c.starting for c in self.children.values())
             for key, _ in self.selector.select(PROMPT_SETTLE / 3 if authenticating else None):
                 if key.data == 'channel':
                     self.on_channel_readable()
@@ -955,7 +960,7 @@ class Agent:
 
     def relay(self, interp, header, body):
         child = self.children.get(interp)
-        if child is None or child.state not in ('authenticating', 'booting', 'ready'):
+        if child is None or not (child.starting or child.state == 'ready'):
             if header.get('type') == 'call':
                 self.reply_error(header.get('id'), 'connection_lost',
                                  'become interpreter %s is not running' % (interp,))
@@ -1021,7 +1026,7 @@ class Agent:
     def check_prompts(self):
         now = time.monotonic()
         for child in list(self.children.values()):
-            if child.state not in ('authenticating', 'booting'):
+            if not child.starting:
                 continue
             action = child.prompt_action(now)
             if action == 'answer':
@@ -1053,7 +1058,7 @@ class Agent:
                 self.selector.unregister(fd)
             except (KeyError, ValueError):
                 pass
-        if child.state in ('authenticating', 'booting'):
+        if child.starting:
             child.read_tty()
             if not child.use_tty and TTY_REQUIRED in child.prompt_excerpt():
                 child.close_fds()
@@ -1558,11 +1563,14 @@ class ZipModules:
         return None
 
     def zip_at(self, entry, package_dir):
-        """The known zip whose `package_dir` directory `entry` is, or None."""
-        for zip_path in self.members:
-            if entry == (os.path.join(zip_path, package_dir) if package_dir else zip_path):
-                return zip_path
-        return None
+        """The known zip whose `package_dir` directory `entry` is, or None. Every import of
+        the interpreter and its tasks asks, the standard library's too: no scan of the zips."""
+        if package_dir:
+            suffix = '/' + package_dir
+            if not entry.endswith(suffix):
+                return None
+            entry = entry[:-len(suffix)]
+        return entry if entry in self.members else None
 
     def spec(self, fullname, zip_path, member, is_package):
         code = self.compiled.get((zip_path, member))
