@@ -13,6 +13,7 @@ Standard library only; Python 3.6 or newer.
 """
 
 import base64
+import collections
 import contextlib
 import fcntl
 import gc
@@ -55,6 +56,9 @@ MAX_BODY = 256 * 1024 * 1024
 
 # Top-level packages of module zips, as prefixes of dotted names: ansible's own and collections'.
 ZIP_PACKAGE_ROOTS = ('ansible.', 'ansible_collections.')
+
+# How many streamed uploads' digests the interpreter keeps for modules that hash them again.
+RECEIVED_DIGESTS_KEPT = 32
 
 # Where the private temp dir may live, in the order Ansible's remote_tmp and Python's
 # tempfile would try them.
@@ -400,6 +404,7 @@ class PutTransfer:
         self.file.write(data)
 
     def finish(self, size, digest):
+        """Commit the file if it holds what the sender sent."""
         if size != self.file.size or digest != self.file.digest.hexdigest():
             raise ValueError('received %d bytes with SHA-1 %s, the sender sent %s bytes with SHA-1 %s'
                              % (self.file.size, self.file.digest.hexdigest(), size, digest))
@@ -408,6 +413,75 @@ class PutTransfer:
 
     def abort(self):
         self.file.abort()
+
+
+def verified_claims(claims):
+    """The digests a sender computed over the bytes whose SHA-1 this agent has just checked,
+    kept where each names an algorithm this Python has and has that algorithm's length."""
+    kept = {}
+    for name, value in (claims or {}).items():
+        try:
+            length = hashlib.new(name).digest_size * 2
+        except (TypeError, ValueError):
+            continue
+        if isinstance(value, str) and len(value) == length and re.fullmatch('[0-9a-f]+', value):
+            kept[name] = value
+    return kept
+
+
+def file_identity(info):
+    """What stays the same while a file holds the content it was written with (a chmod
+    changes none of it)."""
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+class ReceivedDigests:
+    """Digests of the files streamed into this interpreter's task temp dirs, by real path.
+
+    The copy module hashes its upload twice (SHA-1, then MD5) after it arrived; a task process
+    is handed these entries and answers such a module from them. An entry answers only while
+    its path holds the file written (file_identity), and goes with its task temp dir.
+    """
+
+    def __init__(self):
+        self.entries = collections.OrderedDict()
+
+    def record(self, path, digests):
+        real = os.path.realpath(path)
+        self.entries.pop(real, None)
+        self.entries[real] = file_identity(os.stat(real)) + [digests]
+        while len(self.entries) > RECEIVED_DIGESTS_KEPT:
+            self.entries.popitem(last=False)
+
+    def forget_under(self, directory):
+        prefix = os.path.realpath(directory).rstrip('/') + '/'
+        for path in [path for path in self.entries if path.startswith(prefix)]:
+            del self.entries[path]
+
+
+def answer_digests_from(entries):
+    """In a task process: AnsibleModule.digest_from_file answers from entries (a
+    ReceivedDigests table) for a file that is still the one received, by an algorithm the
+    module could use itself; anything else it hashes as before."""
+    basic = sys.modules.get('ansible.module_utils.basic')
+    if not entries or basic is None:
+        return
+    module_class = basic.AnsibleModule
+    hash_file = module_class.digest_from_file
+
+    def digest_from_file(module, filename, algorithm):
+        if isinstance(algorithm, str) and algorithm in basic.AVAILABLE_HASH_ALGORITHMS:
+            path = os.path.realpath(os.fsdecode(filename))
+            entry = entries.get(path)
+            if entry is not None and algorithm in entry[-1]:
+                try:
+                    if file_identity(os.stat(path)) == entry[:-1]:
+                        return entry[-1][algorithm]
+                except OSError:
+                    pass
+        return hash_file(module, filename, algorithm)
+
+    module_class.digest_from_file = digest_from_file
 
 
 class FetchTransfer:
@@ -720,10 +794,12 @@ class TaskProcess:
         self.stderr_file = stderr_file
         self.generation = generation
 
-    def hand_over(self, op, args, stdin, emulate_tty):
-        """Send the task; False (and the process discarded) if it is gone."""
+    def hand_over(self, op, args, stdin, emulate_tty, digests):
+        """Send the task, with the ReceivedDigests entries a module may ask for; False (and
+        the process discarded) if it is gone."""
+        header = {'op': op, 'args': args, 'emulate_tty': emulate_tty, 'digests': digests}
         try:
-            write_all(self.command_fd, encode_frame({'op': op, 'args': args, 'emulate_tty': emulate_tty}, stdin))
+            write_all(self.command_fd, encode_frame(header, stdin))
         except OSError:
             self.discard()
             return False
@@ -748,7 +824,7 @@ def receive_task(command_fd):
     header_len, body_len = FRAME_PREFIX.unpack(prefix)
     header = json.loads(read_exactly(command_fd, header_len).decode('utf-8'))
     stdin = read_exactly(command_fd, body_len) if body_len else b''
-    return header['op'], header['args'], stdin, header['emulate_tty']
+    return header['op'], header['args'], stdin, header['emulate_tty'], header['digests']
 
 
 def read_exactly(fd, size):
@@ -798,6 +874,7 @@ class Agent:
         self.spare_wanted = False
         # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
         self.transfers = {}
+        self.received_digests = ReceivedDigests()
         # Task temp dirs made by make_dir and not removed yet.
         self.task_dirs = set()
         self.selector = selectors.DefaultSelector()
@@ -1153,7 +1230,7 @@ class Agent:
             self.zip_modules.compile_rest(zip_path)
             self.compile_module(zip_path, args['module_fqn'])
 
-    def task_main(self, op, args):
+    def task_main(self, op, args, digests):
         """What the process of an exec_command or run_module task runs. Built in that process
         (a spare forked earlier has the same state; see TaskProcess)."""
         cwd = args.get('cwd')
@@ -1176,7 +1253,7 @@ class Agent:
             os.environ.update(args.get('env') or {})
             if cwd:
                 os.chdir(cwd)
-            run_module_in_child(zip_path, args, compiled)
+            run_module_in_child(zip_path, args, compiled, digests)
 
         return run_module
 
@@ -1192,8 +1269,13 @@ class Agent:
         self.task_dirs.add(args['path'])
         self.reply(call_id, {})
 
+    def in_task_dir(self, path):
+        """Whether path is in one of the task temp dirs this interpreter made."""
+        return any(path.startswith(directory.rstrip('/') + '/') for directory in self.task_dirs)
+
     def op_remove_tree(self, call_id, args, body):
         self.task_dirs.discard(args['path'])
+        self.received_digests.forget_under(args['path'])
         try:
             shutil.rmtree(args['path'])
         except FileNotFoundError:
@@ -1253,7 +1335,13 @@ class Agent:
                 self.channel.send({'type': 'ack', 'id': call_id, 'bytes': transfer.file.size})
             elif kind == 'put_end' and isinstance(transfer, PutTransfer):
                 del self.transfers[call_id]
-                self.reply(call_id, transfer.finish(header.get('size'), header.get('sha1')))
+                result = transfer.finish(header.get('size'), header.get('sha1'))
+                if self.in_task_dir(transfer.file.path):
+                    digests = dict(verified_claims(header.get('digests')), sha1=result['sha1'])
+                    self.received_digests.record(transfer.file.path, digests)
+                    self.log('debug', 'kept the %s of %s for the task\'s modules'
+                             % (' and '.join(sorted(digests)), transfer.file.path))
+                self.reply(call_id, result)
             elif kind == 'ack' and isinstance(transfer, FetchTransfer):
                 transfer.acked = max(transfer.acked, int(header.get('bytes') or 0))
                 self.pump(call_id, transfer)
@@ -1345,9 +1433,10 @@ class Agent:
     def start_task(self, call_id, op, args, stdin, emulate_tty, then=(), before=None):
         self.spare_wanted = True
         process = self.take_spare()
-        if process is None or not process.hand_over(op, args, stdin, emulate_tty):
+        digests = self.received_digests.entries if op == 'run_module' else {}
+        if process is None or not process.hand_over(op, args, stdin, emulate_tty, digests):
             process = self.fork_task_process()
-            if not process.hand_over(op, args, stdin, emulate_tty):
+            if not process.hand_over(op, args, stdin, emulate_tty, digests):
                 raise OSError('the task process ended before it was given its task')
         self.tasks[process.pid] = Task(call_id, process.pid, process.stdout_file,
                                        None if emulate_tty else process.stderr_file, emulate_tty, then, before)
@@ -1369,7 +1458,7 @@ class Agent:
             if task is None:
                 code = 0
                 return
-            op, args, stdin, emulate_tty = task
+            op, args, stdin, emulate_tty, digests = task
             if stdin:
                 stdin_file = scratch_file(self.tmpdir)
                 stdin_file.write(stdin)
@@ -1378,7 +1467,7 @@ class Agent:
                 os.dup2(stdin_file.fileno(), 0)
             os.dup2(stdout_file.fileno(), 1)
             os.dup2((stdout_file if emulate_tty else stderr_file).fileno(), 2)
-            self.task_main(op, args)()
+            self.task_main(op, args, digests)()
             code = 0
         except SystemExit as exc:
             code = exit_code(exc.code)
@@ -1639,11 +1728,12 @@ def module_utils_in_zip(members):
     return sorted(names, key=lambda name: (name.count('.'), name))
 
 
-def run_module_in_child(zip_path, args, compiled):
+def run_module_in_child(zip_path, args, compiled, digests):
     """Run an AnsiballZ-packaged module the way its own wrapper would, minus the unzip. The
     parent's warm-up imported the zip's module_utils; the packages the module imports here
     must come from its own zip before any other."""
     put_zip_first(zip_path)
+    answer_digests_from(digests)
     sys.argv = [zip_path]
     import atexit
     import runpy

@@ -61,9 +61,10 @@ class MuxClient:
 
     def call(self, target: dict, op: str, args: dict, body: bytes = b'',
              blobs: dict[str, bytes] | None = None, become: dict | None = None,
-             detached: bool = False) -> tuple[dict, bytes]:
+             detached: bool = False, while_waiting=None) -> tuple[dict, bytes]:
         """Run op on target (as the become account, if given); upload any blob the mux lacks
-        and retry once. A detached call is only acknowledged (docs/protocol.md)."""
+        and retry once. A detached call is only acknowledged (docs/protocol.md).
+        while_waiting() runs once the call is sent, before its reply is read."""
         blobs = blobs or {}
         request = {'type': 'call', 'target': target, 'op': op, 'args': args, 'blobs': list(blobs)}
         if detached:
@@ -72,7 +73,7 @@ class MuxClient:
             request['task'] = current_task
         if become is not None:
             request['become'] = become
-        header, reply_body = self._roundtrip(request, body)
+        header, reply_body = self._roundtrip(request, body, while_waiting)
         if not header.get('ok') and header.get('error', {}).get('kind') == 'missing_blob':
             for digest in header['error'].get('hashes') or list(blobs):
                 self._send(frames.encode({'type': 'blob', 'hash': digest}, blobs[digest]))
@@ -85,9 +86,9 @@ class MuxClient:
         self._send(frames.encode({'type': 'connect', 'target': target}))
 
     def put_stream(self, target: dict, args: dict, source, size: int, become: dict | None = None,
-                   report=None) -> dict:
+                   report=None, digests: dict | None = None) -> dict:
         """Stream an open file to args['path'] on target (transfer.put_stream)."""
-        return self._stream(transfer.put_stream, target, args, become, source, size, report)
+        return self._stream(transfer.put_stream, target, args, become, source, size, report, digests)
 
     def fetch_stream(self, target: dict, path: str, sink, become: dict | None = None, report=None) -> dict:
         """Stream a target file into sink, an uncommitted transfer.AtomicFile."""
@@ -153,9 +154,11 @@ class MuxClient:
             raise MuxError(error.get('kind', 'unknown'), error.get('message', 'no message'), error.get('detail'))
         return header.get('result') or {}
 
-    def _roundtrip(self, request: dict, body: bytes = b''):
+    def _roundtrip(self, request: dict, body: bytes = b'', while_waiting=None):
         call_id = next(self._ids)
         self._send(frames.encode(dict(request, id=call_id), body))
+        if while_waiting is not None:
+            while_waiting()
         while True:
             header, reply_body = self.read()
             if header.get('type') == 'reply' and header.get('id') == call_id:

@@ -129,6 +129,8 @@ class Connection(ConnectionBase):
     # speculation.py: while capturing, exec_command records the module call instead of
     # making it; results of calls that ran ahead, by ModuleCall.key(), and uploads made ahead.
     _capturing = False
+    # speculation.py: work for the worker while the next module call runs on the target.
+    while_next_module_runs = None
 
     def __init__(self, *args, **kwargs):
         self._target_spec: tuple[str | None, dict] | None = None
@@ -239,9 +241,9 @@ class Connection(ConnectionBase):
         return self
 
     def _call(self, op: str, args: dict, body: bytes = b'', blobs: dict[str, bytes] | None = None,
-              as_become: bool = False):
-        return self._run(op, lambda client, target, account: client.call(target, op, args, body, blobs, account),
-                         as_become)
+              as_become: bool = False, while_waiting=None):
+        return self._run(op, lambda client, target, account: client.call(
+            target, op, args, body, blobs, account, while_waiting=while_waiting), as_become)
 
     def _run(self, op: str, request, as_become: bool = False):
         """request(client, target, become) against the mux, its errors as Ansible's."""
@@ -279,7 +281,9 @@ class Connection(ConnectionBase):
                             host=self._host())
                 return ready
             display.vvv(f'ferrogen: run {payload.args["module_fqn"]} in the persistent interpreter', host=self._host())
-            result, body = self._call('run_module', call.args, blobs=call.blobs, as_become=as_become)
+            while_waiting, self.while_next_module_runs = self.while_next_module_runs, None
+            result, body = self._call('run_module', call.args, blobs=call.blobs, as_become=as_become,
+                                      while_waiting=while_waiting)
         else:
             display.vvv(f'ferrogen: exec {cmd}', host=self._host())
             if in_data:
@@ -405,10 +409,12 @@ class Connection(ConnectionBase):
                 return
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size
-            display.vvv(f'ferrogen: stream {in_path} to {out_path} ({size} bytes)', host=self._host())
+            digests = transfer.digests_ahead_of(in_path)
+            hashed = f', {" and ".join(sorted(digests))} hashed ahead' if digests else ''
+            display.vvv(f'ferrogen: stream {in_path} to {out_path} ({size} bytes{hashed})', host=self._host())
             report = self._progress('put', out_path)
             self._run('put_file', lambda client, target, account: client.put_stream(
-                target, {'path': out_path, 'size': size}, handle, size, account, report), as_become)
+                target, {'path': out_path, 'size': size}, handle, size, account, report, digests), as_become)
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         """Copy a target file to the controller, streamed; the local file is replaced

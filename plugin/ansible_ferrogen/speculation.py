@@ -22,10 +22,12 @@ for the same module with the same arguments, rather than built twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import sys
 
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import copy as copy_action
@@ -74,17 +76,24 @@ class CopyPlan:
     sha1: str
 
 
-def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
-    """The copy action's steps for this file, as its _copy_file computes them, or None where
-    the case is not the plain one."""
+def plain_case(action) -> bool:
+    """Whether the copy action will upload the file and run the copy module with it if the
+    destination holds other content: force, no check or diff mode, no raw, no checksum given,
+    and a task temp dir action_mixin made (so an upload into it can be detached)."""
     task = action._task
     args = task.args
-    shell = action._connection._shell
-    # action_mixin made the task temp dir, so the upload can be detached.
     ours = getattr(action._connection, 'detached_temp_dir', None)
-    if (ours is None or ours != shell.tmpdir or task.check_mode or task.diff or args.get('checksum')
-            or not boolean(args.get('force', 'yes'), strict=False)
-            or boolean(args.get('raw', 'no'), strict=False)):
+    return not (ours is None or ours != action._connection._shell.tmpdir or task.check_mode or task.diff
+                or args.get('checksum') or not boolean(args.get('force', 'yes'), strict=False)
+                or boolean(args.get('raw', 'no'), strict=False))
+
+
+def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
+    """The copy action's steps for this file, as its _copy_file computes them, or None where
+    the case is not the plain one or the file is not small."""
+    args = action._task.args
+    shell = action._connection._shell
+    if not plain_case(action):
         return None
     try:
         source = action._loader.path_dwim(source_full)
@@ -153,11 +162,48 @@ def configure_module(original):
     return _configure_module
 
 
+@contextlib.contextmanager
+def hashing_ahead(action, source_full, task_vars):
+    """For a large file in the plain case, hash it (SHA-1 for the action, MD5 for the copy
+    module) in threads from now on, while the action builds and runs its stat: the action's
+    checksum, the upload's and the copy module's are then answered from those. The copy
+    module is built while the stat runs on the target (Ansible keeps its zip for the action's
+    own build, after the upload)."""
+    ahead = None
+    if plain_case(action):
+        try:
+            source = os.path.realpath(action._loader.path_dwim(source_full))
+            with open(source, 'rb') as handle:
+                large = os.fstat(handle.fileno()).st_size > transfer.SMALL_FILE_LIMIT
+                vault = handle.read(len(VAULT_HEADER)) == VAULT_HEADER
+            if large and not vault and source not in transfer.DIGESTS_AHEAD:
+                ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)
+        except OSError:
+            pass
+    if ahead is not None:
+
+        def build_copy_module():
+            try:
+                action._configure_module(module_name='ansible.legacy.copy', module_args={}, task_vars=task_vars)
+            except Exception as exc:  # noqa: BLE001 - the action's own build meets it again
+                display.vvvv(f'ferrogen: the copy module was not built ahead: {exc}')
+
+        action._connection.while_next_module_runs = build_copy_module
+    try:
+        yield
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            action._connection.while_next_module_runs = None
+            del transfer.DIGESTS_AHEAD[ahead.path]
+
+
 def copy_file(original):
     def _copy_file(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
         plan = plan_copy(self, source_full, source_rel, dest, follow)
         if plan is None:
-            return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
+            with hashing_ahead(self, source_full, task_vars):
+                return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         self._ferrogen_builds = {}
         try:
             prepare_copy(self, plan, task_vars, follow)
@@ -185,3 +231,7 @@ def install() -> None:
             cls._copy_file = copy_file(cls._copy_file)
             cls._configure_module = configure_module(cls._configure_module)
             cls._ferrogen_speculation = True
+        # The action hashes its source with its module's own checksum().
+        action_module = sys.modules[cls.__module__]
+        if not getattr(action_module.checksum, 'ferrogen_hashed_ahead', False):
+            action_module.checksum = transfer.sha1_ahead_or(action_module.checksum)

@@ -14,6 +14,7 @@ import os
 import re
 import select
 import stat
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +29,13 @@ TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
 
 # How often a long transfer reports progress (display.vvv).
 PROGRESS_INTERVAL = 1.0
+
+# Reads of a file hashed ahead: large, because a hashing thread waits for the GIL after each
+# read and each update while the worker's main thread builds modules.
+HASH_READ = 16 << 20
+
+# The digests the copy module reports of its upload, besides SHA-1 (its `md5sum`).
+EXTRA_DIGESTS = ('md5',)
 
 
 def pid_alive(pid: int) -> bool:
@@ -148,6 +156,83 @@ class Progress:
             self.report(done, self.total, done / max(now - self.started, 1e-6))
 
 
+def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
+    """What stays the same while a file holds the same content."""
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class DigestsAhead:
+    """A controller file's SHA-1 (and the copy module's other digests), each hashed in its
+    own thread while the worker does other work; see speculation.py."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.identity = file_identity(os.stat(path))
+        self.cancelled = False
+        self.digests: dict[str, str] = {}
+        self.threads = []
+        for name in ('sha1', *EXTRA_DIGESTS):
+            try:
+                digest = hashlib.new(name)
+            except ValueError:
+                continue  # a FIPS build has no MD5; the module then reports none either
+            thread = threading.Thread(target=self._hash, args=(name, digest), daemon=True,
+                                      name=f'ferrogen-{name}-ahead')
+            thread.start()
+            self.threads.append(thread)
+
+    def _hash(self, name: str, digest) -> None:
+        buffer = bytearray(HASH_READ)
+        try:
+            with open(self.path, 'rb', buffering=0) as handle, memoryview(buffer) as view:
+                while not self.cancelled:
+                    size = handle.readinto(view)
+                    if not size:
+                        self.digests[name] = digest.hexdigest()
+                        return
+                    digest.update(view[:size])
+        except OSError:
+            pass
+
+    def result(self) -> dict[str, str] | None:
+        """The digests, SHA-1 among them, once hashed; None if the file changed meanwhile or
+        could not be read (the caller then hashes it itself)."""
+        for thread in self.threads:
+            thread.join()
+        try:
+            unchanged = file_identity(os.stat(self.path)) == self.identity
+        except OSError:
+            return None
+        return dict(self.digests) if unchanged and 'sha1' in self.digests else None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+# The files being hashed ahead in this worker, by real path.
+DIGESTS_AHEAD: dict[str, DigestsAhead] = {}
+
+
+def digests_ahead_of(path: str) -> dict[str, str] | None:
+    """The digests hashed ahead of path, if it is being hashed and has not changed."""
+    ahead = DIGESTS_AHEAD.get(os.path.realpath(path))
+    return None if ahead is None else ahead.result()
+
+
+def sha1_ahead_or(hash_file):
+    """Wrap ansible.utils.hashing.checksum: a file hashed ahead is answered from that."""
+
+    def checksum(filename, *args, **kwargs):
+        if not args and not kwargs:
+            digests = digests_ahead_of(os.fsdecode(filename))
+            if digests is not None:
+                return digests['sha1']
+        return hash_file(filename, *args, **kwargs)
+
+    checksum.ferrogen_hashed_ahead = True
+    return checksum
+
+
 class StreamError(Exception):
     """The mux or agent broke the transfer protocol."""
 
@@ -156,12 +241,16 @@ def _pending(sock) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def put_stream(client, request: dict, source, size: int, report=None) -> dict:
-    """Send an open file as a streamed put; return the reply's result (raises MuxError)."""
+def put_stream(client, request: dict, source, size: int, report=None, digests: dict | None = None) -> dict:
+    """Send an open file as a streamed put; return the reply's result (raises MuxError).
+
+    digests, if the file was hashed ahead (DigestsAhead), saves hashing it again: the agent
+    checks the SHA-1 against what it received, and keeps the others for a module that asks.
+    """
     call_id = client.next_id()
     request = dict(request, id=call_id, op='put_begin', blobs=[])
     client.send(frames.encode(request))
-    digest = hashlib.sha1()
+    digest = None if digests else hashlib.sha1()
     sent = acked = 0
     progress = Progress(size, report)
     while True:
@@ -181,10 +270,14 @@ def put_stream(client, request: dict, source, size: int, report=None) -> dict:
         data = source.read(CHUNK)
         if not data:
             break
-        digest.update(data)
+        if digest is not None:
+            digest.update(data)
         client.send_frame({'type': 'chunk', 'id': call_id, 'offset': sent}, data)
         sent += len(data)
-    client.send(frames.encode({'type': 'put_end', 'id': call_id, 'size': sent, 'sha1': digest.hexdigest()}))
+    end = {'type': 'put_end', 'id': call_id, 'size': sent, 'sha1': digests['sha1'] if digests else digest.hexdigest()}
+    if digests:
+        end['digests'] = {name: value for name, value in digests.items() if name != 'sha1'}
+    client.send(frames.encode(end))
     while True:
         header, _ = client.read()
         if header.get('id') != call_id:

@@ -185,3 +185,41 @@ def test_stream_errors_become_ansible_errors():
             connection._run('fetch_file', broken)
     finally:
         module.MuxClient.get = original
+
+
+def test_digests_hashed_ahead_match_and_give_way_once_the_file_changes(tmp_path):
+    data = os.urandom(3 * transfer.CHUNK + 7)
+    source = tmp_path / 'src'
+    source.write_bytes(data)
+    ahead = transfer.DigestsAhead(str(source))
+    assert ahead.result() == {'sha1': hashlib.sha1(data).hexdigest(), 'md5': hashlib.md5(data).hexdigest()}
+    source.write_bytes(data + b'more')
+    assert ahead.result() is None
+
+
+def test_the_actions_checksum_of_a_file_hashed_ahead_is_not_computed_again(tmp_path, monkeypatch):
+    data = os.urandom(transfer.CHUNK)
+    source = tmp_path / 'src'
+    source.write_bytes(data)
+    other = tmp_path / 'other'
+    other.write_bytes(b'other')
+    monkeypatch.setitem(transfer.DIGESTS_AHEAD, str(source), transfer.DigestsAhead(str(source)))
+    computed = []
+    checksum = transfer.sha1_ahead_or(lambda path: computed.append(path) or 'computed')
+    assert checksum(str(source)) == hashlib.sha1(data).hexdigest()
+    assert checksum(os.fsencode(source)) == hashlib.sha1(data).hexdigest()
+    assert checksum(str(other)) == 'computed' and computed == [str(other)]
+
+
+def test_put_stream_sends_the_digests_hashed_ahead_for_the_agent_to_check_and_keep(tmp_path):
+    data = os.urandom(2 * transfer.CHUNK + 1)
+    source = tmp_path / 'src'
+    source.write_bytes(data)
+    digests = transfer.DigestsAhead(str(source)).result()
+    mux = FakeMux()
+    with open(source, 'rb') as handle:
+        transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/x'}}, handle, len(data),
+                            digests=digests)
+    end = mux.sent_frames[-1]
+    assert end['type'] == 'put_end' and end['sha1'] == hashlib.sha1(data).hexdigest()
+    assert end['digests'] == {'md5': hashlib.md5(data).hexdigest()}

@@ -6,18 +6,13 @@ from __future__ import annotations
 import builtins
 import collections
 import importlib.util
-import json
 import os
 import sys
 import traceback
 import zipfile
 
 import pytest
-from ansible.executor import module_common
-from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar
-from ansible.utils.collection_loader._collection_finder import _AnsibleCollectionFinder
-from ansible_ferrogen import ansiballz
+from module_payloads import ModuleRunner
 
 spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
 agent_module = importlib.util.module_from_spec(spec)
@@ -112,18 +107,10 @@ def test_what_was_not_compiled_ahead_is_left_to_zipimport(zip_modules):
 
 
 def test_a_module_sees_its_module_utils_loaded_from_the_zip_by_the_agent(agent, tmp_path, monkeypatch):
-    monkeypatch.setenv('ANSIBLE_LOCAL_TEMP', str(tmp_path / 'local-tmp'))
-    _AnsibleCollectionFinder()._install()
     module_path = tmp_path / 'ferrogen_probe.py'
     module_path.write_text(PROBE_MODULE)
-    built = module_common.modify_module(
-        module_name='ferrogen_probe', module_path=str(module_path), module_args={},
-        templar=Templar(loader=DataLoader()), task_vars={'ansible_python_interpreter': sys.executable})
-    payload = ansiballz.parse(built.b_module_data, sys.executable)
-    agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
-    header, body = agent.call('run_module', payload.args)
-    assert header['ok'], header
-    result = json.loads(body.decode().strip().splitlines()[-1])
-    zip_path = os.path.join(agent.ready['tmpdir'], payload.zip_hash + '.zip')
+    runner = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp')
+    result = runner.run({})
+    zip_path = os.path.join(agent.ready['tmpdir'], runner.payload({}).zip_hash + '.zip')
     assert result['basic_file'] == os.path.join(zip_path, 'ansible/module_utils/basic.py')
     assert result['basic_loader'] == 'ZipSourceLoader'
