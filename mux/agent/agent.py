@@ -750,20 +750,22 @@ class Task:
     which branch of its continuation this is.
     """
 
-    def __init__(self, call_id, pid, stdout_file, stderr_file, emulate_tty, then=(), before=None):
+    def __init__(self, call_id, process, emulate_tty, then=(), before=None):
         self.call_id = call_id
-        self.pid = pid
-        self.stdout_file = stdout_file
-        self.stderr_file = stderr_file
+        self.pid = process.pid
+        self.stdout_file = process.stdout_file
+        self.stderr_file = None if emulate_tty else process.stderr_file
+        self.done_fd = process.done_fd
         self.emulate_tty = emulate_tty
         self.then = then
         self.before = before
 
-    def collect(self, status):
-        if os.WIFEXITED(status):
-            rc = os.WEXITSTATUS(status)
-        else:
-            rc = -os.WTERMSIG(status)
+    @staticmethod
+    def exit_status(status):
+        return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+
+    def collect(self, rc):
+        """(rc, stdout, stderr) once the task has written all its output."""
         stdout = self._read(self.stdout_file)
         stderr = self._read(self.stderr_file) if self.stderr_file is not None else b''
         if self.emulate_tty:
@@ -787,9 +789,12 @@ class TaskProcess:
     compiled, is discarded rather than used.
     """
 
-    def __init__(self, pid, command_fd, stdout_file, stderr_file, generation):
+    def __init__(self, pid, command_fd, done_fd, stdout_file, stderr_file, generation):
         self.pid = pid
         self.command_fd = command_fd
+        # The process writes its exit code here once its output is complete, before it exits
+        # (a module task only: a command's shell replaces the process, and this closes).
+        self.done_fd = done_fd
         self.stdout_file = stdout_file
         self.stderr_file = stderr_file
         self.generation = generation
@@ -812,6 +817,7 @@ class TaskProcess:
     def discard(self):
         """End the process: at end of its pipe it exits without running anything."""
         os.close(self.command_fd)
+        os.close(self.done_fd)
         self.stdout_file.close()
         self.stderr_file.close()
 
@@ -872,6 +878,8 @@ class Agent:
         self.generation = 0
         self.spare = None
         self.spare_wanted = False
+        # Task processes answered for (on_task_done) and not reaped yet.
+        self.answered_pids = set()
         # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
         self.transfers = {}
         self.received_digests = ReceivedDigests()
@@ -921,6 +929,8 @@ class Agent:
                     except BlockingIOError:
                         pass
                     self.reap()
+                elif isinstance(key.data, Task):
+                    self.on_task_done(key.data)
                 else:
                     stream, child = key.data
                     self.on_child_output(stream, child)
@@ -1438,12 +1448,12 @@ class Agent:
             process = self.fork_task_process()
             if not process.hand_over(op, args, stdin, emulate_tty, digests):
                 raise OSError('the task process ended before it was given its task')
-        self.tasks[process.pid] = Task(call_id, process.pid, process.stdout_file,
-                                       None if emulate_tty else process.stderr_file, emulate_tty, then, before)
+        task = self.tasks[process.pid] = Task(call_id, process, emulate_tty, then, before)
+        self.selector.register(task.done_fd, selectors.EVENT_READ, task)
 
-    def run_task_process(self, command_fd, stdout_file, stderr_file):
+    def run_task_process(self, command_fd, done_fd, stdout_file, stderr_file):
         """The body of a freshly forked task process: leave the agent's descriptors and signal
-        handlers behind, wait for the task on command_fd, run it, exit."""
+        handlers behind, wait for the task on command_fd, run it, say so on done_fd, exit."""
         code = 1
         # A task lives milliseconds: collecting would only copy the parent's pages.
         gc.disable()
@@ -1453,7 +1463,7 @@ class Agent:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             # The agent's other descriptors (its channel, become children's pipes, other
             # tasks' output) must not outlive it in a task, nor keep a pipe from closing.
-            close_descriptors_except({command_fd, stdout_file.fileno(), stderr_file.fileno()})
+            close_descriptors_except({command_fd, done_fd, stdout_file.fileno(), stderr_file.fileno()})
             task = receive_task(command_fd)
             if task is None:
                 code = 0
@@ -1475,6 +1485,12 @@ class Agent:
             traceback.print_exc()
         finally:
             flush_std_streams()
+            # The agent answers the call now, rather than once this large process has been
+            # torn down and reaped.
+            try:
+                os.write(done_fd, bytes([code]))
+            except OSError:
+                pass
             os._exit(code)
 
     def take_spare(self):
@@ -1491,15 +1507,43 @@ class Agent:
         stdout_file = scratch_file(self.tmpdir)
         stderr_file = scratch_file(self.tmpdir)
         command_r, command_w = os.pipe()
+        done_r, done_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(command_w)
-            self.run_task_process(command_r, stdout_file, stderr_file)
+            os.close(done_r)
+            self.run_task_process(command_r, done_w, stdout_file, stderr_file)
         os.close(command_r)
-        return TaskProcess(pid, command_w, stdout_file, stderr_file, self.generation)
+        os.close(done_w)
+        os.set_blocking(done_r, False)
+        return TaskProcess(pid, command_w, done_r, stdout_file, stderr_file, self.generation)
+
+    def on_task_done(self, task):
+        """A task process wrote its exit code: its output is complete, answer now. At end of
+        file instead (a command's shell replaced the process), the answer waits for reap."""
+        try:
+            code = os.read(task.done_fd, 1)
+        except BlockingIOError:
+            return
+        self.stop_watching_done(task)
+        if code and self.tasks.pop(task.pid, None) is task:
+            self.answered_pids.add(task.pid)
+            self.task_ended(task, code[0])
+
+    def stop_watching_done(self, task):
+        if task.done_fd is not None:
+            self.selector.unregister(task.done_fd)
+            os.close(task.done_fd)
+            task.done_fd = None
+
+    def task_ended(self, task, rc):
+        rc, stdout, stderr = task.collect(rc)
+        self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
+                 % (task.call_id, rc, len(stdout), len(stderr)))
+        self.finish_task(task, rc, stdout, stderr)
 
     def reap(self):
-        while self.tasks or self.child_pids or self.spare is not None:
+        while self.tasks or self.child_pids or self.spare is not None or self.answered_pids:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -1517,13 +1561,14 @@ class Agent:
                 self.spare.discard()
                 self.spare = None
                 continue
+            if pid in self.answered_pids:
+                self.answered_pids.discard(pid)
+                continue
             task = self.tasks.pop(pid, None)
             if task is None:
                 continue
-            rc, stdout, stderr = task.collect(status)
-            self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
-                     % (task.call_id, rc, len(stdout), len(stderr)))
-            self.finish_task(task, rc, stdout, stderr)
+            self.stop_watching_done(task)
+            self.task_ended(task, Task.exit_status(status))
 
     def finish_task(self, task, rc, stdout, stderr):
         """Reply to the task's call, or first start its continuation if its condition holds."""
@@ -1573,12 +1618,22 @@ def flush_std_streams():
             pass
 
 
+# The zip put_zip_first last put first in this process. A task process forked after the
+# parent put the same zip first has nothing to do: every package imported since was found
+# through that zip's paths first.
+zip_put_first = None
+
+
 def put_zip_first(zip_path):
     """Put a module zip first on sys.path and on the path of every ansible and
     ansible_collections package already imported (from earlier zips). A zip holds everything
     its module needs, so the module's own imports must find this zip's copy first: another
     module's zip may hold a package of the same name (`ansible_collections`, a collection's
     `plugins.module_utils`) with other contents."""
+    global zip_put_first
+    if zip_put_first == zip_path and sys.path[0] == zip_path:
+        return
+    zip_put_first = zip_path
     if sys.path[0] != zip_path:
         if zip_path in sys.path:
             sys.path.remove(zip_path)

@@ -109,7 +109,8 @@ def test_killed_task_reports_the_signal(agent):
     assert header['result']['rc'] == -signal.SIGKILL
 
 
-def children_of(pid):
+def children_of(pid, zombies=False):
+    """The live child processes of pid, or with zombies=True, those exited and not reaped."""
     children = []
     for entry in os.listdir('/proc'):
         try:
@@ -117,7 +118,7 @@ def children_of(pid):
                 fields = handle.read().rsplit(')', 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[1]) == pid and fields[0] != 'Z':
+        if int(fields[1]) == pid and (fields[0] == 'Z') == zombies:
             children.append(int(entry))
     return children
 
@@ -141,6 +142,36 @@ def test_a_spare_task_process_waits_while_idle_and_goes_with_the_agent(agent):
     (next_spare,) = children_of(agent.proc.pid)
     assert agent.close() == 0
     wait_for(lambda: not os.path.exists(f'/proc/{next_spare}'))
+
+
+EXITING_MODULE = """
+import sys
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={'code': {'type': 'int'}})
+print('{"changed": false, "code": %d}' % module.params['code'])
+sys.stdout.flush()
+sys.exit(module.params['code'])
+"""
+
+
+def test_a_module_task_is_answered_with_its_exit_code_and_its_process_reaped(agent, tmp_path, monkeypatch):
+    """A module task process says it is done before it exits, and the agent answers then; the
+    process is reaped all the same."""
+    from module_payloads import ModuleRunner
+
+    module_path = tmp_path / 'ferrogen_exiting.py'
+    module_path.write_text(EXITING_MODULE)
+    runner = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp')
+    for code in (0, 3, 0, 255):
+        payload = runner.payload({'code': code})
+        agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
+        header, body = agent.call('run_module', payload.args)
+        assert header['result']['rc'] == code, header
+        assert json.loads(body[:header['result']['stdout_len']]) == {'changed': False, 'code': code}
+    # Commands still end with their shell, which replaced the task process.
+    assert agent.call('exec_command', {'cmd': 'exit 7'})[0]['result']['rc'] == 7
+    wait_for(lambda: not children_of(agent.proc.pid, zombies=True) and len(children_of(agent.proc.pid)) == 1)
 
 
 def test_a_task_process_holds_none_of_the_agent_descriptors(agent):
