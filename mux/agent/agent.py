@@ -1521,6 +1521,8 @@ class Agent:
     def on_task_done(self, task):
         """A task process wrote its exit code: its output is complete, answer now. At end of
         file instead (a command's shell replaced the process), the answer waits for reap."""
+        if task.done_fd is None:
+            return  # reaped in the same round of events, and answered then
         try:
             code = os.read(task.done_fd, 1)
         except BlockingIOError:
