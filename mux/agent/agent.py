@@ -1455,6 +1455,7 @@ class Agent:
         """The body of a freshly forked task process: leave the agent's descriptors and signal
         handlers behind, wait for the task on command_fd, run it, say so on done_fd, exit."""
         code = 1
+        task_pid = os.getpid()
         # A task lives milliseconds: collecting would only copy the parent's pages.
         gc.disable()
         try:
@@ -1486,11 +1487,12 @@ class Agent:
         finally:
             flush_std_streams()
             # The agent answers the call now, rather than once this large process has been
-            # torn down and reaped.
-            try:
-                os.write(done_fd, bytes([code]))
-            except OSError:
-                pass
+            # torn down and reaped; not for a process the module forked that ends here too.
+            if os.getpid() == task_pid:
+                try:
+                    os.write(done_fd, bytes([code]))
+                except OSError:
+                    pass
             os._exit(code)
 
     def take_spare(self):

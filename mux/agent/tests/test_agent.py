@@ -395,3 +395,26 @@ def test_temp_dirs_of_dead_agents_are_swept_at_start(tmp_path):
     finally:
         shutil.rmtree(live, ignore_errors=True)
         shutil.rmtree(stale, ignore_errors=True)
+
+
+FORKING_MODULE = """
+import os
+import sys
+import time
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={})
+if os.fork() == 0:
+    sys.exit(0)  # the forked copy leaves through the agent's task code, as the module would
+time.sleep(0.5)
+module.exit_json(changed=False, finished='after the fork ended')
+"""
+
+
+def test_a_process_a_module_forks_does_not_answer_for_it(agent, tmp_path, monkeypatch):
+    from module_payloads import ModuleRunner
+
+    module_path = tmp_path / 'ferrogen_forking.py'
+    module_path.write_text(FORKING_MODULE)
+    result = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp').run({})
+    assert result['finished'] == 'after the fork ended', result
