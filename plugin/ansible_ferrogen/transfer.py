@@ -170,7 +170,7 @@ class DigestsAhead:
         self.identity = file_identity(os.stat(path))
         self.cancelled = False
         self.digests: dict[str, str] = {}
-        self.threads = []
+        self.threads: dict[str, threading.Thread] = {}
         for name in ('sha1', *EXTRA_DIGESTS):
             try:
                 digest = hashlib.new(name)
@@ -179,7 +179,7 @@ class DigestsAhead:
             thread = threading.Thread(target=self._hash, args=(name, digest), daemon=True,
                                       name=f'ferrogen-{name}-ahead')
             thread.start()
-            self.threads.append(thread)
+            self.threads[name] = thread
 
     def _hash(self, name: str, digest) -> None:
         buffer = bytearray(HASH_READ)
@@ -194,11 +194,13 @@ class DigestsAhead:
         except OSError:
             pass
 
-    def result(self) -> dict[str, str] | None:
-        """The digests, SHA-1 among them, once hashed; None if the file changed meanwhile or
-        could not be read (the caller then hashes it itself)."""
-        for thread in self.threads:
-            thread.join()
+    def result(self, only_sha1: bool = False) -> dict[str, str] | None:
+        """The digests, SHA-1 among them, once hashed (only_sha1: without waiting for the
+        others, which the copy action's own checksum does not need); None if the file changed
+        meanwhile or could not be read (the caller then hashes it itself)."""
+        for name, thread in self.threads.items():
+            if name == 'sha1' or not only_sha1:
+                thread.join()
         try:
             unchanged = file_identity(os.stat(self.path)) == self.identity
         except OSError:
@@ -213,10 +215,10 @@ class DigestsAhead:
 DIGESTS_AHEAD: dict[str, DigestsAhead] = {}
 
 
-def digests_ahead_of(path: str) -> dict[str, str] | None:
+def digests_ahead_of(path: str, only_sha1: bool = False) -> dict[str, str] | None:
     """The digests hashed ahead of path, if it is being hashed and has not changed."""
     ahead = DIGESTS_AHEAD.get(os.path.realpath(path))
-    return None if ahead is None else ahead.result()
+    return None if ahead is None else ahead.result(only_sha1)
 
 
 def sha1_ahead_or(hash_file):
@@ -224,7 +226,7 @@ def sha1_ahead_or(hash_file):
 
     def checksum(filename, *args, **kwargs):
         if not args and not kwargs:
-            digests = digests_ahead_of(os.fsdecode(filename))
+            digests = digests_ahead_of(os.fsdecode(filename), only_sha1=True)
             if digests is not None:
                 return digests['sha1']
         return hash_file(filename, *args, **kwargs)

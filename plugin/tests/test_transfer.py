@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from ansible.errors import AnsibleError
@@ -223,3 +224,24 @@ def test_put_stream_sends_the_digests_hashed_ahead_for_the_agent_to_check_and_ke
     end = mux.sent_frames[-1]
     assert end['type'] == 'put_end' and end['sha1'] == hashlib.sha1(data).hexdigest()
     assert end['digests'] == {'md5': hashlib.md5(data).hexdigest()}
+
+
+def test_the_actions_checksum_does_not_wait_for_the_md5(tmp_path, monkeypatch):
+    data = os.urandom(transfer.CHUNK)
+    source = tmp_path / 'src'
+    source.write_bytes(data)
+    release = threading.Event()
+    hash_file = transfer.DigestsAhead._hash
+
+    def md5_held_back(self, name, digest):
+        if name == 'md5':
+            release.wait(30)
+        hash_file(self, name, digest)
+
+    monkeypatch.setattr(transfer.DigestsAhead, '_hash', md5_held_back)
+    ahead = transfer.DigestsAhead(str(source))
+    try:
+        assert ahead.result(only_sha1=True) == {'sha1': hashlib.sha1(data).hexdigest()}
+    finally:
+        release.set()
+    assert ahead.result()['md5'] == hashlib.md5(data).hexdigest()
