@@ -89,12 +89,10 @@ def plain_case(action) -> bool:
 
 
 def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
-    """The copy action's steps for this file, as its _copy_file computes them, or None where
-    the case is not the plain one or the file is not small."""
+    """The copy action's steps for this file in the plain case, as its _copy_file computes
+    them, or None where the file is not small."""
     args = action._task.args
     shell = action._connection._shell
-    if not plain_case(action):
-        return None
     try:
         source = action._loader.path_dwim(source_full)
         with open(source, 'rb') as handle:
@@ -164,22 +162,21 @@ def configure_module(original):
 
 @contextlib.contextmanager
 def hashing_ahead(action, source_full, task_vars):
-    """For a large file in the plain case, hash it (SHA-1 for the action, MD5 for the copy
+    """For a large file (the plain case, not small), hash it (SHA-1 for the action, MD5 for the copy
     module) in threads from now on, while the action builds and runs its stat: the action's
     checksum, the upload's and the copy module's are then answered from those. The copy
     module is built while the stat runs on the target (Ansible keeps its zip for the action's
     own build, after the upload)."""
     ahead = None
-    if plain_case(action):
-        try:
-            source = os.path.realpath(action._loader.path_dwim(source_full))
-            with open(source, 'rb') as handle:
-                large = os.fstat(handle.fileno()).st_size > transfer.SMALL_FILE_LIMIT
-                vault = handle.read(len(VAULT_HEADER)) == VAULT_HEADER
-            if large and not vault and source not in transfer.DIGESTS_AHEAD:
-                ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)
-        except OSError:
-            pass
+    try:
+        source = os.path.realpath(action._loader.path_dwim(source_full))
+        with open(source, 'rb') as handle:
+            large = os.fstat(handle.fileno()).st_size > transfer.SMALL_FILE_LIMIT
+            vault = handle.read(len(VAULT_HEADER)) == VAULT_HEADER
+        if large and not vault and source not in transfer.DIGESTS_AHEAD:
+            ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)
+    except OSError:
+        pass
     if ahead is not None:
 
         def build_copy_module():
@@ -200,6 +197,8 @@ def hashing_ahead(action, source_full, task_vars):
 
 def copy_file(original):
     def _copy_file(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow):
+        if not plain_case(self):
+            return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         plan = plan_copy(self, source_full, source_rel, dest, follow)
         if plan is None:
             with hashing_ahead(self, source_full, task_vars):

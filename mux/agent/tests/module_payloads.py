@@ -20,6 +20,8 @@ class ModuleRunner:
         _AnsibleCollectionFinder()._install()
         self.agent = agent
         self.module_path = module_path
+        # The zip hash of the last module run, to find the zip in the agent's temp dir.
+        self.zip_hash = None
 
     def payload(self, module_args):
         built = module_common.modify_module(
@@ -30,6 +32,7 @@ class ModuleRunner:
     def run(self, module_args):
         """The module's result; fails the test if the call failed."""
         payload = self.payload(module_args)
+        self.zip_hash = payload.zip_hash
         self.agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
         header, body = self.agent.call('run_module', payload.args)
         assert header['ok'], header

@@ -111,6 +111,6 @@ def test_a_module_sees_its_module_utils_loaded_from_the_zip_by_the_agent(agent, 
     module_path.write_text(PROBE_MODULE)
     runner = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp')
     result = runner.run({})
-    zip_path = os.path.join(agent.ready['tmpdir'], runner.payload({}).zip_hash + '.zip')
+    zip_path = os.path.join(agent.ready['tmpdir'], runner.zip_hash + '.zip')
     assert result['basic_file'] == os.path.join(zip_path, 'ansible/module_utils/basic.py')
     assert result['basic_loader'] == 'ZipSourceLoader'
