@@ -4,21 +4,31 @@
 //! The WorkerSession starts a Transfer for each `put_begin`/`fetch_begin` call and dispatches
 //! the call like any other (same Target, same become interpreter), with the Transfer as the
 //! reply's destination. When the Target has handed the call frame to its [`Interpreter`] it
-//! says so ([`Attached`]); from then on the Transfer relays the worker's `chunk`, `put_end`
-//! and `ack` frames to the interpreter (through the Interpreter actor, so they follow the
-//! call frame on the link) and the agent's `ack` and `chunk` frames back to the worker. The
-//! call's reply ends it.
+//! says so ([`Attached`]); from then on frames flow through the Interpreter actor, so they
+//! follow the call frame on the link. The call's reply ends the transfer.
 //!
-//! Flow control is end to end: the sender (the worker for a put, the agent for a fetch)
+//! A put names its controller-side file (`source`): the Transfer reads it itself, a chunk at a
+//! time on tokio's blocking pool, and sends the chunks, so the file's bytes never pass through
+//! the worker. The worker sends only `put_end` (size and digests), which the Transfer holds
+//! until its last chunk has gone. A fetch relays the agent's `chunk` frames to the worker and
+//! the worker's `ack` frames back.
+//!
+//! Flow control is end to end: the sender (this Transfer for a put, the agent for a fetch)
 //! keeps at most [`TRANSFER_WINDOW`] bytes unacknowledged by the receiver, so the mux holds
-//! at most one window per transfer. The Transfer checks that bound on what it buffers and
-//! fails a transfer that breaks it instead of growing.
+//! at most one window per transfer. The Transfer checks that bound on what the agent sends
+//! and fails a transfer that breaks it instead of growing.
 //!
 //! [`Interpreter`]: crate::interpreter::Interpreter
 
-use std::time::{Duration, Instant};
+use std::{
+    fs::File,
+    io::{self, Read},
+    os::unix::fs::MetadataExt,
+    time::{Duration, Instant},
+};
 
 use actix::prelude::*;
+use bytes::Bytes;
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 use worker_ipc::{Frame, CHUNK_MAX, TRANSFER_WINDOW};
@@ -31,9 +41,89 @@ use crate::{
 /// Transfers at least this large are logged at info level when they end.
 const LOG_SIZE: u64 = 16 * 1024 * 1024;
 
-/// How far a sender may run past the window before the Transfer gives up on it: one chunk
+/// How far the agent may run past the window before the Transfer gives up on it: one chunk
 /// (a sender checks the window before sending a chunk, not after).
 const WINDOW_SLACK: u64 = CHUNK_MAX as u64;
+
+/// Why a put's local source file cannot be streamed; the worker gets `kind` and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    /// `not_found` when the file is missing, `source_error` otherwise.
+    pub kind: &'static str,
+    /// What was wrong, naming the file.
+    pub message: String,
+}
+
+/// A put's controller-side file, which the Transfer reads itself.
+struct Source {
+    /// The file; `None` while a read is in flight on the blocking pool.
+    file: Option<File>,
+    /// The path, for errors.
+    path: String,
+    /// Set once a read returned nothing: every chunk has gone.
+    at_end: bool,
+    /// The worker's `put_end`, held until every chunk has gone.
+    put_end: Option<Frame>,
+}
+
+impl Source {
+    /// Opens the file a `put_begin` names in `source` (`{"path", "dev", "ino"}`), checking it
+    /// is the regular file the worker opened.
+    fn open(source: Option<&Value>) -> Result<Source, SourceError> {
+        let bad = |message: String| SourceError {
+            kind: "source_error",
+            message,
+        };
+        let path = source
+            .and_then(|source| source.get("path"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("put_begin without a source path".into()))?;
+        let file = File::open(path).map_err(|err| SourceError {
+            kind: if err.kind() == io::ErrorKind::NotFound {
+                "not_found"
+            } else {
+                "source_error"
+            },
+            message: format!("cannot read {path}: {err}"),
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|err| bad(format!("cannot read {path}: {err}")))?;
+        if !meta.is_file() {
+            return Err(bad(format!("cannot stream {path}: not a regular file")));
+        }
+        let source = source.unwrap_or(&Value::Null);
+        let same = source.get("dev").and_then(Value::as_u64) == Some(meta.dev())
+            && source.get("ino").and_then(Value::as_u64) == Some(meta.ino());
+        if !same {
+            return Err(bad(format!(
+                "{path} was replaced after the worker opened it"
+            )));
+        }
+        Ok(Source {
+            file: Some(file),
+            path: path.to_owned(),
+            at_end: false,
+            put_end: None,
+        })
+    }
+}
+
+/// Fills `chunk` (`CHUNK_MAX` bytes) up to the end of the file, so chunks are whole but the
+/// last, and cuts it to what was read.
+fn read_chunk(file: &mut File, mut chunk: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut filled = 0;
+    while filled < CHUNK_MAX {
+        match file.read(&mut chunk[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    chunk.truncate(filled);
+    Ok(chunk)
+}
 
 /// Which way the data flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +195,18 @@ struct Route {
     link: Recipient<Relay>,
 }
 
+impl Route {
+    /// Addresses a frame for the agent link and sends it behind the call frame.
+    fn send(&self, mut frame: Frame) {
+        frame.header.insert("id".into(), self.mux_id.into());
+        frame.header.insert("interp".into(), self.interp.into());
+        self.link.do_send(Relay {
+            mux_id: self.mux_id,
+            frames: vec![frame],
+        });
+    }
+}
+
 /// One streamed file transfer.
 pub struct Transfer {
     /// The worker's call id.
@@ -117,7 +219,7 @@ pub struct Transfer {
     target_name: String,
     /// The file's size, when known (the put's `size` argument, the fetch's first chunk).
     total: Option<u64>,
-    /// Bytes the sender passed through the mux.
+    /// Bytes the sender passed through the mux (for a put, read from `source` and sent).
     sent: u64,
     /// Bytes the receiver acknowledged.
     acked: u64,
@@ -125,8 +227,8 @@ pub struct Transfer {
     started: Instant,
     /// Set by [`Attached`].
     route: Option<Route>,
-    /// Worker frames received before [`Attached`], in order; at most one window of data.
-    pending: Vec<Frame>,
+    /// A put's file on the controller.
+    source: Option<Source>,
     /// The worker's session, for `ack`/`chunk` frames.
     session: Recipient<TransferFrame>,
     /// The worker's session, for the final reply.
@@ -136,16 +238,22 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    /// A transfer for the worker's call `worker_id` of `op` with `args`.
+    /// A transfer for the worker's call `worker_id` of `op` with `args`; a put's `source` is
+    /// the file it reads (taken out of `args`, which go on to the agent without it).
     pub fn new(
         worker_id: u64,
         direction: Direction,
-        args: &Value,
+        args: &mut Value,
         target_name: String,
         session: Recipient<TransferFrame>,
         reply_to: Recipient<CallReply>,
-    ) -> Transfer {
-        Transfer {
+    ) -> Result<Transfer, SourceError> {
+        let source = args.as_object_mut().and_then(|args| args.remove("source"));
+        let source = match direction {
+            Direction::Put => Some(Source::open(source.as_ref())?),
+            Direction::Fetch => None,
+        };
+        Ok(Transfer {
             worker_id,
             direction,
             path: args
@@ -159,11 +267,11 @@ impl Transfer {
             acked: 0,
             started: Instant::now(),
             route: None,
-            pending: Vec::new(),
+            source,
             session,
             reply_to,
             done: false,
-        }
+        })
     }
 
     /// Bytes per second so far.
@@ -180,13 +288,7 @@ impl Transfer {
         }
         warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction.as_str());
         if let Some(route) = &self.route {
-            let cancel = Frame::new("cancel")
-                .with("id", route.mux_id)
-                .with("interp", route.interp);
-            route.link.do_send(Relay {
-                mux_id: route.mux_id,
-                frames: vec![cancel],
-            });
+            route.send(Frame::new("cancel"));
         }
         self.reply_to
             .do_send(CallReply::error(self.worker_id, kind, message));
@@ -194,46 +296,88 @@ impl Transfer {
         ctx.stop();
     }
 
-    /// Rewrites a worker frame for the agent link and sends it.
-    fn relay(&self, route: &Route, mut frame: Frame) {
-        frame.header.insert("id".into(), route.mux_id.into());
-        frame.header.insert("interp".into(), route.interp.into());
-        route.link.do_send(Relay {
-            mux_id: route.mux_id,
-            frames: vec![frame],
+    /// Sends what the route and the window allow of a put: the next chunk of the source (one
+    /// read in flight at a time), or, once all have gone, the worker's `put_end`.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let (Some(route), Some(source)) = (&self.route, &mut self.source) else {
+            return;
+        };
+        if source.at_end {
+            if let Some(end) = source.put_end.take() {
+                route.send(end);
+            }
+            return;
+        }
+        if self.sent.saturating_sub(self.acked) >= TRANSFER_WINDOW {
+            return;
+        }
+        let Some(mut file) = source.file.take() else {
+            return;
+        };
+        // Allocated here and freed here once written: a buffer allocated on the blocking
+        // pool's threads would come from their malloc arenas and stay cached there.
+        let buffer = vec![0; CHUNK_MAX];
+        let read = tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&mut file, buffer);
+            (file, chunk)
         });
+        ctx.spawn(
+            read.into_actor(self)
+                .map(|joined, act, ctx| act.chunk_read(joined, ctx)),
+        );
     }
 
-    /// Books a worker frame's bytes; `Err` if the sender broke the protocol.
-    fn account_worker_frame(&mut self, frame: &Frame) -> Result<(), String> {
-        match (self.direction, frame.kind()) {
-            (Direction::Put, "chunk") => {
-                if frame.body.len() > CHUNK_MAX {
-                    return Err(format!(
-                        "chunk of {} bytes (at most {CHUNK_MAX})",
-                        frame.body.len()
-                    ));
+    /// The put's source file, for messages.
+    fn source_path(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or("?", |source| &source.path)
+            .to_owned()
+    }
+
+    /// A read of the source finished: send its chunk (none at the end) and go on.
+    fn chunk_read(
+        &mut self,
+        joined: Result<(File, io::Result<Vec<u8>>), tokio::task::JoinError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let chunk = match joined {
+            Ok((file, Ok(chunk))) => {
+                if let Some(source) = &mut self.source {
+                    source.file = Some(file);
                 }
-                self.sent += frame.body.len() as u64;
-                if self.sent.saturating_sub(self.acked) > TRANSFER_WINDOW + WINDOW_SLACK {
-                    return Err(format!(
-                        "{} bytes unacknowledged (window {TRANSFER_WINDOW})",
-                        self.sent - self.acked
-                    ));
-                }
-                Ok(())
+                chunk
             }
-            (Direction::Put, "put_end") => Ok(()),
-            (Direction::Fetch, "ack") => {
-                let bytes = frame.header.get("bytes").and_then(Value::as_u64);
-                self.acked = self.acked.max(bytes.unwrap_or(0));
-                Ok(())
+            Ok((_, Err(err))) => {
+                let message = format!("cannot read {}: {err}", self.source_path());
+                return self.fail("source_error", message, ctx);
             }
-            (direction, kind) => Err(format!(
-                "{kind:?} frame in a {} transfer",
-                direction.as_str()
-            )),
+            Err(err) => {
+                let message = format!("reading {} stopped: {err}", self.source_path());
+                return self.fail("source_error", message, ctx);
+            }
+        };
+        if self.done {
+            return;
         }
+        if chunk.is_empty() {
+            if let Some(source) = &mut self.source {
+                source.at_end = true;
+            }
+        } else if let Some(route) = &self.route {
+            let offset = self.sent;
+            self.sent += chunk.len() as u64;
+            if self.total.is_some_and(|total| self.sent > total) {
+                let message = format!("{} grew while it was being sent", self.source_path());
+                return self.fail("source_error", message, ctx);
+            }
+            route.send(
+                Frame::new("chunk")
+                    .with("offset", offset)
+                    .with_body(Bytes::from(chunk)),
+            );
+        }
+        self.pump(ctx);
     }
 }
 
@@ -253,7 +397,8 @@ impl Actor for Transfer {
     }
 }
 
-/// Handler for FromWorker: relay now, or keep until attached.
+/// Handler for FromWorker: a put's `put_end` waits for the last chunk; a fetch's `ack` goes
+/// on to the agent.
 impl Handler<FromWorker> for Transfer {
     type Result = ();
 
@@ -261,35 +406,42 @@ impl Handler<FromWorker> for Transfer {
         if self.done {
             return;
         }
-        if let Err(err) = self.account_worker_frame(&msg.frame) {
-            self.fail(
-                "bad_request",
-                format!("transfer of {}: {err}", self.path),
-                ctx,
-            );
-            return;
-        }
-        match &self.route {
-            Some(route) => self.relay(route, msg.frame),
-            None => self.pending.push(msg.frame),
+        let frame = msg.frame;
+        match (self.direction, frame.kind(), &self.route) {
+            (Direction::Put, "put_end", _) => {
+                if let Some(source) = &mut self.source {
+                    source.put_end = Some(frame);
+                }
+                self.pump(ctx);
+            }
+            (Direction::Fetch, "ack", Some(route)) => {
+                let bytes = frame.header.get("bytes").and_then(Value::as_u64);
+                self.acked = self.acked.max(bytes.unwrap_or(0));
+                route.send(frame);
+            }
+            (direction, kind, _) => {
+                let message = format!(
+                    "transfer of {}: unexpected {kind:?} frame from the worker in a {}",
+                    self.path,
+                    direction.as_str()
+                );
+                self.fail("bad_request", message, ctx);
+            }
         }
     }
 }
 
-/// Handler for Attached: flush what the worker sent meanwhile.
+/// Handler for Attached: a put starts reading its source.
 impl Handler<Attached> for Transfer {
     type Result = ();
 
-    fn handle(&mut self, msg: Attached, _: &mut Self::Context) {
-        let route = Route {
+    fn handle(&mut self, msg: Attached, ctx: &mut Self::Context) {
+        self.route = Some(Route {
             mux_id: msg.mux_id,
             interp: msg.interp,
             link: msg.link,
-        };
-        for frame in std::mem::take(&mut self.pending) {
-            self.relay(&route, frame);
-        }
-        self.route = Some(route);
+        });
+        self.pump(ctx);
     }
 }
 
@@ -306,6 +458,7 @@ impl Handler<FromAgent> for Transfer {
             (Direction::Put, "ack") => {
                 let bytes = frame.header.get("bytes").and_then(Value::as_u64);
                 self.acked = self.acked.max(bytes.unwrap_or(0));
+                self.pump(ctx);
             }
             (Direction::Fetch, "chunk") => {
                 if let Some(size) = frame.header.get("size").and_then(Value::as_u64) {
@@ -447,17 +600,55 @@ mod tests {
         }
     }
 
-    fn start(direction: Direction, sink: &Sink) -> Addr<Transfer> {
+    /// A put's `source` argument for `file`, as the worker sends it.
+    fn source_of(file: &tempfile::NamedTempFile) -> Value {
+        let meta = file.as_file().metadata().unwrap();
+        json!({"path": file.path(), "dev": meta.dev(), "ino": meta.ino()})
+    }
+
+    fn transfer(
+        direction: Direction,
+        mut args: Value,
+        sink: &Sink,
+    ) -> Result<Transfer, SourceError> {
         let addr = sink.clone().start();
         Transfer::new(
             7,
             direction,
-            &json!({"path": "/dest", "size": 3}),
+            &mut args,
             "web1".into(),
             addr.clone().recipient(),
             addr.recipient(),
         )
-        .start()
+    }
+
+    fn start_put(sink: &Sink, content: &[u8]) -> (Addr<Transfer>, tempfile::NamedTempFile) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, content).unwrap();
+        let args = json!({"path": "/dest", "size": content.len(), "source": source_of(&file)});
+        let transfer = transfer(Direction::Put, args, sink).unwrap().start();
+        (transfer, file)
+    }
+
+    fn attach(transfer: &Addr<Transfer>, sink: &Sink, interp: u32) {
+        transfer.do_send(Attached {
+            mux_id: 41,
+            interp,
+            link: sink.clone().start().recipient(),
+        });
+    }
+
+    fn put_end(size: usize) -> Frame {
+        Frame::new("put_end")
+            .with("id", 7)
+            .with("size", size)
+            .with("sha1", "x")
+    }
+
+    fn ack(bytes: usize) -> FromAgent {
+        FromAgent {
+            frame: Frame::new("ack").with("id", 41).with("bytes", bytes),
+        }
     }
 
     fn chunk(id: u64, offset: u64, body: &'static [u8]) -> Frame {
@@ -482,40 +673,28 @@ mod tests {
     }
 
     #[actix::test]
-    async fn put_frames_wait_for_the_route_and_acks_reach_the_worker() {
+    async fn a_put_reads_its_source_once_routed_and_sends_put_end_after_the_last_chunk() {
         let sink = Sink::default();
-        let transfer = start(Direction::Put, &sink);
-        transfer.do_send(FromWorker {
-            frame: chunk(7, 0, b"abc"),
-        });
+        let (transfer, _file) = start_put(&sink, b"abc");
+        transfer.do_send(FromWorker { frame: put_end(3) });
         settle().await;
         assert!(
             sink.agent.lock().unwrap().is_empty(),
-            "relayed before Attached"
+            "sent before Attached"
         );
-        let link = sink.clone().start().recipient();
-        transfer.do_send(Attached {
-            mux_id: 41,
-            interp: 2,
-            link,
-        });
-        transfer.do_send(FromWorker {
-            frame: Frame::new("put_end")
-                .with("id", 7)
-                .with("size", 3)
-                .with("sha1", "x"),
-        });
-        transfer.do_send(FromAgent {
-            frame: Frame::new("ack").with("id", 41).with("bytes", 3),
-        });
+        attach(&transfer, &sink, 2);
+        transfer.do_send(ack(3));
         settle().await;
         let agent = sink.agent.lock().unwrap().clone();
         assert_eq!(agent.len(), 2);
         assert_eq!(agent[0].kind(), "chunk");
         assert_eq!(agent[0].header["id"], 41);
         assert_eq!(agent[0].header["interp"], 2);
+        assert_eq!(agent[0].header["offset"], 0);
         assert_eq!(&agent[0].body[..], b"abc");
         assert_eq!(agent[1].kind(), "put_end");
+        assert_eq!(agent[1].header["id"], 41);
+        assert_eq!(agent[1].header["size"], 3);
         let worker = sink.worker.lock().unwrap().clone();
         assert_eq!(worker.len(), 1);
         assert_eq!(worker[0].kind(), "ack");
@@ -532,21 +711,105 @@ mod tests {
     }
 
     #[actix::test]
-    async fn a_worker_past_the_window_is_stopped_and_the_agent_told() {
+    async fn a_put_keeps_at_most_a_window_unacknowledged() {
         let sink = Sink::default();
-        let transfer = start(Direction::Put, &sink);
-        let link = sink.clone().start().recipient();
-        transfer.do_send(Attached {
-            mux_id: 41,
-            interp: 0,
-            link,
+        let content = vec![7u8; 6 * CHUNK_MAX + 1];
+        let (transfer, _file) = start_put(&sink, &content);
+        attach(&transfer, &sink, 0);
+        transfer.do_send(FromWorker {
+            frame: put_end(content.len()),
         });
-        static MIB: [u8; CHUNK_MAX] = [0; CHUNK_MAX];
-        for i in 0..6u64 {
-            transfer.do_send(FromWorker {
-                frame: chunk(7, i * CHUNK_MAX as u64, &MIB),
-            });
-        }
+        settle().await;
+        let window_chunks = (TRANSFER_WINDOW / CHUNK_MAX as u64) as usize;
+        assert_eq!(sink.agent.lock().unwrap().len(), window_chunks);
+        transfer.do_send(ack(2 * CHUNK_MAX));
+        settle().await;
+        assert_eq!(sink.agent.lock().unwrap().len(), window_chunks + 2);
+        transfer.do_send(ack(6 * CHUNK_MAX));
+        settle().await;
+        let agent = sink.agent.lock().unwrap().clone();
+        let kinds: Vec<&str> = agent.iter().map(Frame::kind).collect();
+        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert!(kinds[..7].iter().all(|kind| *kind == "chunk"));
+        assert_eq!(kinds[7], "put_end");
+        assert_eq!(agent[6].header["offset"], 6 * CHUNK_MAX);
+        assert_eq!(agent[6].body.len(), 1);
+        let sent: usize = agent.iter().map(|frame| frame.body.len()).sum();
+        assert_eq!(sent, content.len());
+    }
+
+    #[actix::test]
+    async fn a_put_source_must_be_the_regular_file_the_worker_opened() {
+        let sink = Sink::default();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let refused = |args: Value| transfer(Direction::Put, args, &sink).err().unwrap();
+
+        let missing = refused(json!({"path": "/dest", "source": {"path": "/nonexistent/src"}}));
+        assert_eq!(missing.kind, "not_found");
+        assert!(missing.message.contains("/nonexistent/src"), "{missing:?}");
+
+        let mut other = source_of(&file);
+        other["ino"] = json!(other["ino"].as_u64().unwrap() + 1);
+        let replaced = refused(json!({"path": "/dest", "source": other}));
+        assert_eq!(replaced.kind, "source_error");
+        assert!(replaced.message.contains("replaced"), "{replaced:?}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let meta = std::fs::metadata(dir.path()).unwrap();
+        let source = json!({"path": dir.path(), "dev": meta.dev(), "ino": meta.ino()});
+        let not_file = refused(json!({"path": "/dest", "source": source}));
+        assert!(
+            not_file.message.contains("not a regular file"),
+            "{not_file:?}"
+        );
+
+        assert_eq!(refused(json!({"path": "/dest"})).kind, "source_error");
+    }
+
+    #[actix::test]
+    async fn a_source_longer_than_the_put_said_fails_it() {
+        let sink = Sink::default();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"abcdef").unwrap();
+        let args = json!({"path": "/dest", "size": 3, "source": source_of(&file)});
+        let transfer = transfer(Direction::Put, args, &sink).unwrap().start();
+        attach(&transfer, &sink, 0);
+        settle().await;
+        let worker = sink.worker.lock().unwrap().clone();
+        let reply = worker.last().unwrap();
+        assert_eq!(reply.header["error"]["kind"], "source_error");
+        let message = reply.header["error"]["message"].as_str().unwrap();
+        assert!(message.contains("grew"), "{message}");
+        assert_eq!(sink.agent.lock().unwrap().last().unwrap().kind(), "cancel");
+    }
+
+    #[actix::test]
+    async fn the_agent_gets_the_put_without_its_source() {
+        let sink = Sink::default();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut args = json!({"path": "/dest", "size": 0, "source": source_of(&file)});
+        let addr = sink.clone().start();
+        Transfer::new(
+            7,
+            Direction::Put,
+            &mut args,
+            "web1".into(),
+            addr.clone().recipient(),
+            addr.recipient(),
+        )
+        .unwrap();
+        assert_eq!(args, json!({"path": "/dest", "size": 0}));
+    }
+
+    #[actix::test]
+    async fn a_worker_chunk_in_a_put_fails_it_and_the_agent_is_told() {
+        let sink = Sink::default();
+        let (transfer, _file) = start_put(&sink, b"abc");
+        attach(&transfer, &sink, 0);
+        settle().await;
+        transfer.do_send(FromWorker {
+            frame: chunk(7, 0, b"abc"),
+        });
         settle().await;
         let worker = sink.worker.lock().unwrap().clone();
         let reply = worker.last().unwrap();
@@ -561,7 +824,9 @@ mod tests {
     #[actix::test]
     async fn fetch_chunks_reach_the_worker_and_its_acks_the_agent() {
         let sink = Sink::default();
-        let transfer = start(Direction::Fetch, &sink);
+        let transfer = transfer(Direction::Fetch, json!({"path": "/src"}), &sink)
+            .unwrap()
+            .start();
         let link = sink.clone().start().recipient();
         transfer.do_send(Attached {
             mux_id: 9,

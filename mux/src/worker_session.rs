@@ -206,7 +206,7 @@ impl WorkerSession {
                 }
             }
             (_, None) => self.protocol_error(format!("expected hello, got {kind:?}"), ctx),
-            (Request::Call(call), Some(_)) => {
+            (Request::Call(mut call), Some(_)) => {
                 if self.in_flight.contains_key(&call.id) || self.detached.contains_key(&call.id) {
                     self.write_reply(CallReply::error(
                         call.id,
@@ -234,15 +234,21 @@ impl WorkerSession {
                             .name
                             .clone()
                             .unwrap_or_else(|| call.target.key().to_string());
-                        let transfer = Transfer::new(
+                        let transfer = match Transfer::new(
                             call.id,
                             direction,
-                            &call.args,
+                            &mut call.args,
                             name,
                             ctx.address().recipient(),
                             ctx.address().recipient(),
-                        )
-                        .start();
+                        ) {
+                            Ok(transfer) => transfer.start(),
+                            Err(err) => {
+                                self.in_flight.remove(&call.id);
+                                self.write_reply(CallReply::error(call.id, err.kind, err.message));
+                                return;
+                            }
+                        };
                         self.transfers.insert(call.id, transfer.clone());
                         let reply_to = transfer.clone().recipient();
                         (Some(transfer), reply_to)

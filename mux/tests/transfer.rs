@@ -1,16 +1,18 @@
 //! Streamed file transfer through the real `ferrogen-mux` and a local agent
-//! (docs/protocol.md, "File transfer"): put and fetch with flow control, the status row of a
-//! transfer in progress, and a worker that goes away mid-put.
+//! (docs/protocol.md, "File transfer"): a put the mux reads from its source file, a fetch with
+//! flow control, the status row of a transfer in progress, and a worker that goes away mid-put.
 
 use std::{
     io::{Read, Write},
-    os::unix::{fs::PermissionsExt, net::UnixStream},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use serde_json::{json, Value};
 use worker_ipc::{Frame, CHUNK_MAX, TRANSFER_WINDOW};
 
@@ -104,44 +106,46 @@ fn temps(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Sends `content` as a streamed put, never more than a window ahead of the acks.
+/// Writes `content` to a source file in `dir`; returns `put_begin`'s `source` argument for it.
+fn source_file(dir: &Path, content: &[u8]) -> Value {
+    let path = dir.join("source");
+    std::fs::write(&path, content).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    json!({"path": path, "dev": meta.dev(), "ino": meta.ino()})
+}
+
+/// Puts `content` as a worker does: `put_begin` naming a file holding it, which the mux reads
+/// itself, then `put_end` at once; returns the reply once the acks have come.
 fn put(stream: &mut UnixStream, id: u64, path: &Path, content: &[u8]) -> Frame {
+    let sources = tempfile::tempdir().unwrap();
+    let source = source_file(sources.path(), content);
     begin(
         stream,
         id,
         "put_begin",
-        json!({"path": path, "size": content.len(), "mode": 0o640}),
+        json!({"path": path, "size": content.len(), "mode": 0o640, "source": source}),
     );
-    let (mut sent, mut acked) = (0usize, 0usize);
-    for piece in content.chunks(CHUNK_MAX) {
-        while (sent - acked) as u64 >= TRANSFER_WINDOW {
-            let frame = recv(stream);
-            assert_eq!(frame.kind(), "ack", "{:?}", frame.header);
-            assert_eq!(frame.header["id"], id);
-            acked = frame.header["bytes"].as_u64().unwrap() as usize;
-        }
-        send(
-            stream,
-            Frame::new("chunk")
-                .with("id", id)
-                .with("offset", sent)
-                .with_body(Bytes::copy_from_slice(piece)),
-        );
-        sent += piece.len();
-    }
     send(
         stream,
         Frame::new("put_end")
             .with("id", id)
-            .with("size", sent)
+            .with("size", content.len())
             .with("sha1", sha1_hex(content)),
     );
+    let mut acked = 0;
     loop {
         let frame = recv(stream);
         if frame.kind() == "reply" {
+            assert_eq!(
+                acked,
+                content.len(),
+                "every byte acknowledged before the reply"
+            );
             return frame;
         }
         assert_eq!(frame.kind(), "ack");
+        assert_eq!(frame.header["id"], id);
+        acked = frame.header["bytes"].as_u64().unwrap() as usize;
     }
 }
 
@@ -219,20 +223,16 @@ fn a_worker_gone_mid_put_leaves_no_temp_file() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
     std::fs::write(&dest, b"old").unwrap();
+    let sources = tempfile::tempdir().unwrap();
+    let source = source_file(sources.path(), &data(8 * CHUNK_MAX));
     {
         let mut stream = mux.client();
+        // No put_end: the agent keeps its temp file until the worker goes away.
         begin(
             &mut stream,
             1,
             "put_begin",
-            json!({"path": dest, "size": 8 * CHUNK_MAX}),
-        );
-        send(
-            &mut stream,
-            Frame::new("chunk")
-                .with("id", 1)
-                .with("offset", 0)
-                .with_body(Bytes::from(data(CHUNK_MAX))),
+            json!({"path": dest, "size": 8 * CHUNK_MAX, "source": source}),
         );
         assert_eq!(recv(&mut stream).kind(), "ack");
         assert_eq!(temps(dir.path()).len(), 1);
@@ -250,23 +250,46 @@ fn a_put_into_a_missing_directory_fails_at_once() {
     let mux = Mux::start();
     let mut stream = mux.client();
     let dir = tempfile::tempdir().unwrap();
+    let source = source_file(dir.path(), b"hello");
     begin(
         &mut stream,
         1,
         "put_begin",
-        json!({"path": dir.path().join("no/such/dir"), "size": 5}),
+        json!({"path": dir.path().join("no/such/dir"), "size": 5, "source": source}),
     );
     let reply = recv(&mut stream);
     assert_eq!(reply.kind(), "reply");
     assert_eq!(reply.header["error"]["kind"], "not_found");
-    // Chunks still in flight for it are dropped; the session goes on.
+    // A put_end still in flight for it is dropped; the session goes on.
     send(
         &mut stream,
-        Frame::new("chunk")
+        Frame::new("put_end")
             .with("id", 1)
-            .with("offset", 0)
-            .with_body(Bytes::from_static(b"hello")),
+            .with("size", 5)
+            .with("sha1", sha1_hex(b"hello")),
     );
     send(&mut stream, Frame::new("status"));
     assert_eq!(recv(&mut stream).kind(), "status");
+}
+
+#[test]
+fn a_put_whose_source_is_gone_fails_at_once_naming_it() {
+    let mux = Mux::start();
+    let mut stream = mux.client();
+    let dir = tempfile::tempdir().unwrap();
+    let mut source = source_file(dir.path(), b"hello");
+    std::fs::remove_file(dir.path().join("source")).unwrap();
+    source["path"] = json!(dir.path().join("source"));
+    begin(
+        &mut stream,
+        1,
+        "put_begin",
+        json!({"path": dir.path().join("dest"), "size": 5, "source": source}),
+    );
+    let reply = recv(&mut stream);
+    assert_eq!(reply.kind(), "reply");
+    assert_eq!(reply.header["error"]["kind"], "not_found");
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("source"), "{message}");
+    assert!(!dir.path().join("dest").exists());
 }

@@ -86,9 +86,9 @@ class MuxClient:
         self._send(frames.encode({'type': 'connect', 'target': target}))
 
     def put_stream(self, target: dict, args: dict, source, size: int, become: dict | None = None,
-                   report=None, digests: dict | None = None) -> dict:
+                   report=None) -> dict:
         """Stream an open file to args['path'] on target (transfer.put_stream)."""
-        return self._stream(transfer.put_stream, target, args, become, source, size, report, digests)
+        return self._stream(transfer.put_stream, target, args, become, source, size, report)
 
     def fetch_stream(self, target: dict, path: str, sink, become: dict | None = None, report=None) -> dict:
         """Stream a target file into sink, an uncommitted transfer.AtomicFile."""

@@ -409,12 +409,11 @@ class Connection(ConnectionBase):
                 return
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size
-            digests = transfer.digests_ahead_of(in_path)
-            hashed = f', {" and ".join(sorted(digests))} hashed ahead' if digests else ''
-            display.vvv(f'ferrogen: stream {in_path} to {out_path} ({size} bytes{hashed})', host=self._host())
+            ahead = ', hashed ahead' if os.path.realpath(in_path) in transfer.DIGESTS_AHEAD else ''
+            display.vvv(f'ferrogen: stream {in_path} to {out_path} ({size} bytes{ahead})', host=self._host())
             report = self._progress('put', out_path)
             self._run('put_file', lambda client, target, account: client.put_stream(
-                target, {'path': out_path, 'size': size}, handle, size, account, report, digests), as_become)
+                target, {'path': out_path, 'size': size}, handle, size, account, report), as_become)
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
         """Copy a target file to the controller, streamed; the local file is replaced

@@ -27,8 +27,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import stat
 import sys
 
+from ansible.errors import AnsibleError
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import copy as copy_action
 from ansible.plugins.loader import action_loader
@@ -160,24 +162,52 @@ def configure_module(original):
     return _configure_module
 
 
-@contextlib.contextmanager
-def hashing_ahead(action, source_full, task_vars):
-    """For a large file (the plain case, not small), hash it (SHA-1 for the action, MD5 for the copy
-    module) in threads from now on, while the action builds and runs its stat: the action's
-    checksum, the upload's and the copy module's are then answered from those. The copy
-    module is built while the stat runs on the target (Ansible keeps its zip for the action's
-    own build, after the upload)."""
-    ahead = None
+def source_hashed_ahead(action) -> transfer.DigestsAhead | None:
+    """Start hashing the copy action's source, if it is one large controller file, before the
+    action waits for its connection (DigestsAhead: the SHA-1 at once, the copy module's MD5
+    once the upload starts); the action's checksum, the upload's and the copy module's are then
+    answered from those. None for anything else (content, remote_src, a directory, a small or
+    vault file, a source not found: the action deals with those as usual)."""
+    args = action._task.args
+    source = args.get('src')
+    if not isinstance(source, str) or args.get('content') is not None \
+            or boolean(args.get('remote_src', False), strict=False):
+        return None
     try:
-        source = os.path.realpath(action._loader.path_dwim(source_full))
+        source = os.path.realpath(action._find_needle('files', source))
         with open(source, 'rb') as handle:
-            large = os.fstat(handle.fileno()).st_size > transfer.SMALL_FILE_LIMIT
+            info = os.fstat(handle.fileno())
             vault = handle.read(len(VAULT_HEADER)) == VAULT_HEADER
-        if large and not vault and source not in transfer.DIGESTS_AHEAD:
-            ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)
-    except OSError:
-        pass
-    if ahead is not None:
+    except (AnsibleError, OSError):
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size <= transfer.SMALL_FILE_LIMIT or vault \
+            or source in transfer.DIGESTS_AHEAD:
+        return None
+    ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)
+    return ahead
+
+
+def hash_source_ahead(original):
+    from ansible_ferrogen.connection import Connection  # connection.py imports this module
+
+    def run(self, tmp=None, task_vars=None):
+        ahead = source_hashed_ahead(self) if isinstance(self._connection, Connection) else None
+        try:
+            return original(self, tmp, task_vars)
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                del transfer.DIGESTS_AHEAD[ahead.path]
+
+    return run
+
+
+@contextlib.contextmanager
+def building_copy_module_ahead(action, source_full, task_vars):
+    """For a source being hashed ahead (large, plain case), build the copy module while the stat
+    runs on the target (Ansible keeps its zip for the action's own build, after the upload)."""
+    ahead = os.path.realpath(action._loader.path_dwim(source_full)) in transfer.DIGESTS_AHEAD
+    if ahead:
 
         def build_copy_module():
             try:
@@ -189,10 +219,8 @@ def hashing_ahead(action, source_full, task_vars):
     try:
         yield
     finally:
-        if ahead is not None:
-            ahead.cancel()
+        if ahead:
             action._connection.while_next_module_runs = None
-            del transfer.DIGESTS_AHEAD[ahead.path]
 
 
 def copy_file(original):
@@ -201,7 +229,7 @@ def copy_file(original):
             return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         plan = plan_copy(self, source_full, source_rel, dest, follow)
         if plan is None:
-            with hashing_ahead(self, source_full, task_vars):
+            with building_copy_module_ahead(self, source_full, task_vars):
                 return original(self, source_full, source_rel, content, content_tempfile, dest, task_vars, follow)
         self._ferrogen_builds = {}
         try:
@@ -227,6 +255,7 @@ def install() -> None:
     classes = {action_loader.get(name, class_only=True) for name in ('ansible.legacy.copy', 'ansible.builtin.copy')}
     for cls in classes:
         if not cls.__dict__.get('_ferrogen_speculation', False):
+            cls.run = hash_source_ahead(cls.run)
             cls._copy_file = copy_file(cls._copy_file)
             cls._configure_module = configure_module(cls._configure_module)
             cls._ferrogen_speculation = True

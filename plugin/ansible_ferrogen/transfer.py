@@ -1,10 +1,11 @@
 """File transfer on the worker side (docs/protocol.md, "File transfer").
 
 Small files (up to SMALL_FILE_LIMIT) ride in one `put_file` call. Larger ones stream: a
-`put_begin` call, `chunk` frames of at most CHUNK bytes with at most WINDOW bytes not yet
-acknowledged by the agent, and `put_end`; a fetch is the same in the other direction, with
-this process acknowledging. Whatever this process receives goes to a hidden temp file in the
-destination directory that is fsync'd and renamed over the destination (AtomicFile).
+`put_begin` call naming the file, which the mux reads and sends in chunks itself, then
+`put_end` with its size and SHA-1 from this process. A fetch streams the other way: `chunk`
+frames, each acknowledged by this process. Whatever this process receives goes to a hidden
+temp file in the destination directory that is fsync'd and renamed over the destination
+(AtomicFile).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from collections.abc import Callable
 from ansible_ferrogen import frames
 
 SMALL_FILE_LIMIT = 126976
+# How much of a file this process hashes between looks at the mux's acks.
 CHUNK = 1 << 20
-WINDOW = 4 << 20
 
 # Same naming as the agent's: the writer's pid tells a live transfer's file from a dead one's.
 TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
@@ -162,8 +163,10 @@ def file_identity(info: os.stat_result) -> tuple[int, int, int, int]:
 
 
 class DigestsAhead:
-    """A controller file's SHA-1 (and the copy module's other digests), each hashed in its
-    own thread while the worker does other work; see speculation.py."""
+    """A controller file's SHA-1, hashed in a thread while the worker does other work, and the
+    copy module's other digests, each hashed in a thread of its own once the upload starts
+    (the mux then reads the file, and this worker has nothing else to do); see speculation.py.
+    """
 
     def __init__(self, path: str):
         self.path = path
@@ -171,15 +174,16 @@ class DigestsAhead:
         self.cancelled = False
         self.digests: dict[str, str] = {}
         self.threads: dict[str, threading.Thread] = {}
-        for name in ('sha1', *EXTRA_DIGESTS):
-            try:
-                digest = hashlib.new(name)
-            except ValueError:
-                continue  # a FIPS build has no MD5; the module then reports none either
-            thread = threading.Thread(target=self._hash, args=(name, digest), daemon=True,
-                                      name=f'ferrogen-{name}-ahead')
-            thread.start()
-            self.threads[name] = thread
+        self._start('sha1')
+
+    def _start(self, name: str) -> None:
+        try:
+            digest = hashlib.new(name)
+        except ValueError:
+            return  # a FIPS build has no MD5; the module then reports none either
+        thread = threading.Thread(target=self._hash, args=(name, digest), daemon=True, name=f'ferrogen-{name}-ahead')
+        thread.start()
+        self.threads[name] = thread
 
     def _hash(self, name: str, digest) -> None:
         buffer = bytearray(HASH_READ)
@@ -195,12 +199,15 @@ class DigestsAhead:
             pass
 
     def result(self, only_sha1: bool = False) -> dict[str, str] | None:
-        """The digests, SHA-1 among them, once hashed (only_sha1: without waiting for the
-        others, which the copy action's own checksum does not need); None if the file changed
-        meanwhile or could not be read (the caller then hashes it itself)."""
-        for name, thread in self.threads.items():
-            if name == 'sha1' or not only_sha1:
-                thread.join()
+        """The SHA-1 once hashed, and unless only_sha1 the other digests (hashed from this first
+        call without only_sha1 on); None if the file changed meanwhile or could not be read (the
+        caller then hashes it itself)."""
+        if not only_sha1:
+            for name in EXTRA_DIGESTS:
+                if name not in self.threads:
+                    self._start(name)
+        for name in ['sha1'] if only_sha1 else list(self.threads):
+            self.threads[name].join()
         try:
             unchanged = file_identity(os.stat(self.path)) == self.identity
         except OSError:
@@ -243,53 +250,53 @@ def _pending(sock) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-def put_stream(client, request: dict, source, size: int, report=None, digests: dict | None = None) -> dict:
-    """Send an open file as a streamed put; return the reply's result (raises MuxError).
-
-    digests, if the file was hashed ahead (DigestsAhead), saves hashing it again: the agent
-    checks the SHA-1 against what it received, and keeps the others for a module that asks.
-    """
-    call_id = client.next_id()
-    request = dict(request, id=call_id, op='put_begin', blobs=[])
-    client.send(frames.encode(request))
-    digest = None if digests else hashlib.sha1()
-    sent = acked = 0
-    progress = Progress(size, report)
-    while True:
-        # Take what the mux sent (acks, or an early error reply); wait only when the window
-        # is full.
-        while sent - acked >= WINDOW or _pending(client.sock):
-            header, _ = client.read()
-            if header.get('id') != call_id:
-                continue
-            if header.get('type') == 'ack':
-                acked = max(acked, int(header.get('bytes') or 0))
-                progress.update(acked)
-            elif header.get('type') == 'reply':
-                if header.get('ok'):
-                    raise StreamError('put finished before put_end')
-                return client.result(header)
-        data = source.read(CHUNK)
-        if not data:
-            break
-        if digest is not None:
-            digest.update(data)
-        client.send_frame({'type': 'chunk', 'id': call_id, 'offset': sent}, data)
-        sent += len(data)
-    end = {'type': 'put_end', 'id': call_id, 'size': sent, 'sha1': digests['sha1'] if digests else digest.hexdigest()}
-    if digests:
-        end['digests'] = {name: value for name, value in digests.items() if name != 'sha1'}
-    client.send(frames.encode(end))
-    while True:
+def _follow(client, call_id: int, progress: Progress, wait: bool) -> dict | None:
+    """Take the mux's frames for call_id, its acks as progress, and return the reply's header.
+    wait: block until the reply comes, else take only what is pending (None if no reply)."""
+    while wait or _pending(client.sock):
         header, _ = client.read()
         if header.get('id') != call_id:
             continue
         if header.get('type') == 'ack':
             progress.update(int(header.get('bytes') or 0))
         elif header.get('type') == 'reply':
-            result = client.result(header)
-            progress.update(sent, final=True)
-            return result
+            return header
+    return None
+
+
+def put_stream(client, request: dict, source, size: int, report=None) -> dict:
+    """Stream an open file to the target; return the reply's result (raises MuxError).
+
+    The mux reads the file itself (put_begin names it, with the device and inode this worker
+    opened); this worker sends put_end with the size and SHA-1, which it hashes meanwhile
+    unless the file is being hashed ahead (DigestsAhead: the agent checks the SHA-1 against
+    what it received and keeps the other digests for a module that asks).
+    """
+    info = os.fstat(source.fileno())
+    path = os.path.abspath(os.fsdecode(source.name))
+    call_id = client.next_id()
+    args = dict(request['args'], source={'path': path, 'dev': info.st_dev, 'ino': info.st_ino})
+    client.send(frames.encode(dict(request, args=args, id=call_id, op='put_begin', blobs=[])))
+    progress = Progress(size, report)
+    reply = None
+    digests = digests_ahead_of(path)
+    if digests is None:
+        digest = hashlib.sha1()
+        while reply is None and (data := source.read(CHUNK)):
+            digest.update(data)
+            reply = _follow(client, call_id, progress, wait=False)
+        digests = {'sha1': digest.hexdigest()}
+    if reply is None:
+        end = {'type': 'put_end', 'id': call_id, 'size': size, 'sha1': digests['sha1']}
+        if len(digests) > 1:
+            end['digests'] = {name: value for name, value in digests.items() if name != 'sha1'}
+        client.send(frames.encode(end))
+        reply = _follow(client, call_id, progress, wait=True)
+    elif reply.get('ok'):
+        raise StreamError('put finished before put_end')
+    result = client.result(reply)
+    progress.update(size, final=True)
+    return result
 
 
 def fetch_stream(client, request: dict, sink: AtomicFile, report=None) -> dict:

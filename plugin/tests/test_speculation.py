@@ -1,9 +1,18 @@
-"""The copy action's module payloads are built once, whether captured ahead or asked for."""
+"""The copy action's module payloads are built once, whether captured ahead or asked for; a
+large source is hashed from the start of the action."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 from types import SimpleNamespace
+from unittest import mock
 
+import pytest
+from ansible.errors import AnsibleError
+
+from ansible_ferrogen import speculation, transfer
+from ansible_ferrogen.connection import Connection
 from ansible_ferrogen.speculation import configure_module
 
 
@@ -50,3 +59,54 @@ def test_nothing_is_kept_outside_a_prepared_copy_or_for_arguments_json_cannot_te
     configure(odd, 'ansible.legacy.copy', {'src': object()}, {})
     assert odd._ferrogen_builds == {}
     assert builder.builds == 3
+
+
+class CopyAction:
+    """Stands in for the copy action: its task's arguments, its file search, its connection."""
+
+    def __init__(self, files, connection=None, **args):
+        self.files = files
+        self._task = SimpleNamespace(args=args)
+        self._connection = connection
+
+    def _find_needle(self, dirname, needle):
+        path = os.path.join(self.files, needle)
+        if not os.path.exists(path):
+            raise AnsibleError(f'could not find {needle}')
+        return path
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / 'large.bin').write_bytes(os.urandom(transfer.SMALL_FILE_LIMIT + 1))
+    (tmp_path / 'small.txt').write_bytes(b'small')
+    (tmp_path / 'vault.yml').write_bytes(speculation.VAULT_HEADER + b'x' * transfer.SMALL_FILE_LIMIT)
+    (tmp_path / 'dir').mkdir()
+    return tmp_path
+
+
+def test_a_large_source_is_hashed_from_the_start_of_the_action_until_its_end(files):
+    """Before the action's run waits for the connection, and only for our connections."""
+    large = str(files / 'large.bin')
+    seen = []
+
+    def run(action, tmp=None, task_vars=None):
+        seen.append(transfer.digests_ahead_of(large, only_sha1=True))
+        return {'changed': True}
+
+    hashing_run = speculation.hash_source_ahead(run)
+    ours = mock.Mock(spec=Connection)
+    assert hashing_run(CopyAction(str(files), ours, src='large.bin'), task_vars={}) == {'changed': True}
+    assert seen == [{'sha1': hashlib.sha1((files / 'large.bin').read_bytes()).hexdigest()}]
+    assert large not in transfer.DIGESTS_AHEAD
+    hashing_run(CopyAction(str(files), SimpleNamespace(), src='large.bin'), task_vars={})
+    assert seen[-1] is None
+
+
+@pytest.mark.parametrize('args', [
+    {'src': 'small.txt'}, {'src': 'vault.yml'}, {'src': 'dir'}, {'src': 'missing'},
+    {'src': 'large.bin', 'remote_src': True}, {'content': 'text'}, {'src': ['large.bin']},
+])
+def test_no_other_source_is_hashed_ahead(files, args):
+    assert speculation.source_hashed_ahead(CopyAction(str(files), **args)) is None
+    assert not transfer.DIGESTS_AHEAD

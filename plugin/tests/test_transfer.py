@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 from ansible.errors import AnsibleError
@@ -17,7 +16,8 @@ from ansible_ferrogen.client import MuxError
 
 
 class FakeMux:
-    """Stands in for MuxClient: an agent that acks every chunk, or streams a file back."""
+    """Stands in for MuxClient: a mux that reads a put's source itself and an agent that acks
+    every chunk, or streams a file back."""
 
     def __init__(self, fetch_data: bytes | None = None, fail_put_with: str | None = None):
         self.sock, self._peer = socket.socketpair()
@@ -27,8 +27,6 @@ class FakeMux:
         self.sent_frames: list[dict] = []
         self.fetch_data = fetch_data
         self.fail_put_with = fail_put_with
-        self.max_unacked = 0
-        self.acked = 0
 
     def next_id(self) -> int:
         return next(self.ids)
@@ -46,6 +44,14 @@ class FakeMux:
         if kind == 'call' and header['op'] == 'put_begin' and self.fail_put_with:
             self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': False,
                                 'error': {'kind': 'agent_error', 'message': self.fail_put_with}}, b''))
+        elif kind == 'call' and header['op'] == 'put_begin':
+            source = header['args']['source']
+            info = os.stat(source['path'])
+            assert (info.st_dev, info.st_ino) == (source['dev'], source['ino'])
+            with open(source['path'], 'rb') as handle:
+                while chunk := handle.read(transfer.CHUNK):
+                    self.received += chunk
+                    self.inbox.append(({'type': 'ack', 'id': header['id'], 'bytes': len(self.received)}, b''))
         elif kind == 'call' and header['op'] == 'fetch_begin':
             data = self.fetch_data
             for offset in range(0, len(data), transfer.CHUNK):
@@ -54,23 +60,18 @@ class FakeMux:
             self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': True,
                                 'result': {'size': len(data), 'sha1': hashlib.sha1(data).hexdigest(), 'mode': 0o640}},
                                b''))
-        elif kind == 'chunk':
-            assert header['offset'] == len(self.received)
-            self.received += body
-            self.max_unacked = max(self.max_unacked, len(self.received) - self.acked)
-            self.inbox.append(({'type': 'ack', 'id': header['id'], 'bytes': len(self.received)}, b''))
         elif kind == 'ack':
             pass
         elif kind == 'put_end':
-            assert header['sha1'] == hashlib.sha1(self.received).hexdigest()
+            assert header['size'] == len(self.received)
+            assert header['sha1'] == hashlib.new('sha1', self.received).hexdigest()
             self.inbox.append(({'type': 'reply', 'id': header['id'], 'ok': True,
                                 'result': {'size': header['size'], 'sha1': header['sha1']}}, b''))
+        else:
+            raise AssertionError(f'the worker sent a {kind!r} frame')
 
     def read(self) -> tuple[dict, bytes]:
-        header, body = self.inbox.pop(0)
-        if header['type'] == 'ack':
-            self.acked = header['bytes']
-        return header, body
+        return self.inbox.pop(0)
 
     def result(self, header: dict) -> dict:
         if not header.get('ok'):
@@ -78,20 +79,23 @@ class FakeMux:
         return header['result']
 
 
-def test_put_stream_keeps_within_the_window(tmp_path):
+def test_put_stream_names_the_file_for_the_mux_and_sends_only_its_size_and_sha1(tmp_path, monkeypatch):
     data = os.urandom(9 * transfer.CHUNK + 5)
     source = tmp_path / 'src'
     source.write_bytes(data)
+    monkeypatch.chdir(tmp_path)
     mux = FakeMux()
     reports = []
-    with open(source, 'rb') as handle:
+    with open('src', 'rb') as handle:
         result = transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/x'}}, handle, len(data),
                                      lambda *a: reports.append(a))
     assert result['sha1'] == hashlib.sha1(data).hexdigest()
     assert bytes(mux.received) == data
-    assert mux.max_unacked <= transfer.WINDOW
+    begin, end = mux.sent_frames
+    assert begin['op'] == 'put_begin' and begin['args']['source']['path'] == str(source)
+    assert begin['args']['path'] == '/x'
+    assert end == {'type': 'put_end', 'id': begin['id'], 'size': len(data), 'sha1': hashlib.sha1(data).hexdigest()}
     assert reports[-1][0] == len(data) and reports[-1][1] == len(data)
-    assert mux.sent_frames[0]['op'] == 'put_begin' and mux.sent_frames[-1]['type'] == 'put_end'
 
 
 def test_put_stream_stops_on_an_early_error(tmp_path):
@@ -212,36 +216,27 @@ def test_the_actions_checksum_of_a_file_hashed_ahead_is_not_computed_again(tmp_p
     assert checksum(str(other)) == 'computed' and computed == [str(other)]
 
 
-def test_put_stream_sends_the_digests_hashed_ahead_for_the_agent_to_check_and_keep(tmp_path):
+def test_put_stream_sends_the_digests_hashed_ahead_for_the_agent_to_check_and_keep(tmp_path, monkeypatch):
     data = os.urandom(2 * transfer.CHUNK + 1)
     source = tmp_path / 'src'
     source.write_bytes(data)
-    digests = transfer.DigestsAhead(str(source)).result()
+    monkeypatch.setitem(transfer.DIGESTS_AHEAD, str(source), transfer.DigestsAhead(str(source)))
+    monkeypatch.setattr(transfer.hashlib, 'sha1', lambda: pytest.fail('the worker hashed the file again'))
     mux = FakeMux()
     with open(source, 'rb') as handle:
-        transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/x'}}, handle, len(data),
-                            digests=digests)
+        transfer.put_stream(mux, {'type': 'call', 'target': {}, 'args': {'path': '/x'}}, handle, len(data))
     end = mux.sent_frames[-1]
-    assert end['type'] == 'put_end' and end['sha1'] == hashlib.sha1(data).hexdigest()
+    assert end['type'] == 'put_end' and end['sha1'] == hashlib.new('sha1', data).hexdigest()
     assert end['digests'] == {'md5': hashlib.md5(data).hexdigest()}
 
 
-def test_the_actions_checksum_does_not_wait_for_the_md5(tmp_path, monkeypatch):
+def test_the_md5_is_hashed_only_once_the_upload_starts(tmp_path):
+    """The action's checksum needs the SHA-1 alone, and an unchanged file is never uploaded:
+    its MD5 would be work for nothing, competing with the action's module builds."""
     data = os.urandom(transfer.CHUNK)
     source = tmp_path / 'src'
     source.write_bytes(data)
-    release = threading.Event()
-    hash_file = transfer.DigestsAhead._hash
-
-    def md5_held_back(self, name, digest):
-        if name == 'md5':
-            release.wait(30)
-        hash_file(self, name, digest)
-
-    monkeypatch.setattr(transfer.DigestsAhead, '_hash', md5_held_back)
     ahead = transfer.DigestsAhead(str(source))
-    try:
-        assert ahead.result(only_sha1=True) == {'sha1': hashlib.sha1(data).hexdigest()}
-    finally:
-        release.set()
-    assert ahead.result()['md5'] == hashlib.md5(data).hexdigest()
+    assert ahead.result(only_sha1=True) == {'sha1': hashlib.sha1(data).hexdigest()}
+    assert set(ahead.threads) == {'sha1'}
+    assert ahead.result() == {'sha1': hashlib.sha1(data).hexdigest(), 'md5': hashlib.md5(data).hexdigest()}
