@@ -14,6 +14,9 @@ Scenarios:
   a fast link. As ``ssh cat`` is timed less ssh's own start-up, each engine's copy is also shown
   less its fixed cost: the same copy task moving a 128 KiB file (a streamed one for ferrogen) in
   its own run, which pays the connection, the module builds, the stat and the copy module.
+  A floor row times ssh doing only the work a copy cannot skip, with no engine: the target
+  checks the SHA-1 of what it receives and fsyncs it while the controller computes the SHA-1
+  and MD5 that Ansible's copy action and module report (``floor_ssh``).
 
 Run through bench/run.sh's environment, e.g.::
 
@@ -25,14 +28,17 @@ The benchmark is not run by the test suite.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,8 +105,8 @@ class Proxy:
 
 
 def run_playbook(engine: str, playbook: str, inv: Path, extra: list[str], log: Path, tmp: Path,
-                 compress: bool = True) -> dict:
-    env = bench.engine_env(engine, tmp)
+                 compress: bool = True, env_extra: dict[str, str] | None = None) -> dict:
+    env = bench.engine_env(engine, tmp) | (env_extra or {})
     if not compress:
         # Ansible's default ssh_args carry -C; Mitogen compresses unless told not to.
         env["ANSIBLE_SSH_ARGS"] = env.get("ANSIBLE_SSH_ARGS", "-C -o ControlMaster=auto -o ControlPersist=60s")
@@ -166,11 +172,10 @@ def bench_small(engine: str, work: Path) -> dict:
     }
 
 
-def raw_ssh(big: Path, compress: bool, runs: int = 3) -> float:
-    """Seconds for ssh host 'cat > file' to move big, less ssh's own start-up (ssh host true);
+def timed_ssh(big: Path, opts: list[str], command: str, dest: str, runs: int = 3, alongside=()) -> float:
+    """Seconds for ssh host command to take big on its stdin and write dest (on this machine),
+    less ssh's own start-up (ssh host true), with each of alongside run in a thread meanwhile;
     the best of runs, as a single one varies by a factor of two here."""
-    opts = (["-C"] if compress else []) + SSH_OPTS
-    dest = f"/tmp/ferrogen-bench-raw-{os.getpid()}"
     best = float("inf")
     for _ in range(runs):
         started = time.monotonic()
@@ -178,10 +183,58 @@ def raw_ssh(big: Path, compress: bool, runs: int = 3) -> float:
         setup = time.monotonic() - started
         with open(big, "rb") as stdin:
             started = time.monotonic()
-            subprocess.run(["ssh", *opts, "127.0.0.1", f"cat > {dest}"], stdin=stdin, check=True)
+            threads = [threading.Thread(target=work) for work in alongside]
+            for thread in threads:
+                thread.start()
+            subprocess.run(["ssh", *opts, "127.0.0.1", command], stdin=stdin, check=True)
+            for thread in threads:
+                thread.join()
             best = min(best, max(time.monotonic() - started - setup, 1e-6))
         os.unlink(dest)
     return best
+
+
+def raw_ssh(big: Path, compress: bool) -> float:
+    """Seconds for ssh host 'cat > file' to move big (timed_ssh)."""
+    dest = f"/tmp/ferrogen-bench-raw-{os.getpid()}"
+    return timed_ssh(big, (["-C"] if compress else []) + SSH_OPTS, f"cat > {dest}", dest)
+
+
+# The receiving end of floor_ssh: what the agent must do with a put's bytes besides writing
+# them (check their SHA-1, fsync), with the agent's pipe size, in the target's Python.
+FLOOR_RECEIVER = """
+import fcntl, hashlib, os, sys
+try:
+    fcntl.fcntl(0, 1031, 1 << 20)  # F_SETPIPE_SZ
+except OSError:
+    pass
+digest = hashlib.sha1()
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+while data := os.read(0, 1 << 20):
+    digest.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+os.fsync(fd)
+"""
+
+
+def hash_file(path: Path, name: str) -> None:
+    digest = hashlib.new(name)
+    with open(path, "rb") as handle:
+        while data := handle.read(16 << 20):
+            digest.update(data)
+
+
+def floor_ssh(big: Path) -> float:
+    """Seconds for ssh alone to do the work a copy cannot skip (no Ansible, no engine, no
+    framing): the target checks the SHA-1 of what it receives and fsyncs it, while the controller
+    hashes the source with SHA-1 (the action's checksum) and MD5 (the copy module's md5sum)
+    (timed_ssh). It bounds what any engine can reach on this machine."""
+    dest = f"/tmp/ferrogen-bench-floor-{os.getpid()}"
+    hashing = [lambda name=name: hash_file(big, name) for name in ("sha1", "md5")]
+    return timed_ssh(big, SSH_OPTS, f"/usr/bin/python3 -c {shlex.quote(FLOOR_RECEIVER)} {dest}", dest,
+                     alongside=hashing)  # fmt: skip
 
 
 def copy_task_secs(engine: str, work: Path, src: Path, compress: bool, label: str) -> dict:
@@ -245,11 +298,14 @@ def main() -> int:
             fixed_cost_file = work / "fixed-cost.bin"
             fixed_cost_file.write_bytes(os.urandom(FIXED_COST_SIZE))
             raw = {"plain": raw_ssh(big, compress=False), "compressed": raw_ssh(big, compress=True)}
-            results["copy-200M"] = {"ssh_cat_s": raw}
+            floor = floor_ssh(big)
+            results["copy-200M"] = {"ssh_cat_s": raw, "floor_s": floor}
             lines += ["", f"copy-200M                     {'copy s':>9} {'MB/s':>8} {'vs ssh':>8} {'vs ssh -C':>10}"
                           f" {'fixed s':>8} {'net MB/s':>9} {'net vs ssh':>11}"]
             for name, secs in raw.items():
                 lines.append(f"  ssh 'cat > file' ({name:10}) {secs:9.2f} {BIG_SIZE / secs / 1e6:8.1f}")
+            lines.append(f"  ssh + SHA-1, MD5, fsync     {floor:9.2f} {BIG_SIZE / floor / 1e6:8.1f} "
+                         f"{raw['plain'] / floor:7.0%}   (the floor: see floor_ssh)")
             for compress in (True, False):
                 for engine in engines:
                     r = bench_big(engine, work, big, fixed_cost_file, compress)
