@@ -188,6 +188,28 @@ fn put_then_fetch_a_streamed_file() {
 }
 
 #[test]
+fn concurrent_puts_from_several_workers_each_land_whole() {
+    let mux = Mux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let puts: Vec<_> = (0..4usize)
+        .map(|n| {
+            let mut stream = mux.client();
+            let dest = dir.path().join(format!("dest-{n}"));
+            let content = data(6 * CHUNK_MAX + n);
+            std::thread::spawn(move || {
+                let reply = put(&mut stream, 1, &dest, &content);
+                assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
+                assert_eq!(std::fs::read(&dest).unwrap(), content);
+            })
+        })
+        .collect();
+    for put in puts {
+        put.join().unwrap();
+    }
+    assert!(temps(dir.path()).is_empty());
+}
+
+#[test]
 fn fetch_without_acks_stops_at_the_window_and_shows_in_status() {
     let mux = Mux::start();
     let mut stream = mux.client();
