@@ -120,18 +120,6 @@ class MuxClient:
     def send(self, data: bytes) -> None:
         self._send(data)
 
-    def send_frame(self, header: dict, body: bytes) -> None:
-        """Send one frame without copying the body into a new buffer."""
-        head = frames.encode_head(header, len(body))
-        try:
-            sent = self._sock.sendmsg([head, body])
-            total = len(head) + len(body)
-            if sent < total:
-                self._sock.sendall((head + body)[sent:] if sent < len(head) else memoryview(body)[sent - len(head):])
-        except OSError as exc:
-            self._forget()
-            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
-
     def read(self) -> tuple[dict, bytes]:
         try:
             return frames.read_frame(self._sock)

@@ -24,14 +24,6 @@ def encode(header: dict, body: bytes = b'') -> bytes:
     return PREFIX.pack(len(encoded), len(body)) + encoded + body
 
 
-def encode_head(header: dict, body_len: int) -> bytes:
-    """The lengths and JSON header of a frame whose body of body_len bytes follows."""
-    encoded = json.dumps(header, separators=(',', ':')).encode('utf-8')
-    if len(encoded) > MAX_HEADER or body_len > MAX_BODY:
-        raise FrameError(f'frame too large: header {len(encoded)} bytes, body {body_len} bytes')
-    return PREFIX.pack(len(encoded), body_len) + encoded
-
-
 def decode(data: bytes) -> tuple[dict, bytes, int]:
     """Decode the frame at the start of data; return (header, body, bytes consumed)."""
     if len(data) < PREFIX.size:

@@ -35,9 +35,6 @@ class FakeMux:
         header, body, _ = frames.decode(data)
         self._handle(header, body)
 
-    def send_frame(self, header: dict, body: bytes) -> None:
-        self._handle(header, body)
-
     def _handle(self, header: dict, body: bytes) -> None:
         self.sent_frames.append(header)
         kind = header['type']
