@@ -31,28 +31,13 @@ import transfer  # noqa: E402
 PUT_DONE = re.compile(r"put done .* secs=([0-9.]+)")
 
 
-def version_env(checkout: Path) -> dict[str, str]:
-    """The environment that runs checkout's plugin and mux instead of this one's."""
-    strategy = checkout / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
-    mux = checkout / "target" / "release" / "ferrogen-mux"
-    for needed in (strategy, mux):
-        if not needed.exists():
-            raise SystemExit(f"{needed} is missing: is {checkout} a built ferrogen checkout?")
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(strategy), "FERROGEN_MUX": str(mux), "FERROGEN_LOG": "info"}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=8)
     ap.add_argument("--unchanged", action="store_true", help="time copies onto an identical destination")
     ap.add_argument("versions", nargs="+", metavar="LABEL=CHECKOUT")
     args = ap.parse_args()
-    versions = {}
-    for spec in args.versions:
-        label, _, checkout = spec.partition("=")
-        if not checkout:
-            ap.error(f"{spec!r}: expected LABEL=CHECKOUT")
-        versions[label] = version_env(Path(checkout).resolve())
+    versions = {label: env | {"FERROGEN_LOG": "info"} for label, env in bench.versions_from(args.versions).items()}
     bench.LOG_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-ab-copy-"))
     big = work / "big.bin"

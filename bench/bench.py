@@ -4,6 +4,12 @@ Run through bench/run.sh, which prepares .state/bench-venv (ansible-core as in C
 PyPI) and the test sshd. Every (scenario, engine) pair runs BENCH_RUNS times (default 3); the table
 shows the best wall time, the controller CPU of that run and the ratios.
 
+A scenario without added latency is timed with its targets reached directly (the test sshd, or
+for several targets one port each on extra sshd daemons), and then run once more through one
+latency-proxy per target, which counts the bytes on the wire. The proxies are Python processes
+forwarding every byte; on two cores their CPU would weigh on whichever engine keeps the machine
+busiest. A scenario that adds latency is timed through its proxies, which count its bytes too.
+
 Controller CPU is user+sys of everything the run started on this machine: ansible-playbook, its
 workers, ssh clients, Mitogen's or ferrogen's multiplexer. The driver makes itself a child
 subreaper, so processes that outlive or detach from ansible-playbook (the mux, ssh ControlPersist
@@ -13,6 +19,7 @@ masters) are reparented to it, reaped after the run and counted too.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import dataclasses
 import json
@@ -40,8 +47,8 @@ SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """One playbook run against `targets` distinct targets, each reached through its own
-    latency-proxy (which counts the bytes on the wire)."""
+    """One playbook run against `targets` distinct targets (distinct ports of one sshd, or of
+    proxies in front of it)."""
 
     playbook: Path
     extra: tuple[str, ...] = ()
@@ -61,6 +68,7 @@ SCENARIOS = {
     "loop-100": Scenario(LOOP, ("-e", "loop_count=100"), tasks=100),
     "loop-500": Scenario(LOOP, ("-e", "loop_count=500"), tasks=500),
     "targets-20x10": Scenario(BENCH_PLAYBOOKS / "tasks10.yml", targets=20, tasks=10, forks=20),
+    "tasks-100": Scenario(BENCH_PLAYBOOKS / "tasks100.yml", tasks=100),
     "become-30": Scenario(BENCH_PLAYBOOKS / "become30.yml", tasks=30),
 }
 ENGINES = ["vanilla", "mitogen", "ferrogen"]
@@ -167,12 +175,7 @@ class Proxies:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for port, stats in zip(self.ports, self.stats, strict=True)
         ]
-        deadline = time.monotonic() + 10
-        for port in self.ports:
-            while not port_open(port):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"latency-proxy on port {port} did not start")
-                time.sleep(0.02)
+        wait_for_ports(self.ports, "latency-proxy")
 
     @property
     def pids(self) -> set[int]:
@@ -193,6 +196,47 @@ class Proxies:
                 for line in stats.read_text().split():
                     self.total += int(line.split("=")[1])
         return self.total
+
+
+class TargetSshds:
+    """sshd daemons beside the test sshd, with the same configuration, giving each of `count`
+    targets a port of its own: distinct targets without a proxy in between. Children of this
+    driver (run with -D), kept out of reap_leftovers and stopped between runs, so their CPU, which
+    is the target's, is never counted in a run's controller CPU."""
+
+    # OpenSSH's MAX_LISTEN_SOCKS is 16.
+    PORTS_PER_DAEMON = 15
+
+    def __init__(self, count: int, tmp: Path):
+        self.ports = [free_port() for _ in range(count)]
+        config = [line for line in (STATE / "sshd" / "sshd_config").read_text().splitlines()
+                  if not line.startswith(("Port ", "PidFile "))]  # fmt: skip
+        self.procs = []
+        for first in range(0, count, self.PORTS_PER_DAEMON):
+            path = tmp / f"sshd-{first}.config"
+            ports = self.ports[first : first + self.PORTS_PER_DAEMON]
+            path.write_text("\n".join([*config, f"PidFile {tmp}/sshd-{first}.pid", *(f"Port {p}" for p in ports)]) + "\n")
+            self.procs.append(subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(path), "-E", str(tmp / f"sshd-{first}.log")]))
+        wait_for_ports(self.ports, "sshd")
+
+    @property
+    def pids(self) -> set[int]:
+        return {proc.pid for proc in self.procs}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            proc.wait()
+
+
+def wait_for_ports(ports: list[int], what: str) -> None:
+    deadline = time.monotonic() + 10
+    for port in ports:
+        while not port_open(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} on port {port} did not start")
+            time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -236,7 +280,9 @@ def descends_from_me(pid: int) -> bool:
 
 
 class PeakRss:
-    """Samples the peak RSS (VmHWM) of the run's ferrogen-mux while the run lasts."""
+    """Samples the peak RSS (VmHWM) of the run's ferrogen-mux while the run lasts. It scans /proc
+    only until it has found the mux and then reads that one process's status: a scan of every
+    process each 50 ms would cost the run a noticeable share of two cores."""
 
     def __init__(self):
         self.peak_kib = 0
@@ -245,19 +291,19 @@ class PeakRss:
         self._thread.start()
 
     def _sample(self) -> None:
+        mux = None
         while not self._stop.wait(0.05):
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/status") as fh:
-                        status = fh.read()
-                except OSError:
-                    continue
-                if status.startswith("Name:\tferrogen-mux") and descends_from_me(int(entry)):
-                    for line in status.splitlines():
-                        if line.startswith("VmHWM:"):
-                            self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+            if mux is None:
+                mux = find_mux()
+                continue
+            try:
+                with open(f"/proc/{mux}/status") as fh:
+                    status = fh.read()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
 
     def stop(self) -> int:
         self._stop.set()
@@ -265,19 +311,75 @@ class PeakRss:
         return self.peak_kib
 
 
-def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path) -> dict:
+def find_mux() -> int | None:
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                comm = fh.read()
+        except OSError:
+            continue
+        if comm == "ferrogen-mux\n" and descends_from_me(int(entry)):
+            return int(entry)
+    return None
+
+
+def version_env(checkout: Path) -> dict[str, str]:
+    """The environment that runs checkout's plugin and mux instead of this one's (for A/B runs)."""
+    strategy = checkout / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
+    mux = checkout / "target" / "release" / "ferrogen-mux"
+    for needed in (strategy, mux):
+        if not needed.exists():
+            raise SystemExit(f"{needed} is missing: is {checkout} a built ferrogen checkout?")
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(strategy), "FERROGEN_MUX": str(mux)}
+
+
+def versions_from(specs: list[str]) -> dict[str, dict[str, str]]:
+    """{label: version_env} from LABEL=CHECKOUT arguments."""
+    versions = {}
+    for spec in specs:
+        label, _, checkout = spec.partition("=")
+        if not checkout:
+            raise SystemExit(f"{spec!r}: expected LABEL=CHECKOUT")
+        versions[label] = version_env(Path(checkout).resolve())
+    return versions
+
+
+@contextlib.contextmanager
+def direct_targets(spec: Scenario):
+    """(ports, daemons) for the timed runs of spec: None when they go through proxies (the
+    scenario adds latency), else the test sshd's port or, for several targets, TargetSshds."""
+    if spec.delay_ms:
+        yield None, set()
+    elif spec.targets == 1:
+        yield [SSH_PORT], set()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            sshds = TargetSshds(spec.targets, Path(tmp))
+            try:
+                yield sshds.ports, sshds.pids
+            finally:
+                sshds.stop()
+
+
+def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path, direct_ports: list[int] | None,
+             daemons: set[int], env_extra: dict[str, str] | None = None) -> dict:
+    """One run: through a proxy per target when direct_ports is None (then "bytes" is what they
+    carried), else straight to those ports ("bytes" None). daemons: this driver's children that
+    outlive the run (TargetSshds). env_extra overrides the engine's environment."""
     spec = SCENARIOS[scenario]
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{engine}-"))
     env: dict[str, str] = {}
-    proxies = Proxies(spec.targets, spec.delay_ms, tmp)
+    proxies = Proxies(spec.targets, spec.delay_ms, tmp) if direct_ports is None else None
+    keep = proxies.pids if proxies else set()
     try:
         inventory = tmp / "inventory.ini"
-        write_inventory(inventory, proxies.ports)
-        env = engine_env(engine, tmp)
-        env["ANSIBLE_FORKS"] = str(spec.forks)
+        write_inventory(inventory, proxies.ports if proxies else direct_ports)
+        env = engine_env(engine, tmp) | {"ANSIBLE_FORKS": str(spec.forks)} | (env_extra or {})
         cmd = [str(playbook_bin), "-i", str(inventory), str(spec.playbook), *spec.extra]
         cpu0 = children_cpu()
-        rss = PeakRss()
+        rss = PeakRss() if engine == "ferrogen" else None
         t0 = time.monotonic()
         with open(log, "w") as out:
             try:
@@ -289,13 +391,14 @@ def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path) -> dict:
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         wall = time.monotonic() - t0
-        reap_leftovers(keep=proxies.pids)
+        reap_leftovers(keep=keep | daemons)
         cpu = children_cpu() - cpu0
-        peak_rss = rss.stop()
-        wire = proxies.stop()
+        peak_rss = rss.stop() if rss else 0
+        wire = proxies.stop() if proxies else None
         return {"rc": rc, "wall": wall, "cpu": cpu, "bytes": wire, "mux_rss_kib": peak_rss or None, "log": str(log)}
     finally:
-        proxies.stop()
+        if proxies:
+            proxies.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         if "ANSIBLE_SSH_CONTROL_PATH_DIR" in env:
             shutil.rmtree(env["ANSIBLE_SSH_CONTROL_PATH_DIR"], ignore_errors=True)
@@ -327,6 +430,29 @@ def fmt_ratio(a, b) -> str:
     return f"{a / b:.2f}x"
 
 
+def measure(engine: str, scenario: str, playbook_bin: Path, runs: int, direct_ports: list[int] | None,
+            daemons: set[int]) -> dict:
+    """The best of `runs` timed runs; with direct_ports, the bytes on the wire come from one more
+    run through proxies."""
+    best = None
+    planned = [(f"run {i + 1}/{runs}", direct_ports) for i in range(runs)]
+    if direct_ports is not None:
+        planned.append(("bytes on the wire, through proxies", None))
+    for i, (what, ports) in enumerate(planned):
+        log = LOG_DIR / f"{scenario}-{engine}-{i + 1}.log"
+        r = run_once(engine, scenario, playbook_bin, log, ports, daemons)
+        status = "ok" if r["rc"] == 0 else f"FAILED (rc={r['rc']}, see {log})"
+        print(f"  {scenario:9} {engine:9} {what}: {r['wall']:7.2f}s wall "
+              f"{r['cpu']:7.2f}s cpu  {status}", file=sys.stderr, flush=True)  # fmt: skip
+        if r["rc"] != 0:
+            return {"status": "FAILED", **r}  # a broken engine fails every time; don't waste the other runs
+        if ports is None and direct_ports is not None:
+            best["bytes"] = r["bytes"]
+        elif best is None or r["wall"] < best["wall"]:
+            best = r
+    return {"status": "ok", **best}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=int(os.environ.get("BENCH_RUNS", "3")))
@@ -346,23 +472,11 @@ def main() -> int:
 
     results: dict[str, dict[str, dict]] = {}
     for scenario in scenarios:
-        for engine in engines:
-            best = None
-            failure = None
-            for i in range(args.runs):
-                log = LOG_DIR / f"{scenario}-{engine}-{i + 1}.log"
-                r = run_once(engine, scenario, playbook_bin, log)
-                status = "ok" if r["rc"] == 0 else f"FAILED (rc={r['rc']}, see {log})"
-                print(f"  {scenario:9} {engine:9} run {i + 1}/{args.runs}: {r['wall']:7.2f}s wall "
-                      f"{r['cpu']:7.2f}s cpu  {status}", file=sys.stderr, flush=True)  # fmt: skip
-                if r["rc"] != 0:
-                    failure = r
-                    break  # a broken engine fails every time; don't waste the other runs
-                if best is None or r["wall"] < best["wall"]:
-                    best = r
-            results.setdefault(scenario, {})[engine] = (
-                {"status": "ok", **best} if failure is None else {"status": "FAILED", **failure}
-            )
+        with direct_targets(SCENARIOS[scenario]) as (direct_ports, daemons):
+            for engine in engines:
+                results.setdefault(scenario, {})[engine] = measure(
+                    engine, scenario, playbook_bin, args.runs, direct_ports, daemons
+                )  # fmt: skip
 
     # ---------------------------------------------------------------- table
     head = (f"{'scenario':14} {'engine':9} {'wall s':>8} {'cpu s':>8} {'wire KiB':>9} {'mux RSS MiB':>11} "
