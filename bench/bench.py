@@ -116,22 +116,22 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def my_children() -> list[int]:
-    me = os.getpid()
-    pids = []
+def every_process(name: str):
+    """(pid, contents of /proc/PID/<name>) for every process still there when read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
+            with open(f"/proc/{entry}/{name}") as fh:
+                yield int(entry), fh.read()
         except OSError:
             continue
-        # field 4 (ppid) comes after the parenthesised comm, which may contain spaces
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == me:
-            pids.append(int(entry))
-    return pids
+
+
+def my_children() -> list[int]:
+    me = os.getpid()
+    # field 4 (ppid) comes after the parenthesised comm, which may contain spaces
+    return [pid for pid, stat in every_process("stat") if int(stat.rsplit(")", 1)[1].split()[1]) == me]
 
 
 def reap_leftovers(grace: float = 3.0, keep: set[int] = frozenset()) -> None:
@@ -312,16 +312,9 @@ class PeakRss:
 
 
 def find_mux() -> int | None:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/comm") as fh:
-                comm = fh.read()
-        except OSError:
-            continue
-        if comm == "ferrogen-mux\n" and descends_from_me(int(entry)):
-            return int(entry)
+    for pid, comm in every_process("comm"):
+        if comm == "ferrogen-mux\n" and descends_from_me(pid):
+            return pid
     return None
 
 
