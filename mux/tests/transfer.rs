@@ -116,6 +116,19 @@ fn source_file(dir: &Path, content: &[u8]) -> Value {
 
 /// Puts `content` as a worker does: `put_begin` naming a file holding it, which the mux reads
 /// itself, then `put_end` at once; returns the reply once the acks have come.
+/// Begins put 1 of a 5-byte `source` to `dest`, which the mux must refuse at once: its error.
+fn put_refused(stream: &mut UnixStream, dest: &Path, source: Value) -> Value {
+    begin(
+        stream,
+        1,
+        "put_begin",
+        json!({"path": dest, "size": 5, "source": source}),
+    );
+    let reply = recv(stream);
+    assert_eq!(reply.kind(), "reply");
+    reply.header["error"].clone()
+}
+
 fn put(stream: &mut UnixStream, id: u64, path: &Path, content: &[u8]) -> Frame {
     let sources = tempfile::tempdir().unwrap();
     let source = source_file(sources.path(), content);
@@ -273,15 +286,8 @@ fn a_put_into_a_missing_directory_fails_at_once() {
     let mut stream = mux.client();
     let dir = tempfile::tempdir().unwrap();
     let source = source_file(dir.path(), b"hello");
-    begin(
-        &mut stream,
-        1,
-        "put_begin",
-        json!({"path": dir.path().join("no/such/dir"), "size": 5, "source": source}),
-    );
-    let reply = recv(&mut stream);
-    assert_eq!(reply.kind(), "reply");
-    assert_eq!(reply.header["error"]["kind"], "not_found");
+    let error = put_refused(&mut stream, &dir.path().join("no/such/dir"), source);
+    assert_eq!(error["kind"], "not_found");
     // A put_end still in flight for it is dropped; the session goes on.
     send(
         &mut stream,
@@ -302,16 +308,9 @@ fn a_put_whose_source_is_gone_fails_at_once_naming_it() {
     let mut source = source_file(dir.path(), b"hello");
     std::fs::remove_file(dir.path().join("source")).unwrap();
     source["path"] = json!(dir.path().join("source"));
-    begin(
-        &mut stream,
-        1,
-        "put_begin",
-        json!({"path": dir.path().join("dest"), "size": 5, "source": source}),
-    );
-    let reply = recv(&mut stream);
-    assert_eq!(reply.kind(), "reply");
-    assert_eq!(reply.header["error"]["kind"], "not_found");
-    let message = reply.header["error"]["message"].as_str().unwrap();
+    let error = put_refused(&mut stream, &dir.path().join("dest"), source);
+    assert_eq!(error["kind"], "not_found");
+    let message = error["message"].as_str().unwrap();
     assert!(message.contains("source"), "{message}");
     assert!(!dir.path().join("dest").exists());
 }
