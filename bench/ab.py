@@ -33,11 +33,11 @@ def main() -> int:
     bench.LOG_DIR.mkdir(parents=True, exist_ok=True)
     playbook_bin = Path(sys.executable).parent / "ansible-playbook"
     runs: dict[str, list[dict]] = {label: [] for label in versions}
-    with bench.direct_targets(bench.SCENARIOS[args.scenario]) as (ports, daemons):
+    with bench.direct_targets(bench.SCENARIOS[args.scenario]) as ports:
         for run in range(args.runs):
             for label, env in versions.items():
                 log = bench.LOG_DIR / f"ab-{args.scenario}-{label}.log"
-                r = bench.run_once("ferrogen", args.scenario, playbook_bin, log, ports, daemons, env)
+                r = bench.run_once("ferrogen", args.scenario, playbook_bin, log, ports, env)
                 if r["rc"] != 0:
                     print(f"{label} run {run + 1}: FAILED (see {log})", file=sys.stderr)
                     continue

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark vanilla Ansible, Mitogen and ferrogen side by side against the local test sshd.
-#   bash bench/run.sh [--runs N] [--scenarios ping,loop-100,loop-500] [--engines vanilla,mitogen,ferrogen] [--json FILE]
+#   bash bench/run.sh [--runs N] [--scenarios ping,loop-100,loop-500] [--engines vanilla,mitogen,ferrogen] [--user ACCOUNT] [--json FILE]
 # BENCH_RUNS (default 3) sets the number of runs per scenario and engine; the best one is shown.
 set -euo pipefail
 
