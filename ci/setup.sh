@@ -5,6 +5,7 @@
 #   apt packages  -> openssh, sudo, doas, python3 (the targets' /usr/bin/python3), procps, iproute2
 #   Rust build    -> cargo build --release --workspace  (target/release/ferrogen-mux)
 #   .venv         -> pinned ansible-core, pytest, ruff from ci/requirements.txt
+#   plugin/       -> compiled to bytecode, as pip would compile an installed package
 #   sshd          -> a private sshd on 127.0.0.1:2222 (.state/sshd/), key login for root and ferrotest
 #   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests
 #   inventory     -> .state/inventory.ini
@@ -80,6 +81,11 @@ else
     echo "$REQ_SUM" >"$VENV/.ferrogen-requirements"
 fi
 VENV_PY="$VENV/bin/python"
+
+# ---------------------------------------------------------------- plugin bytecode
+# pip compiles what it installs; a checkout's plugin would be compiled again by every
+# ansible-playbook run wherever PYTHONDONTWRITEBYTECODE is set (as on these machines).
+"$VENV_PY" -m compileall -q "$REPO/plugin" >/dev/null
 
 write_inventory() {
     cat >"$STATE/inventory.ini" <<EOF
