@@ -13,7 +13,6 @@ The benchmark is not run by the test suite.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ def main() -> int:
     ap.add_argument("versions", nargs="+", metavar="LABEL=CHECKOUT")
     args = ap.parse_args()
     versions = bench.versions_from(args.versions)
-    ctypes.CDLL(None).prctl(bench.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    bench.set_child_subreaper(1)
     bench.LOG_DIR.mkdir(parents=True, exist_ok=True)
     playbook_bin = Path(sys.executable).parent / "ansible-playbook"
     runs: dict[str, list[dict]] = {label: [] for label in versions}

@@ -82,6 +82,12 @@ SCENARIOS = {
 ENGINES = ["vanilla", "mitogen", "ferrogen"]
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def set_child_subreaper(value: int) -> bool:
+    """Make this process a child subreaper (1) or not (0); False if the kernel refused."""
+    return LIBC.prctl(PR_SET_CHILD_SUBREAPER, value, 0, 0, 0) == 0
 
 
 def mitogen_strategy_dir() -> Path:
@@ -248,14 +254,13 @@ class TargetSshds:
 def orphans_go_to_init():
     """While inside, this process is not a child subreaper: a descendant whose parent exits is
     adopted by init, and so leaves this process's tree for good."""
-    libc = ctypes.CDLL(None, use_errno=True)
     was = ctypes.c_int(0)
-    libc.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+    LIBC.prctl(PR_GET_CHILD_SUBREAPER, ctypes.byref(was), 0, 0, 0)
+    set_child_subreaper(0)
     try:
         yield
     finally:
-        libc.prctl(PR_SET_CHILD_SUBREAPER, was.value, 0, 0, 0)
+        set_child_subreaper(was.value)
 
 
 def process_exists(pid: int) -> bool:
@@ -465,6 +470,7 @@ def measure(engines: list[str], scenario: str, playbook_bin: Path, runs: int, di
     from one more run through proxies. The engines take turns run by run, so that a machine
     whose speed drifts during the scenario does not favour whichever engine went first."""
     best: dict[str, dict] = {}
+    walls: dict[str, list[float]] = {engine: [] for engine in engines}
     planned = [(f"run {i + 1}/{runs}", direct_ports) for i in range(runs)]
     if direct_ports is not None:
         planned.append(("bytes on the wire, through proxies", None))
@@ -482,10 +488,9 @@ def measure(engines: list[str], scenario: str, playbook_bin: Path, runs: int, di
             elif ports is None and direct_ports is not None:
                 best[engine]["bytes"] = r["bytes"]
             else:
-                walls = [*best.get(engine, {}).get("walls", []), r["wall"]]
+                walls[engine].append(r["wall"])
                 if engine not in best or r["wall"] < best[engine]["wall"]:
-                    best[engine] = {"status": "ok", **r}
-                best[engine]["walls"] = walls
+                    best[engine] = {"status": "ok", **r, "walls": walls[engine]}
     return best
 
 
@@ -498,8 +503,7 @@ def main() -> int:
     ap.add_argument("--user", default="root", help=USER_HELP)
     args = ap.parse_args()
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    if not set_child_subreaper(1):
         print("bench: warning: could not become a child subreaper; mux CPU may be undercounted", file=sys.stderr)
 
     playbook_bin = Path(sys.executable).parent / "ansible-playbook"

@@ -114,8 +114,6 @@ fn source_file(dir: &Path, content: &[u8]) -> Value {
     json!({"path": path, "dev": meta.dev(), "ino": meta.ino()})
 }
 
-/// Puts `content` as a worker does: `put_begin` naming a file holding it, which the mux reads
-/// itself, then `put_end` at once; returns the reply once the acks have come.
 /// Begins put 1 of a 5-byte `source` to `dest`, which the mux must refuse at once: its error.
 fn put_refused(stream: &mut UnixStream, dest: &Path, source: Value) -> Value {
     begin(
@@ -129,6 +127,8 @@ fn put_refused(stream: &mut UnixStream, dest: &Path, source: Value) -> Value {
     reply.header["error"].clone()
 }
 
+/// Puts `content` as a worker does: `put_begin` naming a file holding it, which the mux reads
+/// itself, then `put_end` at once; returns the reply once the acks have come.
 fn put(stream: &mut UnixStream, id: u64, path: &Path, content: &[u8]) -> Frame {
     let sources = tempfile::tempdir().unwrap();
     let source = source_file(sources.path(), content);
