@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -87,6 +88,18 @@ def wait_until(predicate, timeout: float, interval: float = 0.05):
         if value or time.monotonic() > deadline:
             return value
         time.sleep(interval)
+
+
+def debug_log(pid: int) -> Path:
+    """A process's MITOGEN_ROUTER_DEBUG log: /tmp/mitogen.<pid>.log, or the
+    /tmp/mitogen.<pid>.<n>.log it wrote instead when that name was not its own (the newest)."""
+    candidates = [Path(f"/tmp/mitogen.{pid}.log"), *map(Path, glob.glob(f"/tmp/mitogen.{pid}.*.log"))]
+    return max((path for path in candidates if path.is_file()), key=lambda path: path.stat().st_mtime)
+
+
+def debug_logs_since(since: float) -> list[Path]:
+    """The MITOGEN_ROUTER_DEBUG logs written on this machine since `since` (a time.time())."""
+    return [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
 
 
 def marked_inventory(tmp_path: Path, marker: str, hosts=("sshroot",), extra: str = "") -> Path:
@@ -258,6 +271,7 @@ def test_invalid_setting_stops_the_run_at_start(run_playbook, name, value):
 
 def test_sigsegv_dumps_stacks_and_actors_and_the_run_goes_on(tmp_path):
     inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+    since = time.time() - 1
     live = LiveRun("ops_long_task.yml", tmp_path, inventory, extra_env={"MITOGEN_ROUTER_DEBUG": "1"})
     mux = live.mux_pid()
     live.wait_started("sshroot")
@@ -279,8 +293,10 @@ def test_sigsegv_dumps_stacks_and_actors_and_the_run_goes_on(tmp_path):
     (interp,) = [row for row in table.splitlines() if row.startswith("interpreter")]
     assert 'running task "long task" (run_module) for sshroot' in interp, table
     # The same dump goes to the mux's log.
-    log = Path(f"/tmp/mitogen.{mux}.log").read_text()
+    log = debug_log(mux).read_text()
     assert log.count("stack dump (requested with kill -SEGV)") == 2, log[-2000:]
+    for path in debug_logs_since(since):  # /tmp outlives the tests, and pids are reused
+        path.unlink()
 
 
 def test_status_prints_the_live_actor_table(tmp_path):
@@ -497,11 +513,9 @@ def test_unreachable_and_hung_hosts_do_not_delay_the_others(run_playbook, tmp_pa
 SUDO_PASSWORD, SU_PASSWORD = "testpass", "supass"  # ferrotest's and ferrosu's, from ci/setup.sh
 
 
-@pytest.fixture(scope="module")
-def debug_run(tmp_path_factory):
+def become_with_router_debug(tmp_path: Path):
     """One become run with passwords at -vvvv, MITOGEN_ROUTER_DEBUG=1 and periodic stack dumps:
     (run, mux pid, debug log files written meanwhile)."""
-    tmp_path = tmp_path_factory.mktemp("debug-run")
     passwords = f"ops_sudo_password={SUDO_PASSWORD} ops_su_password={SU_PASSWORD}"
     inventory = write_inventory(
         tmp_path / "inventory.ini", [ssh_host_line("sshuser", user="ferrotest", extra=passwords)]
@@ -514,13 +528,22 @@ def debug_run(tmp_path_factory):
     assert run.returncode == 0, describe(run)
     assert run.task("sshuser", "sudo with a password")["stdout"] == "root"
     assert run.task("sshuser", "su with a password")["stdout"] == "ferrosu"
-    logs = [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
-    return run, mux, logs
+    return run, mux, debug_logs_since(since)
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    """become_with_router_debug's outcome; its logs are removed afterwards, as /tmp outlives
+    the tests and a stale log is in the way of a later process given the same pid."""
+    run, mux, logs = become_with_router_debug(tmp_path_factory.mktemp("debug-run"))
+    yield run, mux, logs
+    for path in logs:
+        path.unlink(missing_ok=True)
 
 
 def test_no_password_in_any_output_or_log_at_vvvv_with_router_debug(debug_run):
     run, mux, logs = debug_run
-    mux_log = Path(f"/tmp/mitogen.{mux}.log")
+    mux_log = debug_log(mux)
     assert mux_log in logs, f"MITOGEN_ROUTER_DEBUG=1 wrote no {mux_log}: {logs}"
     # -vvv and up shows connection set-up: the command, what ssh wrote, the agent's answer.
     for seen in ("connecting", "transport stderr: Warning: Permanently added", "agent ready"):
@@ -546,8 +569,51 @@ def test_router_debug_logs_every_target_interpreter_and_forwards_its_records(deb
     """Each target interpreter (login, sudo, su) writes /tmp/mitogen.<pid>.log (the targets are
     this machine), and at -vvv the agents' own records reach the controller."""
     run, mux, logs = debug_run
-    pids = _interpreter_pids(Path(f"/tmp/mitogen.{mux}.log").read_text())
+    pids = _interpreter_pids(debug_log(mux).read_text())
     assert len(pids) == 3, pids
-    missing = [pid for pid in pids if Path(f"/tmp/mitogen.{pid}.log") not in logs]
+    missing = [pid for pid in pids if debug_log(pid) not in logs]
     assert not missing, f"no /tmp/mitogen.<pid>.log for interpreters {missing}"
     assert " agent: " in run.stderr, "no target-side log record shown at -vvvv"
+
+
+def _squat_upcoming_debug_logs(owner: str, count: int) -> list[Path]:
+    """/tmp/mitogen.<pid>.log for the next `count` pids no process holds, as another account's
+    files left from earlier processes: what a long-lived /tmp holds once pids have wrapped."""
+    uid = pwd.getpwnam(owner).pw_uid
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    squatted = []
+    with subprocess.Popen(["true"]) as newest:  # where the kernel hands out pids now
+        pid = newest.pid
+    while len(squatted) < count:
+        pid = pid + 1 if pid + 1 < pid_max else 300  # where the kernel starts again after a wrap
+        path = Path(f"/tmp/mitogen.{pid}.log")
+        if Path(f"/proc/{pid}").exists():
+            continue
+        path.unlink(missing_ok=True)  # a dead process's, from an earlier test
+        path.write_text("theirs\n")
+        os.chown(path, uid, uid)
+        squatted.append(path)
+    return squatted
+
+
+def test_router_debug_logs_of_another_account_are_left_alone_and_the_run_goes_on(tmp_path):
+    """With every upcoming pid's /tmp/mitogen.<pid>.log another account's file, the mux and each
+    interpreter (login, sudo, su) log to a /tmp/mitogen.<pid>.<n>.log of their own, say so, and
+    the run succeeds: a debugging aid never breaks the run it is there to debug."""
+    squatted = _squat_upcoming_debug_logs("ferronopw", 3000)
+    logs = []
+    try:
+        run, mux, logs = become_with_router_debug(tmp_path)
+        uid = pwd.getpwnam("ferronopw").pw_uid
+        interpreters = _interpreter_pids(debug_log(mux).read_text())
+        assert len(interpreters) == 3, interpreters
+        for pid in [mux, *interpreters]:
+            taken = Path(f"/tmp/mitogen.{pid}.log")
+            assert taken in squatted, f"pid {pid} was not squatted; squat more pids"
+            assert debug_log(pid) in logs and debug_log(pid) != taken, (pid, logs)
+            why = f"not writing the debug log to {taken}: it belongs to uid {uid}; it is {debug_log(pid)}"
+            assert why in run.stderr, f"{why!r} not shown:\n{run.stderr[-3000:]}"
+            assert taken.read_text() == "theirs\n"
+    finally:
+        for path in squatted + logs:
+            path.unlink(missing_ok=True)

@@ -240,8 +240,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
         .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
     let config = Config::from_env().map_err(MuxError::Config)?;
-    let debug_log =
-        logging::init().map_err(|err| MuxError::Io("opening the debug log".into(), err))?;
+    let debug_log = logging::init();
     check_socket_dir(socket)?;
     let bootstrap = Bootstrap::load()
         .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?

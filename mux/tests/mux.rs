@@ -642,15 +642,40 @@ fn pool_size_bounds_simultaneous_connects() {
     );
 }
 
+/// A process's `MITOGEN_ROUTER_DEBUG` log: `/tmp/mitogen.<pid>.log`, or the newest
+/// `/tmp/mitogen.<pid>.<n>.log` when that name was another account's (pids are reused).
+fn debug_log(pid: u64) -> PathBuf {
+    let prefix = format!("mitogen.{pid}.");
+    std::fs::read_dir("/tmp")
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && name.ends_with(".log") && entry.path().is_file()
+        })
+        .max_by_key(|entry| entry.metadata().unwrap().modified().unwrap())
+        .map(|entry| entry.path())
+        .unwrap_or_else(|| panic!("no debug log for pid {pid}"))
+}
+
 #[test]
 fn router_debug_writes_a_log_file() {
     let mux = Mux::start_with(&[("MITOGEN_ROUTER_DEBUG", "1")]);
     let mut client = mux.client();
-    client.call(local(), "ping", json!({}), &[], b"");
-    let path = PathBuf::from(format!("/tmp/mitogen.{}.log", mux.child.id()));
-    let log = std::fs::read_to_string(&path).unwrap();
-    let _ = std::fs::remove_file(&path);
+    let reply = client.call(local(), "ping", json!({}), &[], b"");
+    let agent = reply.header["result"]["pid"].as_u64().unwrap();
+    let mux_log = debug_log(mux.child.id().into());
+    let log = std::fs::read_to_string(&mux_log).unwrap();
+    let agent_log = debug_log(agent);
+    let agent_said = std::fs::read_to_string(&agent_log).unwrap();
+    // /tmp outlives the test, and a later process given one of these pids would meet them.
+    let _ = std::fs::remove_file(&mux_log);
+    let _ = std::fs::remove_file(&agent_log);
     assert!(log.contains("agent ready"), "{log}");
+    assert!(
+        agent_said.contains(&format!("agent ready: pid {agent}")),
+        "{agent_said}"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 
@@ -19,13 +20,16 @@ PREFIX = struct.Struct('>II')
 
 
 class AgentProcess:
-    def __init__(self, early: bytes = b'', python: str = sys.executable):
+    def __init__(self, early: bytes = b'', python: str = sys.executable, settings: str = '',
+                 launcher: tuple[str, ...] = ()):
         """Start the agent as the mux does; `early` follows the bootstrap payload in the same
-        write, as frames the mux sends before `ready` do."""
+        write, as frames the mux sends before `ready` do. `settings` are the debug statements
+        the mux puts in the stub; `launcher` runs the interpreter (and keeps its pid)."""
         with open(AGENT, 'rb') as handle:
             source = zlib.compress(handle.read())
-        stub = f'import sys,zlib;SOURCE=sys.stdin.buffer.read({len(source)});exec(zlib.decompress(SOURCE))'
-        self.proc = subprocess.Popen([python, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        stub = (f'import sys,zlib;{settings}SOURCE=sys.stdin.buffer.read({len(source)});'
+                'exec(zlib.decompress(SOURCE))')
+        self.proc = subprocess.Popen([*launcher, python, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.proc.stdin.write(source + early)
         self.proc.stdin.flush()
         self.ready, _ = self.read()
@@ -354,6 +358,31 @@ def test_unknown_user_fails_with_the_tool_message(as_user):
     spawned = agent.spawn(1, method='sudo', user='no-such-user-x', flags='-H -S -n')
     assert not spawned['ok']
     assert 'no-such-user-x' in spawned['error']['message']
+
+
+# Stands in for python: runs the stub, whose `exec` of the agent's source fails as an agent
+# dying while it boots would (after the stub's go-ahead, before `ready`).
+DIES_BOOTING = """#!/usr/bin/python3
+import sys
+def die(source):
+    sys.exit('the agent died while booting')
+exec(sys.argv[2], {'exec': die})
+"""
+
+
+def test_an_agent_dying_while_it_boots_is_reported_with_what_it_said(as_user):
+    with tempfile.TemporaryDirectory() as shared:  # pytest's tmp_path is root's alone
+        python = os.path.join(shared, 'python3')
+        with open(python, 'w') as handle:
+            handle.write(DIES_BOOTING)
+        os.chmod(shared, 0o755)
+        os.chmod(python, 0o755)
+        agent = as_user()
+        spawned = agent.spawn(1, method='sudo', user='ferrotest', flags='-H -S -n', python=python)
+    assert not spawned['ok']
+    message = spawned['error']['message']
+    assert 'could not become sudo ferrotest (exit status 1)' in message, message
+    assert 'the agent died while booting' in message, message
 
 
 def test_stop_ends_the_child_and_calls_fail_cleanly(as_user):
