@@ -610,8 +610,9 @@ def test_router_debug_logs_of_another_account_are_left_alone_and_the_run_goes_on
         for pid in [mux, *interpreters]:
             taken = Path(f"/tmp/mitogen.{pid}.log")
             assert taken in squatted, f"pid {pid} was not squatted; squat more pids"
-            assert debug_log(pid) in logs and debug_log(pid) != taken, (pid, logs)
-            why = f"not writing the debug log to {taken}: it belongs to uid {uid}; it is {debug_log(pid)}"
+            detour = debug_log(pid)
+            assert detour in logs and detour != taken, (pid, logs)
+            why = f"not writing the debug log to {taken}: it belongs to uid {uid}; it is {detour}"
             assert why in run.stderr, f"{why!r} not shown:\n{run.stderr[-3000:]}"
             assert taken.read_text() == "theirs\n"
     finally:

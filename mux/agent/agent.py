@@ -181,7 +181,6 @@ def open_own_file(path):
         if not stat.S_ISREG(status.st_mode) or status.st_uid != os.geteuid():
             raise PermissionError(errno.EPERM, 'not ours to write', path)
         os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)
         raise

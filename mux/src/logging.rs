@@ -3,10 +3,7 @@
 use std::{
     fs::{File, OpenOptions},
     io::{self, IsTerminal},
-    os::unix::{
-        fs::{MetadataExt, OpenOptionsExt},
-        io::AsRawFd,
-    },
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -45,18 +42,18 @@ pub fn init() -> Option<PathBuf> {
         .with_target(false)
         .with_filter(filter);
 
-    let opened =
+    let debug_log =
         router_debug().then(|| open_debug_log(Path::new(DEBUG_LOG_DIR), std::process::id()));
-    let (file, path, detour) = match opened {
-        Some(DebugLog { file, path, detour }) => (file, path, detour),
-        None => (None, None, None),
-    };
-    let file_layer = file.map(|file| {
-        fmt::layer()
-            .with_ansi(false)
-            .with_writer(Mutex::new(file))
-            .with_filter(LevelFilter::DEBUG)
-    });
+    let (opened, detour) = debug_log.map_or((None, None), |log| (log.opened, log.detour));
+    let (path, file_layer) = opened
+        .map(|(path, file)| {
+            let layer = fmt::layer()
+                .with_ansi(false)
+                .with_writer(Mutex::new(file))
+                .with_filter(LevelFilter::DEBUG);
+            (path, layer)
+        })
+        .unzip();
     tracing_subscriber::registry()
         .with(stderr)
         .with(file_layer)
@@ -69,10 +66,8 @@ pub fn init() -> Option<PathBuf> {
 
 /// The outcome of opening a debug log.
 struct DebugLog {
-    /// The open log; `None` when no name could be used.
-    file: Option<File>,
-    /// Where `file` writes, for the "serving" record and for tests.
-    path: Option<PathBuf>,
+    /// Where the log is, for the "serving" record, and the log; `None` when no name could be used.
+    opened: Option<(PathBuf, File)>,
     /// Why the log is not at `mitogen.<pid>.log`, to be logged once logging is up.
     detour: Option<String>,
 }
@@ -87,8 +82,7 @@ fn open_debug_log(dir: &Path, pid: u32) -> DebugLog {
     let refused = match open_own_file(&path) {
         Ok(file) => {
             return DebugLog {
-                file: Some(file),
-                path: Some(path),
+                opened: Some((path, file)),
                 detour: None,
             }
         }
@@ -109,8 +103,7 @@ fn open_debug_log(dir: &Path, pid: u32) -> DebugLog {
             Ok(file) => {
                 let why = format!("{refused}; it is {}", detour.display());
                 return DebugLog {
-                    file: Some(file),
-                    path: Some(detour),
+                    opened: Some((detour, file)),
                     detour: Some(why),
                 };
             }
@@ -121,16 +114,14 @@ fn open_debug_log(dir: &Path, pid: u32) -> DebugLog {
                     detour.display()
                 );
                 return DebugLog {
-                    file: None,
-                    path: None,
+                    opened: None,
                     detour: Some(why),
                 };
             }
         }
     }
     DebugLog {
-        file: None,
-        path: None,
+        opened: None,
         detour: Some(format!(
             "{refused}; the {DEBUG_LOG_DETOURS} other names are taken too; no debug log"
         )),
@@ -153,10 +144,6 @@ fn open_own_file(path: &Path) -> io::Result<File> {
         return Err(io::Error::from(io::ErrorKind::PermissionDenied));
     }
     file.set_len(0)?;
-    nix::fcntl::fcntl(
-        file.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()),
-    )?;
     Ok(file)
 }
 
@@ -186,14 +173,16 @@ mod tests {
         std::fs::read_to_string(path).unwrap()
     }
 
+    /// Where the log went, if anywhere.
+    fn path_of(log: &DebugLog) -> Option<PathBuf> {
+        log.opened.as_ref().map(|(path, _)| path.clone())
+    }
+
     #[test]
     fn a_free_name_is_used_as_documented() {
         let dir = tempfile::tempdir().unwrap();
         let log = open_debug_log(dir.path(), 41);
-        assert_eq!(
-            log.path.as_deref(),
-            Some(dir.path().join("mitogen.41.log").as_path())
-        );
+        assert_eq!(path_of(&log), Some(dir.path().join("mitogen.41.log")));
         assert!(log.detour.is_none());
     }
 
@@ -202,7 +191,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let stale = dir.path().join("mitogen.42.log");
         std::fs::write(&stale, "an earlier process with pid 42\n").unwrap();
-        let mut file = open_debug_log(dir.path(), 42).file.unwrap();
+        let mut file = open_debug_log(dir.path(), 42).opened.unwrap().1;
         file.write_all(b"ours\n").unwrap();
         assert_eq!(contents(&stale), "ours\n");
     }
@@ -217,14 +206,14 @@ mod tests {
 
         let log = open_debug_log(dir.path(), 43);
         let detour = dir.path().join("mitogen.43.2.log");
-        assert_eq!(log.path.as_deref(), Some(detour.as_path()));
+        assert_eq!(path_of(&log), Some(detour.clone()));
         let why = log.detour.unwrap();
         assert!(
             why.contains("mitogen.43.log: it is a symbolic link"),
             "{why}"
         );
         assert!(why.contains(&detour.display().to_string()), "{why}");
-        log.file.unwrap().write_all(b"ours\n").unwrap();
+        log.opened.unwrap().1.write_all(b"ours\n").unwrap();
         assert_eq!(contents(&victim), "precious\n");
         assert_eq!(contents(&dir.path().join("mitogen.43.1.log")), "taken\n");
         assert_eq!(contents(&detour), "ours\n");
@@ -236,7 +225,7 @@ mod tests {
         let fifo = dir.path().join("mitogen.44.log");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         let log = open_debug_log(dir.path(), 44);
-        assert_eq!(log.path, Some(dir.path().join("mitogen.44.1.log")));
+        assert_eq!(path_of(&log), Some(dir.path().join("mitogen.44.1.log")));
         assert!(log
             .detour
             .unwrap()
@@ -258,7 +247,7 @@ mod tests {
             return;
         }
         let log = open_debug_log(dir.path(), 45);
-        assert_eq!(log.path, Some(dir.path().join("mitogen.45.1.log")));
+        assert_eq!(path_of(&log), Some(dir.path().join("mitogen.45.1.log")));
         assert!(log
             .detour
             .unwrap()
@@ -274,7 +263,7 @@ mod tests {
             std::fs::write(dir.path().join(format!("mitogen.46.{number}.log")), "").unwrap();
         }
         let log = open_debug_log(dir.path(), 46);
-        assert!(log.file.is_none() && log.path.is_none());
+        assert!(log.opened.is_none());
         assert!(log
             .detour
             .unwrap()
