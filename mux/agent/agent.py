@@ -51,9 +51,27 @@ SOURCE = globals().get('SOURCE')
 ROUTER_DEBUG = bool(globals().get('ROUTER_DEBUG'))
 LOG_LEVEL = globals().get('LOG_LEVEL') or 'info'
 
-FRAME_PREFIX = struct.Struct('>II')
+# -- Names and limits shared with the mux (docs/protocol.md) ---------------------------------
+# worker-ipc's tests/python_names.rs reads this block and fails when it differs from the Rust
+# side (ErrorKind, the limits in worker-ipc/src/lib.rs); ops are this file's `op_<name>` methods.
 MAX_HEADER = 16 * 1024 * 1024
 MAX_BODY = 256 * 1024 * 1024
+# Files up to SMALL_FILE_LIMIT ride in one put_file call; larger ones stream in chunks of at
+# most TRANSFER_CHUNK bytes, with at most TRANSFER_WINDOW bytes sent and not yet acknowledged.
+SMALL_FILE_LIMIT = 126976
+TRANSFER_CHUNK = 1 << 20
+TRANSFER_WINDOW = 4 << 20
+# Error kinds of failed calls.
+AGENT_ERROR = 'agent_error'
+BAD_REQUEST = 'bad_request'
+BECOME_FAILED = 'become_failed'
+CANCELLED = 'cancelled'
+CONNECTION_LOST = 'connection_lost'
+MISSING_BLOB = 'missing_blob'
+NOT_FOUND = 'not_found'
+# -- end of the names and limits shared with the mux -----------------------------------------
+
+FRAME_PREFIX = struct.Struct('>II')
 
 # Top-level packages of module zips, as prefixes of dotted names: ansible's own and collections'.
 ZIP_PACKAGE_ROOTS = ('ansible.', 'ansible_collections.')
@@ -292,13 +310,8 @@ def sweep_dead_agents_temp_dirs(base):
             continue
 
 
-# File transfer (docs/protocol.md, "File transfer"). Files up to SMALL_FILE_LIMIT ride in one
-# put_file call; larger ones stream in chunks of at most TRANSFER_CHUNK bytes, with at most
-# TRANSFER_WINDOW bytes sent and not yet acknowledged by the receiver.
-SMALL_FILE_LIMIT = 126976
+# File transfer (docs/protocol.md, "File transfer"); its limits are in the shared block above.
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
-TRANSFER_CHUNK = 1 << 20
-TRANSFER_WINDOW = 4 << 20
 
 # Receiving temp files: hidden, in the destination directory, named after the process that
 # writes them, so that one left by a process that died (kill -9) can be told from one in use.
@@ -1053,12 +1066,12 @@ class Agent:
             self.log('debug', 'call %s: %s' % (call_id, op))
             handler = getattr(self, 'op_' + str(op), None)
             if handler is None:
-                self.reply_error(call_id, 'bad_request', 'unknown op %r' % (op,))
+                self.reply_error(call_id, BAD_REQUEST, 'unknown op %r' % (op,))
                 return
             try:
                 handler(call_id, header.get('args') or {}, body)
             except Exception as exc:
-                self.reply_error(call_id, 'agent_error', '%s: %s' % (type(exc).__name__, exc),
+                self.reply_error(call_id, AGENT_ERROR, '%s: %s' % (type(exc).__name__, exc),
                                  traceback.format_exc())
         elif kind in ('chunk', 'put_end', 'ack'):
             self.on_transfer_frame(kind, header, body)
@@ -1066,7 +1079,7 @@ class Agent:
             transfer = self.transfers.pop(header.get('id'), None)
             if transfer is not None:
                 transfer.abort()
-                self.reply_error(header.get('id'), 'cancelled', 'transfer cancelled')
+                self.reply_error(header.get('id'), CANCELLED, 'transfer cancelled')
             for task in self.tasks.values():
                 if task.call_id == header.get('id'):
                     os.kill(task.pid, signal.SIGKILL)
@@ -1096,7 +1109,7 @@ class Agent:
             child = BecomeChild(interp, spec, SOURCE, timeout, use_tty)
         except Exception as exc:
             self.channel.send({'type': 'spawned', 'interp': interp, 'ok': False,
-                               'error': {'kind': 'become_failed', 'message': str(exc)}})
+                               'error': {'kind': BECOME_FAILED, 'message': str(exc)}})
             self.refuse_held(held, str(exc))
             return
         child.held = list(held)
@@ -1112,7 +1125,7 @@ class Agent:
         child = self.children.get(interp)
         if child is None or not (child.starting or child.state == 'ready'):
             if header.get('type') == 'call':
-                self.reply_error(header.get('id'), 'connection_lost',
+                self.reply_error(header.get('id'), CONNECTION_LOST,
                                  'become interpreter %s is not running' % (interp,))
             return
         # To the child, the frame is addressed to itself.
@@ -1132,7 +1145,7 @@ class Agent:
             child.send(header, body)
         except OSError as exc:
             if header.get('type') == 'call':
-                self.reply_error(header.get('id'), 'connection_lost',
+                self.reply_error(header.get('id'), CONNECTION_LOST,
                                  'become interpreter for %s is gone: %s' % (child.account, exc))
 
     def on_child_output(self, stream, child):
@@ -1192,7 +1205,7 @@ class Agent:
     def fail_spawn(self, child, message):
         child.state = 'failed'
         self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': False,
-                           'error': {'kind': 'become_failed', 'message': message}})
+                           'error': {'kind': BECOME_FAILED, 'message': message}})
         held, child.held = child.held, []
         self.refuse_held(held, message)
 
@@ -1200,7 +1213,7 @@ class Agent:
         """Every call gets its one reply; the mux has failed these already and drops them."""
         for header, _ in held:
             if header.get('type') == 'call':
-                self.reply_error(header.get('id'), 'become_failed', message)
+                self.reply_error(header.get('id'), BECOME_FAILED, message)
 
     def child_exited(self, child, status):
         for fd in (child.stdout_r, child.tty_r):
@@ -1289,7 +1302,7 @@ class Agent:
                 raise ValueError('run_module: each "then" needs "if" (a known condition) and "args"')
         for zip_hash in [args['zip']] + [branch['args']['zip'] for branch in then]:
             if zip_hash not in self.blobs:
-                self.reply_error(call_id, 'missing_blob', 'module zip %s is not cached' % zip_hash)
+                self.reply_error(call_id, MISSING_BLOB, 'module zip %s is not cached' % zip_hash)
                 return
         self.prepare_module(args)
         self.start_task(call_id, 'run_module', args, stdin=b'', emulate_tty=False, then=then)
@@ -1376,7 +1389,7 @@ class Agent:
         try:
             transfer = PutTransfer(args)
         except FileNotFoundError as exc:
-            self.reply_error(call_id, 'not_found', 'cannot write %s: %s' % (args.get('path'), exc))
+            self.reply_error(call_id, NOT_FOUND, 'cannot write %s: %s' % (args.get('path'), exc))
             return
         self.transfers[call_id] = transfer
         if body:
@@ -1387,7 +1400,7 @@ class Agent:
         try:
             transfer = FetchTransfer(args['path'])
         except FileNotFoundError as exc:
-            self.reply_error(call_id, 'not_found', 'cannot read %s: %s' % (args['path'], exc))
+            self.reply_error(call_id, NOT_FOUND, 'cannot read %s: %s' % (args['path'], exc))
             return
         self.transfers[call_id] = transfer
         try:
@@ -1423,7 +1436,7 @@ class Agent:
         except Exception as exc:
             self.transfers.pop(call_id, None)
             transfer.abort()
-            self.reply_error(call_id, 'agent_error', '%s: %s' % (type(exc).__name__, exc))
+            self.reply_error(call_id, AGENT_ERROR, '%s: %s' % (type(exc).__name__, exc))
 
     def pump(self, call_id, transfer):
         while transfer.sent - transfer.acked < TRANSFER_WINDOW:

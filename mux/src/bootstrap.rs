@@ -1,4 +1,5 @@
-//! The agent bootstrap: the compressed agent source and the commands that start it.
+//! The agent bootstrap: the compressed agent source and the remote command that starts it
+//! (the transport, `crate::transport`, runs that command).
 //!
 //! The transport runs `PYTHON -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read(N);exec(zlib.decompress(SOURCE))'`
 //! and the mux writes exactly `N` bytes of zlib-compressed agent source to its stdin.
@@ -9,7 +10,6 @@
 use std::{io::Write, path::Path, sync::Arc};
 
 use flate2::{write::ZlibEncoder, Compression};
-use worker_ipc::{TargetSpec, Transport};
 
 /// The agent source embedded at build time (see `src/build.rs`).
 const EMBEDDED_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent.py"));
@@ -125,40 +125,6 @@ impl Bootstrap {
             ),
         }
     }
-
-    /// The argv of the transport process for `spec`.
-    pub fn argv(&self, spec: &TargetSpec) -> Vec<String> {
-        let remote = self.remote_command(spec.python.as_deref());
-        match spec.transport {
-            Transport::Local => vec!["/bin/sh".into(), "-c".into(), remote],
-            Transport::Ssh => {
-                let mut argv = vec![spec.ssh_executable.clone()];
-                argv.extend(spec.ssh_args.iter().cloned());
-                argv.extend(["-o".into(), "BatchMode=yes".into()]);
-                argv.extend([
-                    "-o".into(),
-                    format!("ConnectTimeout={}", spec.timeout.ceil().max(1.0) as u64),
-                ]);
-                if let Some(port) = spec.port {
-                    argv.extend(["-p".into(), port.to_string()]);
-                }
-                if let Some(user) = &spec.user {
-                    argv.extend(["-l".into(), user.clone()]);
-                }
-                if let Some(identity) = &spec.identity_file {
-                    argv.extend(["-i".into(), identity.clone()]);
-                    argv.extend(["-o".into(), "IdentitiesOnly=yes".into()]);
-                }
-                if !spec.host_key_checking {
-                    argv.extend(["-o".into(), "StrictHostKeyChecking=no".into()]);
-                    argv.extend(["-o".into(), "UserKnownHostsFile=/dev/null".into()]);
-                }
-                argv.push(spec.host.clone().unwrap_or_default());
-                argv.push(remote);
-                argv
-            }
-        }
-    }
 }
 
 /// Quotes `s` for a POSIX shell with single quotes.
@@ -213,52 +179,5 @@ mod tests {
             cmd.ends_with("no python3 found on target\" >&2; exit 127"),
             "{cmd}"
         );
-    }
-
-    #[test]
-    fn ssh_argv_in_documented_order() {
-        let boot = Bootstrap::from_source(b"x");
-        let mut spec = TargetSpec::local();
-        spec.transport = Transport::Ssh;
-        spec.host = Some("h".into());
-        spec.port = Some(2222);
-        spec.user = Some("root".into());
-        spec.identity_file = Some("/k".into());
-        spec.ssh_args = vec!["-o".into(), "ControlMaster=no".into()];
-        spec.host_key_checking = false;
-        spec.timeout = 7.0;
-        spec.python = Some("python3".into());
-        let argv = boot.argv(&spec);
-        let expect = [
-            "ssh",
-            "-o",
-            "ControlMaster=no",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ConnectTimeout=7",
-            "-p",
-            "2222",
-            "-l",
-            "root",
-            "-i",
-            "/k",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "h",
-        ];
-        assert_eq!(&argv[..expect.len()], &expect);
-        assert_eq!(argv.len(), expect.len() + 1);
-        assert!(argv[expect.len()].starts_with("'python3' -c "));
-    }
-
-    #[test]
-    fn local_runs_sh() {
-        let argv = Bootstrap::from_source(b"x").argv(&TargetSpec::local());
-        assert_eq!(&argv[..2], &["/bin/sh", "-c"]);
     }
 }

@@ -18,16 +18,18 @@
 mod blob_store;
 mod bootstrap;
 mod config;
-mod interpreter;
 mod interpreter_lru;
+mod interpreters;
 mod listener;
 mod logging;
+mod messages;
 mod process_groups;
 mod registry;
 mod stack_dump;
 mod status_cli;
 mod target;
 mod transfer;
+mod transport;
 mod worker_session;
 
 use std::{
@@ -282,7 +284,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
             _ = sigint.recv() => "SIGINT",
         };
         info!("exiting: {why}");
-        let _ = registry.send(registry::Shutdown).await;
+        let _ = registry.send(messages::ShutdownAll).await;
         Ok(())
     });
     process_groups::kill_all();

@@ -7,21 +7,21 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::prelude::*;
-use bytes::Bytes;
 use futures_util::future::join_all;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
-use worker_ipc::{Call, ErrorInfo, Reply, TargetKey, TargetSpec};
-
-use serde_json::json;
+use worker_ipc::{ErrorInfo, ErrorKind, Op, Reply, StatusRow, TargetKey, TargetSpec};
 
 use crate::{
     blob_store::BlobStore,
     bootstrap::Bootstrap,
-    target::{self, Target},
-    transfer::Transfer,
-    worker_session::CallReply,
+    messages::{
+        CallEvent, CallReply, Cancel, CancelCalls, Connect, DescribeTarget, Dispatch, DumpStatus,
+        Redispatch, ResetTarget, ShutdownAll, ShutdownTarget, Status, StoreBlob, Submit,
+        TargetGone,
+    },
+    target::Target,
 };
 
 /// How long shutdown waits for all targets to say goodbye.
@@ -33,102 +33,6 @@ const TARGET_SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a `reset` waits for the old connection to be gone before answering anyway
 /// (the Target kills its transport after 2 s in any case).
 const RESET_GRACE: Duration = Duration::from_secs(5);
-
-/// A worker's call, to be routed to its target.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Submit {
-    /// The call as the worker sent it.
-    pub call: Call,
-    /// The call frame's body (stdin, file data).
-    pub body: Bytes,
-    /// The submitting WorkerSession's number, for cancellation.
-    pub session: u64,
-    /// Where the reply goes.
-    pub reply_to: Recipient<CallReply>,
-    /// The streamed transfer the call starts, if it is a `put_begin`/`fetch_begin`.
-    pub transfer: Option<Addr<Transfer>>,
-}
-
-/// A worker's `reset`: close the target's connection and interpreters, then reply ok.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ResetTarget {
-    /// The worker's request id, echoed in the reply.
-    pub id: u64,
-    /// The target to close.
-    pub target: TargetSpec,
-    /// Where the reply goes.
-    pub reply_to: Recipient<CallReply>,
-}
-
-/// A worker's `connect`: start the target's connection now, if it has none, so that it is
-/// up (or being set up) when the worker's first call arrives.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Connect {
-    /// The target to connect to.
-    pub target: TargetSpec,
-}
-
-/// A worker went away with calls in flight: cancel them on their targets.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelCalls {
-    /// The WorkerSession's number.
-    pub session: u64,
-    /// Per target, the worker's ids of the calls it had there.
-    pub calls: Vec<(TargetSpec, Vec<u64>)>,
-}
-
-/// Blob content uploaded by a worker.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StoreBlob {
-    /// The SHA-1 the worker names it by.
-    pub hash: String,
-    /// The content.
-    pub body: Bytes,
-}
-
-/// Asks for one status row per target and interpreter.
-#[derive(Message)]
-#[rtype(result = "Vec<Value>")]
-pub struct Status;
-
-/// Asks for the status rows on behalf of the stack dumper, a plain thread: the answer
-/// goes through a std channel it can wait on with a deadline.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DumpStatus {
-    /// Where the rows go; the dumper may have stopped waiting, so sending can fail.
-    pub respond_to: std::sync::mpsc::Sender<Vec<Value>>,
-}
-
-/// Sent by a Target that is going away, so the next call starts a new one.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct TargetGone {
-    /// The key it was registered under.
-    pub key: TargetKey,
-    /// Its serial number, so a newer Target under the same key is left alone.
-    pub serial: u64,
-}
-
-/// A call that reached a Target after it began dying, to be sent to a fresh one.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Redispatch {
-    /// The dying Target's spec.
-    pub spec: TargetSpec,
-    /// The call, untouched.
-    pub call: target::Dispatch,
-}
-
-/// Closes every target (sending agents `shutdown`) before the mux exits.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Shutdown;
 
 /// The mux's central actor.
 pub struct Registry {
@@ -208,15 +112,15 @@ impl Handler<Submit> for Registry {
             call,
             body,
             session,
-            reply_to,
-            transfer,
+            sink,
+            streams,
         } = msg;
         if self.shutting_down {
-            reply_to.do_send(CallReply::error(
+            sink.do_send(CallEvent::Reply(CallReply::error(
                 call.id,
-                "connection_lost",
+                ErrorKind::ConnectionLost,
                 "the mux is shutting down",
-            ));
+            )));
             return;
         }
         let mut blobs = Vec::with_capacity(call.blobs.len());
@@ -229,29 +133,29 @@ impl Handler<Submit> for Registry {
         }
         if !missing.is_empty() {
             let mut error = ErrorInfo::new(
-                "missing_blob",
+                ErrorKind::MissingBlob,
                 format!("{} blob(s) not held by the mux", missing.len()),
             );
             error.extra.insert("hashes".into(), Value::Array(missing));
-            reply_to.do_send(CallReply::from_reply(Reply {
+            sink.do_send(CallEvent::Reply(CallReply::from_reply(Reply {
                 id: call.id,
                 ok: false,
                 result: None,
                 error: Some(error),
-            }));
+            })));
             return;
         }
         let addr = self.target_for(&call.target, ctx);
-        addr.do_send(target::Dispatch {
+        addr.do_send(Dispatch {
             worker_id: call.id,
-            op: call.op,
+            op: Op::from_wire(&call.op),
             args: call.args,
             body,
             blobs,
             become_spec: call.become_spec,
             session,
-            reply_to,
-            transfer,
+            sink,
+            streams,
             task: call.task,
         });
     }
@@ -287,7 +191,7 @@ impl Handler<ResetTarget> for Registry {
             return;
         };
         debug!(target = %target.key(), "resetting connection");
-        addr.send(target::Shutdown {
+        addr.send(ShutdownTarget {
             reason: "the connection was reset (meta: reset_connection)",
             grace: RESET_GRACE,
         })
@@ -307,7 +211,7 @@ impl Handler<CancelCalls> for Registry {
     fn handle(&mut self, msg: CancelCalls, _: &mut Self::Context) {
         for (spec, worker_ids) in msg.calls {
             if let Some((_, addr)) = self.targets.get(&spec.key()) {
-                addr.do_send(target::Cancel {
+                addr.do_send(Cancel {
                     session: msg.session,
                     worker_ids,
                 });
@@ -323,11 +227,11 @@ impl Handler<Redispatch> for Registry {
 
     fn handle(&mut self, msg: Redispatch, ctx: &mut Self::Context) {
         if self.shutting_down {
-            msg.call.reply_to.do_send(CallReply::error(
+            msg.call.sink.do_send(CallEvent::Reply(CallReply::error(
                 msg.call.worker_id,
-                "connection_lost",
+                ErrorKind::ConnectionLost,
                 "the mux is shutting down",
-            ));
+            )));
             return;
         }
         self.target_for(&msg.spec, ctx).do_send(msg.call);
@@ -349,12 +253,12 @@ impl Handler<StoreBlob> for Registry {
 
 impl Registry {
     /// Asks every target for its rows; resolves to them in serial order.
-    fn collect_status(&self) -> impl std::future::Future<Output = Vec<Value>> + 'static {
+    fn collect_status(&self) -> impl std::future::Future<Output = Vec<StatusRow>> + 'static {
         let mut targets: Vec<_> = self.targets.values().cloned().collect();
         targets.sort_by_key(|(serial, _)| *serial);
         let asks: Vec<_> = targets
             .into_iter()
-            .map(|(_, addr)| addr.send(target::Describe))
+            .map(|(_, addr)| addr.send(DescribeTarget))
             .collect();
         async move {
             join_all(asks)
@@ -369,7 +273,7 @@ impl Registry {
 
 /// Handler for Status: every target's rows, in serial order.
 impl Handler<Status> for Registry {
-    type Result = ResponseFuture<Vec<Value>>;
+    type Result = ResponseFuture<Vec<StatusRow>>;
 
     fn handle(&mut self, _: Status, _: &mut Self::Context) -> Self::Result {
         Box::pin(self.collect_status())
@@ -403,17 +307,17 @@ impl Handler<TargetGone> for Registry {
     }
 }
 
-/// Handler for Shutdown: tell every target, wait (bounded) for them to finish.
-impl Handler<Shutdown> for Registry {
+/// Handler for ShutdownAll: tell every target, wait (bounded) for them to finish.
+impl Handler<ShutdownAll> for Registry {
     type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: ShutdownAll, _: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
         let asks: Vec<_> = self
             .targets
             .drain()
             .map(|(_, (_, addr))| {
-                addr.send(target::Shutdown {
+                addr.send(ShutdownTarget {
                     reason: "the mux is shutting down",
                     grace: TARGET_SHUTDOWN_GRACE,
                 })

@@ -32,10 +32,10 @@ use std::{
 
 use actix::Addr;
 use nix::libc;
-use serde_json::Value;
 use tracing::{info, warn};
+use worker_ipc::StatusRow;
 
-use crate::{registry, registry::Registry, status_cli};
+use crate::{messages, registry::Registry, status_cli};
 
 /// Most return addresses recorded per thread.
 const MAX_FRAMES: usize = 128;
@@ -353,8 +353,8 @@ fn symbolize(ips: &[usize]) -> String {
 
 /// The actor table, as `ferrogen-mux status` prints it.
 fn actor_table(registry: &Addr<Registry>) -> String {
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<Value>>();
-    registry.do_send(registry::DumpStatus { respond_to: tx });
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<StatusRow>>();
+    registry.do_send(messages::DumpStatus { respond_to: tx });
     match rx.recv_timeout(TABLE_ANSWER) {
         Ok(rows) => status_cli::render(&rows),
         Err(_) => format!(

@@ -3,8 +3,7 @@
 use std::{io::Write, os::unix::net::UnixStream, path::Path, time::Duration};
 
 use bytes::Bytes;
-use serde_json::Value;
-use worker_ipc::{Frame, Hello, Request, Response, PROTOCOL_VERSION};
+use worker_ipc::{Frame, Hello, Request, Response, StatusRow, PROTOCOL_VERSION};
 
 use crate::MuxError;
 
@@ -19,7 +18,7 @@ pub fn run(socket: &Path, out: &mut impl Write) -> Result<(), MuxError> {
         .map_err(|err| MuxError::Io("writing status".into(), err))
 }
 
-fn fetch(socket: &Path) -> Result<Vec<Value>, MuxError> {
+fn fetch(socket: &Path) -> Result<Vec<StatusRow>, MuxError> {
     let io_err = |what: &str| {
         let what = format!("{what} {}", socket.display());
         move |err| MuxError::Io(what, err)
@@ -48,9 +47,12 @@ fn fetch(socket: &Path) -> Result<Vec<Value>, MuxError> {
     }
 }
 
+/// One row of the table before it is aligned.
+type Line = [String; 7];
+
 /// Formats status rows as an aligned table: one line per target and interpreter, saying
 /// what it is doing and for how long (also the actor table of a stack dump).
-pub fn render(actors: &[Value]) -> String {
+pub fn render(actors: &[StatusRow]) -> String {
     let header = [
         "KIND",
         "NAME",
@@ -60,73 +62,8 @@ pub fn render(actors: &[Value]) -> String {
         "FOR",
         "DOING",
     ];
-    let mut rows: Vec<[String; 7]> = vec![header.map(str::to_owned)];
-    for actor in actors {
-        let text = |k: &str| match &actor[k] {
-            Value::Null => "-".to_owned(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        let secs = |v: &Value| format!("{:.1}s", v.as_f64().unwrap_or(0.0));
-        let calls = actor["calls"].as_array().cloned().unwrap_or_default();
-        let mut doing: Vec<String> = calls
-            .iter()
-            .map(|c| {
-                let what = c["doing"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| c["op"].as_str().unwrap_or("?").to_owned());
-                format!("{what} ({})", secs(&c["elapsed"]))
-            })
-            .collect();
-        if let Some(what) = actor["doing"].as_str() {
-            if actor["kind"] == "target" && (calls.is_empty() || what != "serving calls") {
-                doing.insert(0, what.to_owned());
-            } else if actor["kind"] == "target" {
-                doing = vec![format!("{} call(s) in flight", calls.len())];
-            } else if actor["kind"] == "transfer" {
-                doing.insert(0, what.to_owned());
-            }
-        }
-        match actor["queued"].as_u64() {
-            Some(n) if n > 0 => doing.push(format!("{n} queued")),
-            _ => {}
-        }
-        let doing = if doing.is_empty() {
-            "-".to_owned()
-        } else {
-            doing.join(", ")
-        };
-        let since = if !actor["since"].is_null() {
-            secs(&actor["since"])
-        } else if !actor["idle"].is_null() {
-            format!("idle {}", secs(&actor["idle"]))
-        } else if actor["kind"] == "transfer" {
-            secs(&actor["elapsed"])
-        } else if let Some(longest) = calls
-            .iter()
-            .filter_map(|c| c["elapsed"].as_f64())
-            .reduce(f64::max)
-        {
-            secs(&Value::from(longest))
-        } else {
-            "-".into()
-        };
-        let key = if actor["kind"] == "interpreter" {
-            text("account")
-        } else {
-            text("key")
-        };
-        rows.push([
-            text("kind"),
-            text("name"),
-            key,
-            text("state"),
-            text("pid"),
-            since,
-            doing,
-        ]);
-    }
+    let mut rows: Vec<Line> = vec![header.map(str::to_owned)];
+    rows.extend(actors.iter().map(line));
     let mut widths = [0usize; 7];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -152,23 +89,154 @@ pub fn render(actors: &[Value]) -> String {
     out
 }
 
+/// Seconds as the table shows them.
+fn secs(value: f64) -> String {
+    format!("{value:.1}s")
+}
+
+/// A value or `-`.
+fn or_dash<T: ToString>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+/// A state's wire name.
+fn state_name<T: serde::Serialize>(state: T) -> String {
+    match serde_json::to_value(state) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => "-".to_owned(),
+    }
+}
+
+/// What is being done, joined, or `-`.
+fn joined(doing: Vec<String>) -> String {
+    if doing.is_empty() {
+        "-".to_owned()
+    } else {
+        doing.join(", ")
+    }
+}
+
+/// One actor's line.
+fn line(actor: &StatusRow) -> Line {
+    match actor {
+        StatusRow::Target(t) => {
+            let mut doing: Vec<String> = t
+                .calls
+                .iter()
+                .map(|c| format!("{} ({})", c.op, secs(c.elapsed)))
+                .collect();
+            if t.calls.is_empty() || t.doing != "serving calls" {
+                doing.insert(0, t.doing.clone());
+            } else {
+                doing = vec![format!("{} call(s) in flight", t.calls.len())];
+            }
+            if t.queued > 0 {
+                doing.push(format!("{} queued", t.queued));
+            }
+            [
+                "target".to_owned(),
+                t.name.clone(),
+                t.key.clone(),
+                state_name(t.state),
+                or_dash(t.pid),
+                secs(t.since),
+                joined(doing),
+            ]
+        }
+        StatusRow::Interpreter(i) => {
+            let doing: Vec<String> = i
+                .calls
+                .iter()
+                .map(|c| format!("{} ({})", c.doing, secs(c.elapsed)))
+                .collect();
+            let since = match (i.since, i.idle) {
+                (Some(since), _) => secs(since),
+                (None, Some(idle)) => format!("idle {}", secs(idle)),
+                (None, None) => i
+                    .calls
+                    .iter()
+                    .map(|c| c.elapsed)
+                    .reduce(f64::max)
+                    .map_or_else(|| "-".to_owned(), secs),
+            };
+            [
+                "interpreter".to_owned(),
+                i.name.clone(),
+                i.account.clone(),
+                state_name(i.state),
+                or_dash(i.pid),
+                since,
+                joined(doing),
+            ]
+        }
+        StatusRow::Transfer(t) => [
+            "transfer".to_owned(),
+            t.name.clone(),
+            "-".to_owned(),
+            state_name(t.state),
+            "-".to_owned(),
+            secs(t.elapsed),
+            t.doing.clone(),
+        ],
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use worker_ipc::{
+        InterpreterCall, InterpreterRow, InterpreterState, TargetCall, TargetRow, TargetState,
+    };
 
     use super::*;
 
+    fn interpreter(name: &str, account: &str, state: InterpreterState) -> InterpreterRow {
+        InterpreterRow {
+            name: name.into(),
+            interp: 0,
+            account: account.into(),
+            state,
+            since: None,
+            last_used: 0.0,
+            idle: None,
+            pid: None,
+            blobs: 0,
+            calls: Vec::new(),
+        }
+    }
+
     #[test]
     fn renders_aligned_rows() {
+        let target = TargetRow {
+            name: "web1".into(),
+            key: "root@h:22".into(),
+            state: TargetState::Ready,
+            doing: "serving calls".into(),
+            interpreters: 1,
+            since: 3.25,
+            pid: Some(12),
+            agent_pid: None,
+            queued: 0,
+            calls: vec![TargetCall {
+                id: 1,
+                mux_id: 1,
+                op: "exec_command".into(),
+                interp: 0,
+                elapsed: 1.0,
+            }],
+        };
+        let mut login = interpreter("web1/0", "login", InterpreterState::Busy);
+        login.calls.push(InterpreterCall {
+            mux_id: 1,
+            op: "exec_command".into(),
+            doing: "running exec_command for web1".into(),
+            elapsed: 1.0,
+        });
+        let mut become_pg = interpreter("web1/3", "sudo:pg", InterpreterState::Idle);
+        become_pg.idle = Some(0.5);
         let table = render(&[
-            json!({"kind": "target", "name": "web1", "key": "root@h:22", "state": "ready",
-                   "doing": "serving calls", "pid": 12, "since": 3.25,
-                   "calls": [{"op": "exec_command", "elapsed": 1.0}]}),
-            json!({"kind": "interpreter", "name": "web1/0", "account": "login", "state": "busy",
-                   "calls": [{"op": "exec_command", "doing": "running exec_command for web1",
-                              "elapsed": 1.0}]}),
-            json!({"kind": "interpreter", "name": "web1/3", "account": "sudo:pg",
-                   "state": "idle", "idle": 0.5, "calls": []}),
+            StatusRow::Target(target),
+            StatusRow::Interpreter(login),
+            StatusRow::Interpreter(become_pg),
         ]);
         let lines: Vec<_> = table.lines().collect();
         assert!(

@@ -3,9 +3,10 @@
 //!
 //! The WorkerSession starts a Transfer for each `put_begin`/`fetch_begin` call and dispatches
 //! the call like any other (same Target, same become interpreter), with the Transfer as the
-//! reply's destination. When the Target has handed the call frame to its [`Interpreter`] it
-//! says so ([`Attached`]); from then on frames flow through the Interpreter actor, so they
-//! follow the call frame on the link. The call's reply ends the transfer.
+//! call's sink. When the Target has written the call frame it says so
+//! ([`CallEvent::Routed`]); from then on the Transfer's frames go to the Target behind it
+//! ([`Relay`]), and the agent's `ack`/`chunk` frames come back as events. The call's reply
+//! ends the transfer.
 //!
 //! A put names its controller-side file (`source`): the Transfer reads it itself, a chunk at a
 //! time on tokio's blocking pool, and sends the chunks, so the file's bytes never pass through
@@ -17,8 +18,6 @@
 //! keeps at most [`TRANSFER_WINDOW`] bytes unacknowledged by the receiver, so the mux holds
 //! at most one window per transfer. The Transfer checks that bound on what the agent sends
 //! and fails a transfer that breaks it instead of growing.
-//!
-//! [`Interpreter`]: crate::interpreter::Interpreter
 
 use std::{
     fs::File,
@@ -29,14 +28,15 @@ use std::{
 
 use actix::prelude::*;
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::Value;
 use tracing::{debug, info, warn};
-use worker_ipc::{Frame, CHUNK_MAX, TRANSFER_WINDOW};
-
-use crate::{
-    interpreter::Relay,
-    worker_session::{CallReply, TransferFrame},
+use worker_ipc::{
+    Ack, AgentAck, AgentChunk, AgentPutEnd, CallRef, Chunk, Direction, ErrorKind, InterpId, Op,
+    PutEnd, StatusRow, ToAgent, TransferRow, TransferState, CHUNK_MAX, TRANSFER_WINDOW,
 };
+
+use crate::messages::{CallEvent, CallReply, DescribeTransfer, FromWorker, Relay, ToWorker};
 
 /// Transfers at least this large are logged at info level when they end.
 const LOG_SIZE: u64 = 16 * 1024 * 1024;
@@ -49,7 +49,7 @@ const WINDOW_SLACK: u64 = CHUNK_MAX as u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceError {
     /// `not_found` when the file is missing, `source_error` otherwise.
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     /// What was wrong, naming the file.
     pub message: String,
 }
@@ -63,26 +63,50 @@ struct Source {
     /// Set once a read returned nothing: every chunk has gone.
     at_end: bool,
     /// The worker's `put_end`, held until every chunk has gone.
-    put_end: Option<Frame>,
+    put_end: Option<PutEnd>,
+}
+
+/// A put's `source` argument: the file the worker opened, by path, device and inode.
+#[derive(Debug, Deserialize)]
+struct PutSource {
+    /// Absolute path on the controller.
+    path: String,
+    /// Its device number, as the worker saw it.
+    #[serde(default)]
+    dev: Option<u64>,
+    /// Its inode number, as the worker saw it.
+    #[serde(default)]
+    ino: Option<u64>,
+}
+
+/// The fields of a streamed call's arguments the Transfer reads (for logs and status).
+#[derive(Debug, Default, Deserialize)]
+struct StreamArgs {
+    /// The path on the target.
+    #[serde(default)]
+    path: Option<Value>,
+    /// A put's size.
+    #[serde(default)]
+    size: Option<Value>,
 }
 
 impl Source {
-    /// Opens the file a `put_begin` names in `source` (`{"path", "dev", "ino"}`), checking it
-    /// is the regular file the worker opened.
-    fn open(source: Option<&Value>) -> Result<Source, SourceError> {
+    /// Opens the file a `put_begin` names in `source`, checking it is the regular file the
+    /// worker opened.
+    fn open(source: Option<Value>) -> Result<Source, SourceError> {
         let bad = |message: String| SourceError {
-            kind: "source_error",
+            kind: ErrorKind::SourceError,
             message,
         };
-        let path = source
-            .and_then(|source| source.get("path"))
-            .and_then(Value::as_str)
+        let source = source
+            .and_then(|source| PutSource::deserialize(source).ok())
             .ok_or_else(|| bad("put_begin without a source path".into()))?;
+        let path = source.path.as_str();
         let file = File::open(path).map_err(|err| SourceError {
             kind: if err.kind() == io::ErrorKind::NotFound {
-                "not_found"
+                ErrorKind::NotFound
             } else {
-                "source_error"
+                ErrorKind::SourceError
             },
             message: format!("cannot read {path}: {err}"),
         })?;
@@ -92,9 +116,7 @@ impl Source {
         if !meta.is_file() {
             return Err(bad(format!("cannot stream {path}: not a regular file")));
         }
-        let source = source.unwrap_or(&Value::Null);
-        let same = source.get("dev").and_then(Value::as_u64) == Some(meta.dev())
-            && source.get("ino").and_then(Value::as_u64) == Some(meta.ino());
+        let same = source.dev == Some(meta.dev()) && source.ino == Some(meta.ino());
         if !same {
             return Err(bad(format!(
                 "{path} was replaced after the worker opened it"
@@ -125,84 +147,64 @@ fn read_chunk(file: &mut File, mut chunk: Vec<u8>) -> io::Result<Vec<u8>> {
     Ok(chunk)
 }
 
-/// Which way the data flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Controller to target (`put_begin`).
-    Put,
-    /// Target to controller (`fetch_begin`).
-    Fetch,
-}
-
-impl Direction {
-    /// The direction of a streaming op, or `None` for any other op.
-    pub fn of_op(op: &str) -> Option<Direction> {
-        match op {
-            "put_begin" => Some(Direction::Put),
-            "fetch_begin" => Some(Direction::Fetch),
-            _ => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Direction::Put => "put",
-            Direction::Fetch => "fetch",
-        }
+/// The direction of a streaming op, or `None` for any other op.
+pub fn direction_of(op: &Op) -> Option<Direction> {
+    match op {
+        Op::PutBegin => Some(Direction::Put),
+        Op::FetchBegin => Some(Direction::Fetch),
+        _ => None,
     }
 }
-
-/// A `chunk`, `put_end` or `ack` frame from the worker for this transfer.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct FromWorker {
-    /// The frame as the worker sent it (worker-side id).
-    pub frame: Frame,
-}
-
-/// An `ack` or `chunk` frame from the agent for this transfer.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct FromAgent {
-    /// The frame as the agent sent it (mux-side id).
-    pub frame: Frame,
-}
-
-/// Sent by the Target once the transfer's call frame went to its interpreter.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Attached {
-    /// The mux-side call id: the transfer's id on the agent link.
-    pub mux_id: u64,
-    /// The interpreter running it.
-    pub interp: u32,
-    /// That interpreter's actor, which writes frames behind the call frame.
-    pub link: Recipient<Relay>,
-}
-
-/// Asks for this transfer's status row.
-#[derive(Message)]
-#[rtype(result = "Value")]
-pub struct Describe;
 
 /// Where the transfer's frames go on the agent link.
 struct Route {
     /// The mux-side call id.
     mux_id: u64,
     /// The interpreter id.
-    interp: u32,
-    /// The Interpreter actor.
+    interp: InterpId,
+    /// The Target, which writes them behind the call frame.
     link: Recipient<Relay>,
+}
+
+/// A frame of this transfer for the agent, before it is addressed.
+enum Outgoing {
+    Chunk { offset: u64, data: Bytes },
+    PutEnd(PutEnd),
+    Ack(Ack),
+    Cancel,
 }
 
 impl Route {
     /// Addresses a frame for the agent link and sends it behind the call frame.
-    fn send(&self, mut frame: Frame) {
-        frame.header.insert("id".into(), self.mux_id.into());
-        frame.header.insert("interp".into(), self.interp.into());
+    fn send(&self, frame: Outgoing) {
+        let (id, interp) = (self.mux_id, self.interp);
+        let (msg, body) = match frame {
+            Outgoing::Chunk { offset, data } => {
+                (ToAgent::Chunk(AgentChunk { id, interp, offset }), data)
+            }
+            Outgoing::PutEnd(end) => (
+                ToAgent::PutEnd(AgentPutEnd {
+                    id,
+                    interp,
+                    size: end.size,
+                    sha1: end.sha1,
+                    digests: end.digests,
+                }),
+                Bytes::new(),
+            ),
+            Outgoing::Ack(ack) => (
+                ToAgent::Ack(AgentAck {
+                    id,
+                    interp,
+                    bytes: ack.bytes,
+                }),
+                Bytes::new(),
+            ),
+            Outgoing::Cancel => (ToAgent::Cancel(CallRef { id, interp }), Bytes::new()),
+        };
         self.link.do_send(Relay {
-            mux_id: self.mux_id,
-            frames: vec![frame],
+            mux_id: id,
+            frames: vec![(msg, body)],
         });
     }
 }
@@ -230,7 +232,7 @@ pub struct Transfer {
     /// A put's file on the controller.
     source: Option<Source>,
     /// The worker's session, for `ack`/`chunk` frames.
-    session: Recipient<TransferFrame>,
+    session: Recipient<ToWorker>,
     /// The worker's session, for the final reply.
     reply_to: Recipient<CallReply>,
     /// Set once the final reply went to the worker.
@@ -245,24 +247,26 @@ impl Transfer {
         direction: Direction,
         args: &mut Value,
         target_name: String,
-        session: Recipient<TransferFrame>,
+        session: Recipient<ToWorker>,
         reply_to: Recipient<CallReply>,
     ) -> Result<Transfer, SourceError> {
         let source = args.as_object_mut().and_then(|args| args.remove("source"));
         let source = match direction {
-            Direction::Put => Some(Source::open(source.as_ref())?),
+            Direction::Put => Some(Source::open(source)?),
             Direction::Fetch => None,
         };
+        let fields = StreamArgs::deserialize(&*args).unwrap_or_default();
         Ok(Transfer {
             worker_id,
             direction,
-            path: args
-                .get("path")
+            path: fields
+                .path
+                .as_ref()
                 .and_then(Value::as_str)
                 .unwrap_or("?")
                 .to_owned(),
             target_name,
-            total: args.get("size").and_then(Value::as_u64),
+            total: fields.size.as_ref().and_then(Value::as_u64),
             sent: 0,
             acked: 0,
             started: Instant::now(),
@@ -282,13 +286,13 @@ impl Transfer {
 
     /// Ends the transfer with an error of the mux's own: tells the worker, and the agent
     /// (which removes its temp file and answers the call, an answer then dropped).
-    fn fail(&mut self, kind: &str, message: String, ctx: &mut Context<Self>) {
+    fn fail(&mut self, kind: ErrorKind, message: String, ctx: &mut Context<Self>) {
         if self.done {
             return;
         }
         warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction.as_str());
         if let Some(route) = &self.route {
-            route.send(Frame::new("cancel"));
+            route.send(Outgoing::Cancel);
         }
         self.reply_to
             .do_send(CallReply::error(self.worker_id, kind, message));
@@ -304,7 +308,7 @@ impl Transfer {
         };
         if source.at_end {
             if let Some(end) = source.put_end.take() {
-                route.send(end);
+                route.send(Outgoing::PutEnd(end));
             }
             return;
         }
@@ -350,11 +354,11 @@ impl Transfer {
             }
             Ok((_, Err(err))) => {
                 let message = format!("cannot read {}: {err}", self.source_path());
-                return self.fail("source_error", message, ctx);
+                return self.fail(ErrorKind::SourceError, message, ctx);
             }
             Err(err) => {
                 let message = format!("reading {} stopped: {err}", self.source_path());
-                return self.fail("source_error", message, ctx);
+                return self.fail(ErrorKind::SourceError, message, ctx);
             }
         };
         if self.done {
@@ -369,13 +373,12 @@ impl Transfer {
             self.sent += chunk.len() as u64;
             if self.total.is_some_and(|total| self.sent > total) {
                 let message = format!("{} grew while it was being sent", self.source_path());
-                return self.fail("source_error", message, ctx);
+                return self.fail(ErrorKind::SourceError, message, ctx);
             }
-            route.send(
-                Frame::new("chunk")
-                    .with("offset", offset)
-                    .with_body(Bytes::from(chunk)),
-            );
+            route.send(Outgoing::Chunk {
+                offset,
+                data: Bytes::from(chunk),
+            });
         }
         self.pump(ctx);
     }
@@ -406,99 +409,115 @@ impl Handler<FromWorker> for Transfer {
         if self.done {
             return;
         }
-        let frame = msg.frame;
-        match (self.direction, frame.kind(), &self.route) {
-            (Direction::Put, "put_end", _) => {
+        match (self.direction, msg, &self.route) {
+            (Direction::Put, FromWorker::PutEnd(end), _) => {
                 if let Some(source) = &mut self.source {
-                    source.put_end = Some(frame);
+                    source.put_end = Some(end);
                 }
                 self.pump(ctx);
             }
-            (Direction::Fetch, "ack", Some(route)) => {
-                let bytes = frame.header.get("bytes").and_then(Value::as_u64);
-                self.acked = self.acked.max(bytes.unwrap_or(0));
-                route.send(frame);
+            (Direction::Fetch, FromWorker::Ack(ack), Some(route)) => {
+                self.acked = self.acked.max(ack.bytes);
+                route.send(Outgoing::Ack(ack));
             }
-            (direction, kind, _) => {
+            (direction, msg, _) => {
+                let kind = match msg {
+                    FromWorker::PutEnd(_) => "put_end",
+                    FromWorker::Ack(_) => "ack",
+                    FromWorker::Chunk => "chunk",
+                };
                 let message = format!(
                     "transfer of {}: unexpected {kind:?} frame from the worker in a {}",
                     self.path,
                     direction.as_str()
                 );
-                self.fail("bad_request", message, ctx);
+                self.fail(ErrorKind::BadRequest, message, ctx);
             }
         }
     }
 }
 
-/// Handler for Attached: a put starts reading its source.
-impl Handler<Attached> for Transfer {
+/// Handler for the call's events: routed (a put starts reading its source), the agent's
+/// `ack`/`chunk` frames (progress booked, passed on to the worker with its id), the reply
+/// (passed on; the transfer is over).
+impl Handler<CallEvent> for Transfer {
     type Result = ();
 
-    fn handle(&mut self, msg: Attached, ctx: &mut Self::Context) {
-        self.route = Some(Route {
-            mux_id: msg.mux_id,
-            interp: msg.interp,
-            link: msg.link,
-        });
-        self.pump(ctx);
+    fn handle(&mut self, msg: CallEvent, ctx: &mut Self::Context) {
+        match msg {
+            CallEvent::Routed {
+                mux_id,
+                interp,
+                link,
+            } => {
+                self.route = Some(Route {
+                    mux_id,
+                    interp,
+                    link,
+                });
+                self.pump(ctx);
+            }
+            CallEvent::Ack(ack) => self.on_agent_ack(ack, ctx),
+            CallEvent::Chunk(chunk, body) => self.on_agent_chunk(chunk, body, ctx),
+            CallEvent::Reply(reply) => self.on_reply(reply, ctx),
+        }
     }
 }
 
-/// Handler for FromAgent: book progress, pass on to the worker with its id.
-impl Handler<FromAgent> for Transfer {
-    type Result = ();
-
-    fn handle(&mut self, msg: FromAgent, ctx: &mut Self::Context) {
+impl Transfer {
+    /// The agent wrote `bytes` of a put: the window moves on.
+    fn on_agent_ack(&mut self, ack: Ack, ctx: &mut Context<Self>) {
         if self.done {
             return;
         }
-        let mut frame = msg.frame;
-        match (self.direction, frame.kind()) {
-            (Direction::Put, "ack") => {
-                let bytes = frame.header.get("bytes").and_then(Value::as_u64);
-                self.acked = self.acked.max(bytes.unwrap_or(0));
-                self.pump(ctx);
-            }
-            (Direction::Fetch, "chunk") => {
-                if let Some(size) = frame.header.get("size").and_then(Value::as_u64) {
-                    self.total = Some(size);
-                }
-                self.sent += frame.body.len() as u64;
-                if self.sent.saturating_sub(self.acked) > TRANSFER_WINDOW + WINDOW_SLACK {
-                    let unacked = self.sent - self.acked;
-                    self.fail(
-                        "agent_error",
-                        format!("the agent sent {unacked} bytes unacknowledged"),
-                        ctx,
-                    );
-                    return;
-                }
-            }
-            (_, kind) => {
-                debug!(target = %self.target_name, "ignoring agent {kind:?} frame for a transfer");
-                return;
-            }
+        if self.direction != Direction::Put {
+            debug!(target = %self.target_name, "ignoring agent \"ack\" frame for a transfer");
+            return;
         }
-        frame.header.insert("id".into(), self.worker_id.into());
-        frame.header.remove("interp");
-        self.session.do_send(TransferFrame {
+        self.acked = self.acked.max(ack.bytes);
+        self.pump(ctx);
+        self.session.do_send(ToWorker::Ack(Ack {
             id: self.worker_id,
-            frame,
-        });
+            bytes: ack.bytes,
+        }));
     }
-}
 
-/// Handler for the call's reply: pass it on; the transfer is over.
-impl Handler<CallReply> for Transfer {
-    type Result = ();
+    /// File data of a fetch: to the worker, within the window.
+    fn on_agent_chunk(&mut self, chunk: Chunk, body: Bytes, ctx: &mut Context<Self>) {
+        if self.done {
+            return;
+        }
+        if self.direction != Direction::Fetch {
+            debug!(target = %self.target_name, "ignoring agent \"chunk\" frame for a transfer");
+            return;
+        }
+        if let Some(size) = chunk.size {
+            self.total = Some(size);
+        }
+        self.sent += body.len() as u64;
+        if self.sent.saturating_sub(self.acked) > TRANSFER_WINDOW + WINDOW_SLACK {
+            let unacked = self.sent - self.acked;
+            self.fail(
+                ErrorKind::AgentError,
+                format!("the agent sent {unacked} bytes unacknowledged"),
+                ctx,
+            );
+            return;
+        }
+        let chunk = Chunk {
+            id: self.worker_id,
+            ..chunk
+        };
+        self.session.do_send(ToWorker::Chunk(chunk, body));
+    }
 
-    fn handle(&mut self, msg: CallReply, ctx: &mut Self::Context) {
+    /// The call's reply: pass it on; the transfer is over.
+    fn on_reply(&mut self, reply: CallReply, ctx: &mut Context<Self>) {
         if self.done {
             return;
         }
         self.done = true;
-        let ok = msg.frame.header.get("ok") == Some(&Value::Bool(true));
+        let ok = reply.is_ok();
         let bytes = self.acked.max(self.sent);
         let secs = self.started.elapsed().as_secs_f64();
         let mb_s = bytes as f64 / secs.max(1e-6) / 1e6;
@@ -509,17 +528,17 @@ impl Handler<CallReply> for Transfer {
             debug!(target = %self.target_name, path = %self.path, bytes, secs, mb_s, ok,
                    "{} finished", self.direction.as_str());
         }
-        self.reply_to.do_send(msg);
+        self.reply_to.do_send(reply);
         // Let frames already queued for the worker go out first (same mailbox, in order).
         ctx.run_later(Duration::ZERO, |_, ctx| ctx.stop());
     }
 }
 
-/// Handler for Describe.
-impl Handler<Describe> for Transfer {
-    type Result = MessageResult<Describe>;
+/// Handler for DescribeTransfer.
+impl Handler<DescribeTransfer> for Transfer {
+    type Result = MessageResult<DescribeTransfer>;
 
-    fn handle(&mut self, _: Describe, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
         let name = match &self.route {
             Some(route) => format!("{}/{}#{}", self.target_name, route.interp, route.mux_id),
             None => format!("{}#worker-{}", self.target_name, self.worker_id),
@@ -542,18 +561,21 @@ impl Handler<Describe> for Transfer {
                 rate / 1e6
             ),
         };
-        MessageResult(json!({
-            "kind": "transfer",
-            "name": name,
-            "state": if self.route.is_some() { "streaming" } else { "queued" },
-            "direction": self.direction.as_str(),
-            "path": self.path,
-            "bytes": self.acked,
-            "sent": self.sent,
-            "total": self.total,
-            "rate": rate,
-            "elapsed": self.started.elapsed().as_secs_f64(),
-            "doing": doing,
+        MessageResult(StatusRow::Transfer(TransferRow {
+            name,
+            state: if self.route.is_some() {
+                TransferState::Streaming
+            } else {
+                TransferState::Queued
+            },
+            direction: self.direction,
+            path: self.path.clone(),
+            bytes: self.acked,
+            sent: self.sent,
+            total: self.total,
+            rate,
+            elapsed: self.started.elapsed().as_secs_f64(),
+            doing,
         }))
     }
 }
@@ -563,10 +585,13 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use bytes::Bytes;
+    use serde_json::json;
+    use worker_ipc::{Frame, Response};
 
     use super::*;
 
-    /// Stands in for the WorkerSession and the Interpreter: records what reaches them.
+    /// Stands in for the WorkerSession and the Target: records what reaches them, as the
+    /// frames they would write.
     #[derive(Default, Clone)]
     struct Sink {
         /// Frames written to the worker (`ack`/`chunk`, then the reply).
@@ -579,25 +604,40 @@ mod tests {
         type Context = Context<Self>;
     }
 
-    impl Handler<TransferFrame> for Sink {
+    impl Handler<ToWorker> for Sink {
         type Result = ();
-        fn handle(&mut self, msg: TransferFrame, _: &mut Self::Context) {
-            self.worker.lock().unwrap().push(msg.frame);
+        fn handle(&mut self, msg: ToWorker, _: &mut Self::Context) {
+            let (msg, body) = match msg {
+                ToWorker::Ack(ack) => (Response::Ack(ack), Bytes::new()),
+                ToWorker::Chunk(chunk, body) => (Response::Chunk(chunk), body),
+            };
+            let frame = Frame::from_message(&msg, body).unwrap();
+            self.worker.lock().unwrap().push(frame);
         }
     }
 
     impl Handler<CallReply> for Sink {
         type Result = ();
         fn handle(&mut self, msg: CallReply, _: &mut Self::Context) {
-            self.worker.lock().unwrap().push(msg.frame);
+            let frame = Frame::from_message(&Response::Reply(msg.reply), msg.body).unwrap();
+            self.worker.lock().unwrap().push(frame);
         }
     }
 
     impl Handler<Relay> for Sink {
         type Result = ();
         fn handle(&mut self, msg: Relay, _: &mut Self::Context) {
-            self.agent.lock().unwrap().extend(msg.frames);
+            let frames = msg
+                .frames
+                .into_iter()
+                .map(|(msg, body)| msg.to_frame(body).unwrap());
+            self.agent.lock().unwrap().extend(frames);
         }
+    }
+
+    /// A row's fields, as the status table has them.
+    fn row(described: StatusRow) -> Value {
+        serde_json::to_value(described).unwrap()
     }
 
     /// A put's `source` argument for `file`, as the worker sends it.
@@ -631,31 +671,31 @@ mod tests {
     }
 
     fn attach(transfer: &Addr<Transfer>, sink: &Sink, interp: u32) {
-        transfer.do_send(Attached {
+        transfer.do_send(CallEvent::Routed {
             mux_id: 41,
             interp,
             link: sink.clone().start().recipient(),
         });
     }
 
-    fn put_end(size: usize) -> Frame {
-        Frame::new("put_end")
-            .with("id", 7)
-            .with("size", size)
-            .with("sha1", "x")
+    fn put_end(size: usize) -> FromWorker {
+        FromWorker::PutEnd(PutEnd {
+            id: 7,
+            size: size as u64,
+            sha1: "x".into(),
+            digests: None,
+        })
     }
 
-    fn ack(bytes: usize) -> FromAgent {
-        FromAgent {
-            frame: Frame::new("ack").with("id", 41).with("bytes", bytes),
-        }
+    fn ack(bytes: usize) -> CallEvent {
+        CallEvent::Ack(Ack {
+            id: 41,
+            bytes: bytes as u64,
+        })
     }
 
-    fn chunk(id: u64, offset: u64, body: &'static [u8]) -> Frame {
-        Frame::new("chunk")
-            .with("id", id)
-            .with("offset", offset)
-            .with_body(Bytes::from_static(body))
+    fn chunk(id: u64, offset: u64, size: Option<u64>, body: &'static [u8]) -> (Chunk, Bytes) {
+        (Chunk { id, offset, size }, Bytes::from_static(body))
     }
 
     async fn settle() {
@@ -667,16 +707,16 @@ mod tests {
 
     #[test]
     fn streaming_ops_have_a_direction() {
-        assert_eq!(Direction::of_op("put_begin"), Some(Direction::Put));
-        assert_eq!(Direction::of_op("fetch_begin"), Some(Direction::Fetch));
-        assert_eq!(Direction::of_op("put_file"), None);
+        assert_eq!(direction_of(&Op::PutBegin), Some(Direction::Put));
+        assert_eq!(direction_of(&Op::FetchBegin), Some(Direction::Fetch));
+        assert_eq!(direction_of(&Op::PutFile), None);
     }
 
     #[actix::test]
     async fn a_put_reads_its_source_once_routed_and_sends_put_end_after_the_last_chunk() {
         let sink = Sink::default();
         let (transfer, _file) = start_put(&sink, b"abc");
-        transfer.do_send(FromWorker { frame: put_end(3) });
+        transfer.do_send(put_end(3));
         settle().await;
         assert!(
             sink.agent.lock().unwrap().is_empty(),
@@ -700,11 +740,11 @@ mod tests {
         assert_eq!(worker[0].kind(), "ack");
         assert_eq!(worker[0].header["id"], 7);
         assert_eq!(worker[0].header["bytes"], 3);
-        let described = transfer.send(Describe).await.unwrap();
+        let described = row(transfer.send(DescribeTransfer).await.unwrap());
         assert_eq!(described["bytes"], 3);
         assert_eq!(described["total"], 3);
         assert_eq!(described["state"], "streaming");
-        transfer.do_send(CallReply::ok(7, json!({"size": 3})));
+        transfer.do_send(CallEvent::Reply(CallReply::ok(7, json!({"size": 3}))));
         settle().await;
         assert_eq!(sink.worker.lock().unwrap().last().unwrap().kind(), "reply");
         assert!(!transfer.connected(), "a finished transfer stops");
@@ -716,9 +756,7 @@ mod tests {
         let content = vec![7u8; 6 * CHUNK_MAX + 1];
         let (transfer, _file) = start_put(&sink, &content);
         attach(&transfer, &sink, 0);
-        transfer.do_send(FromWorker {
-            frame: put_end(content.len()),
-        });
+        transfer.do_send(put_end(content.len()));
         settle().await;
         let window_chunks = (TRANSFER_WINDOW / CHUNK_MAX as u64) as usize;
         assert_eq!(sink.agent.lock().unwrap().len(), window_chunks);
@@ -745,13 +783,13 @@ mod tests {
         let refused = |args: Value| transfer(Direction::Put, args, &sink).err().unwrap();
 
         let missing = refused(json!({"path": "/dest", "source": {"path": "/nonexistent/src"}}));
-        assert_eq!(missing.kind, "not_found");
+        assert_eq!(missing.kind, ErrorKind::NotFound);
         assert!(missing.message.contains("/nonexistent/src"), "{missing:?}");
 
         let mut other = source_of(&file);
         other["ino"] = json!(other["ino"].as_u64().unwrap() + 1);
         let replaced = refused(json!({"path": "/dest", "source": other}));
-        assert_eq!(replaced.kind, "source_error");
+        assert_eq!(replaced.kind, ErrorKind::SourceError);
         assert!(replaced.message.contains("replaced"), "{replaced:?}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -763,7 +801,10 @@ mod tests {
             "{not_file:?}"
         );
 
-        assert_eq!(refused(json!({"path": "/dest"})).kind, "source_error");
+        assert_eq!(
+            refused(json!({"path": "/dest"})).kind,
+            ErrorKind::SourceError
+        );
     }
 
     #[actix::test]
@@ -807,9 +848,7 @@ mod tests {
         let (transfer, _file) = start_put(&sink, b"abc");
         attach(&transfer, &sink, 0);
         settle().await;
-        transfer.do_send(FromWorker {
-            frame: chunk(7, 0, b"abc"),
-        });
+        transfer.do_send(FromWorker::Chunk);
         settle().await;
         let worker = sink.worker.lock().unwrap().clone();
         let reply = worker.last().unwrap();
@@ -828,17 +867,14 @@ mod tests {
             .unwrap()
             .start();
         let link = sink.clone().start().recipient();
-        transfer.do_send(Attached {
+        transfer.do_send(CallEvent::Routed {
             mux_id: 9,
             interp: 0,
             link,
         });
-        transfer.do_send(FromAgent {
-            frame: chunk(9, 0, b"data").with("size", 4),
-        });
-        transfer.do_send(FromWorker {
-            frame: Frame::new("ack").with("id", 7).with("bytes", 4),
-        });
+        let (data, body) = chunk(9, 0, Some(4), b"data");
+        transfer.do_send(CallEvent::Chunk(data, body));
+        transfer.do_send(FromWorker::Ack(Ack { id: 7, bytes: 4 }));
         settle().await;
         let worker = sink.worker.lock().unwrap().clone();
         assert_eq!(worker[0].kind(), "chunk");
@@ -848,6 +884,9 @@ mod tests {
         let agent = sink.agent.lock().unwrap().clone();
         assert_eq!(agent[0].kind(), "ack");
         assert_eq!(agent[0].header["id"], 9);
-        assert_eq!(transfer.send(Describe).await.unwrap()["bytes"], 4);
+        assert_eq!(
+            row(transfer.send(DescribeTransfer).await.unwrap())["bytes"],
+            4
+        );
     }
 }

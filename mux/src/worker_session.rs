@@ -18,13 +18,17 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, warn};
 use worker_ipc::{
-    Frame, FrameCodec, FrameError, HelloReply, Reply, Request, Response, StatusReport, TargetSpec,
-    PROTOCOL_VERSION,
+    ErrorKind, Frame, FrameCodec, FrameError, HelloReply, Op, Request, Response, StatusReport,
+    TargetSpec, PROTOCOL_VERSION,
 };
 
 use crate::{
-    registry::{self, Registry},
-    transfer::{self, Direction, Transfer},
+    messages::{
+        CallEvent, CallReply, CallSink, Connect, FromWorker, ResetTarget, Status, StoreBlob,
+        Submit, ToWorker,
+    },
+    registry::Registry,
+    transfer::{direction_of, Transfer},
 };
 
 /// How long a closing session waits for its last frame to flush before stopping anyway.
@@ -32,47 +36,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Numbers sessions, so a Target can tell whose calls to cancel (worker pids can repeat).
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
-/// A reply for one of this worker's calls, already carrying the worker's call id.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct CallReply {
-    /// The worker's call id.
-    pub id: u64,
-    /// The complete `reply` frame to write.
-    pub frame: Frame,
-}
-
-impl CallReply {
-    /// A successful reply raised by the mux itself.
-    pub fn ok(id: u64, result: Value) -> CallReply {
-        CallReply::from_reply(Reply::ok(id, result))
-    }
-
-    /// A failed reply raised by the mux itself.
-    pub fn error(id: u64, kind: &str, message: impl Into<String>) -> CallReply {
-        CallReply::from_reply(Reply::error(id, kind, message))
-    }
-
-    /// Wraps a typed reply.
-    pub fn from_reply(reply: Reply) -> CallReply {
-        let id = reply.id;
-        let frame = Frame::from_message(&Response::Reply(reply), Bytes::new())
-            .unwrap_or_else(|_| Frame::new("reply").with("id", id).with("ok", false));
-        CallReply { id, frame }
-    }
-}
-
-/// A frame of one of this worker's streamed transfers (`ack` or `chunk`), already carrying
-/// the worker's call id; written only while that call is in flight.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct TransferFrame {
-    /// The worker's call id of the transfer.
-    pub id: u64,
-    /// The frame to write.
-    pub frame: Frame,
-}
 
 /// A call of this worker that has not been answered yet.
 #[derive(Debug)]
@@ -158,10 +121,18 @@ impl WorkerSession {
                 let id = frame.header.get("id").and_then(Value::as_u64);
                 match (kind.as_str(), id, self.worker_pid) {
                     ("call", Some(id), Some(_)) if !self.in_flight.contains_key(&id) => {
-                        self.write_reply(CallReply::error(id, "bad_request", err.to_string()));
+                        self.write_reply(CallReply::error(
+                            id,
+                            ErrorKind::BadRequest,
+                            err.to_string(),
+                        ));
                     }
                     ("reset", Some(id), Some(_)) if !self.in_flight.contains_key(&id) => {
-                        self.write_reply(CallReply::error(id, "bad_request", err.to_string()));
+                        self.write_reply(CallReply::error(
+                            id,
+                            ErrorKind::BadRequest,
+                            err.to_string(),
+                        ));
                     }
                     _ if !matches!(
                         kind.as_str(),
@@ -210,7 +181,7 @@ impl WorkerSession {
                 if self.in_flight.contains_key(&call.id) || self.detached.contains_key(&call.id) {
                     self.write_reply(CallReply::error(
                         call.id,
-                        "bad_request",
+                        ErrorKind::BadRequest,
                         format!("call id {} is already in flight", call.id),
                     ));
                     return;
@@ -227,7 +198,7 @@ impl WorkerSession {
                         target: Some(call.target.clone()),
                     },
                 );
-                let (transfer, reply_to) = match Direction::of_op(&call.op) {
+                let (sink, streams) = match direction_of(&Op::from_wire(&call.op)) {
                     Some(direction) => {
                         let name = call
                             .target
@@ -250,24 +221,27 @@ impl WorkerSession {
                             }
                         };
                         self.transfers.insert(call.id, transfer.clone());
-                        let reply_to = transfer.clone().recipient();
-                        (Some(transfer), reply_to)
+                        let sink = CallSink {
+                            events: transfer.clone().recipient(),
+                            status: Some(transfer.recipient()),
+                        };
+                        (sink, true)
                     }
-                    None => (None, ctx.address().recipient()),
+                    None => (CallSink::plain(ctx.address().recipient()), false),
                 };
-                self.registry.do_send(registry::Submit {
+                self.registry.do_send(Submit {
                     call: *call,
                     body: frame.body,
                     session: self.session,
-                    reply_to,
-                    transfer,
+                    sink,
+                    streams,
                 });
             }
             (Request::Reset(reset), Some(_)) => {
                 if self.in_flight.contains_key(&reset.id) {
                     self.write_reply(CallReply::error(
                         reset.id,
-                        "bad_request",
+                        ErrorKind::BadRequest,
                         format!("call id {} is already in flight", reset.id),
                     ));
                     return;
@@ -280,34 +254,29 @@ impl WorkerSession {
                         target: None,
                     },
                 );
-                self.registry.do_send(registry::ResetTarget {
+                self.registry.do_send(ResetTarget {
                     id: reset.id,
                     target: reset.target,
                     reply_to: ctx.address().recipient(),
                 });
             }
             (Request::Connect(connect), Some(_)) => {
-                self.registry.do_send(registry::Connect {
+                self.registry.do_send(Connect {
                     target: connect.target,
                 });
             }
-            (Request::Chunk(worker_ipc::Chunk { id, .. }), Some(_))
-            | (Request::PutEnd(worker_ipc::PutEnd { id, .. }), Some(_))
-            | (Request::Ack(worker_ipc::Ack { id, .. }), Some(_)) => {
-                // A transfer that already ended (failed early) drops what is still coming.
-                if let Some(transfer) = self.transfers.get(&id) {
-                    transfer.do_send(transfer::FromWorker { frame });
-                }
-            }
+            (Request::Chunk(chunk), Some(_)) => self.to_transfer(chunk.id, FromWorker::Chunk),
+            (Request::PutEnd(end), Some(_)) => self.to_transfer(end.id, FromWorker::PutEnd(end)),
+            (Request::Ack(ack), Some(_)) => self.to_transfer(ack.id, FromWorker::Ack(ack)),
             (Request::Blob(blob), Some(_)) => {
-                self.registry.do_send(registry::StoreBlob {
+                self.registry.do_send(StoreBlob {
                     hash: blob.hash,
                     body: frame.body,
                 });
             }
             (Request::Status, Some(_)) => {
                 self.registry
-                    .send(registry::Status)
+                    .send(Status)
                     .into_actor(self)
                     .then(|res, act, _| {
                         let actors = res.unwrap_or_default();
@@ -322,45 +291,58 @@ impl WorkerSession {
         }
     }
 
+    /// A frame for one of the worker's streamed transfers; one that already ended (failed
+    /// early) drops what is still coming.
+    fn to_transfer(&self, id: u64, msg: FromWorker) {
+        if let Some(transfer) = self.transfers.get(&id) {
+            transfer.do_send(msg);
+        }
+    }
+
     fn write_reply(&mut self, reply: CallReply) {
-        self.writer.write(reply.frame);
+        self.write_response(&Response::Reply(reply.reply), reply.body);
+    }
+
+    fn write_response(&mut self, msg: &Response, body: Bytes) {
+        match Frame::from_message(msg, body) {
+            Ok(frame) => self.writer.write(frame),
+            Err(err) => error!(worker = ?self.worker_pid, "cannot encode a frame: {err}"),
+        }
     }
 
     /// Acknowledges a detached call at once and sends it on; its reply comes back to
     /// [`WorkerSession::detached_done`].
     fn submit_detached(&mut self, call: worker_ipc::Call, body: Bytes, ctx: &mut Context<Self>) {
-        if Direction::of_op(&call.op).is_some() {
+        if direction_of(&Op::from_wire(&call.op)).is_some() {
             self.write_reply(CallReply::error(
                 call.id,
-                "bad_request",
+                ErrorKind::BadRequest,
                 format!("{} streams a file and cannot be detached", call.op),
             ));
             return;
         }
         self.detached.insert(call.id, call.op.clone());
         self.write_reply(CallReply::ok(call.id, json!({"detached": true})));
-        self.registry.do_send(registry::Submit {
+        self.registry.do_send(Submit {
             call,
             body,
             session: self.session,
-            reply_to: ctx.address().recipient(),
-            transfer: None,
+            sink: CallSink::plain(ctx.address().recipient()),
+            streams: false,
         });
     }
 
     /// The outcome of a detached call: a failure is kept for the next answered call.
     fn detached_done(&mut self, op: String, reply: &CallReply) {
-        if reply.frame.header.get("ok") == Some(&Value::Bool(true)) {
+        if reply.is_ok() {
             return;
         }
         let message = reply
-            .frame
-            .header
-            .get("error")
-            .and_then(|e| e.get("message"))
-            .and_then(Value::as_str)
-            .unwrap_or("no message");
-        warn!(worker = ?self.worker_pid, id = reply.id, %op, "a detached call failed: {message}");
+            .reply
+            .error
+            .as_ref()
+            .map_or("no message", |error| error.message.as_str());
+        warn!(worker = ?self.worker_pid, id = reply.id(), %op, "a detached call failed: {message}");
         self.detached_failure
             .get_or_insert_with(|| format!("an earlier {op} of this task failed: {message}"));
     }
@@ -388,7 +370,7 @@ impl Actor for WorkerSession {
                 }
             }
             if !by_target.is_empty() {
-                self.registry.do_send(registry::CancelCalls {
+                self.registry.do_send(crate::messages::CancelCalls {
                     session: self.session,
                     calls: by_target,
                 });
@@ -427,14 +409,33 @@ impl Handler<CallReply> for WorkerSession {
     type Result = ();
 
     fn handle(&mut self, msg: CallReply, _: &mut Self::Context) {
-        if let Some(op) = self.detached.remove(&msg.id) {
+        self.on_reply(msg);
+    }
+}
+
+/// Handler for the events of plain calls: only their replies come here.
+impl Handler<CallEvent> for WorkerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallEvent, _: &mut Self::Context) {
+        if let CallEvent::Reply(reply) = msg {
+            self.on_reply(reply);
+        }
+    }
+}
+
+impl WorkerSession {
+    /// A call's reply: written, unless it was detached (then kept if it failed).
+    fn on_reply(&mut self, msg: CallReply) {
+        let id = msg.id();
+        if let Some(op) = self.detached.remove(&id) {
             self.detached_done(op, &msg);
             return;
         }
-        self.transfers.remove(&msg.id);
-        if self.in_flight.remove(&msg.id).is_some() && !self.closing {
+        self.transfers.remove(&id);
+        if self.in_flight.remove(&id).is_some() && !self.closing {
             let reply = match self.detached_failure.take() {
-                Some(failure) => CallReply::error(msg.id, "detached_failed", failure),
+                Some(failure) => CallReply::error(id, ErrorKind::DetachedFailed, failure),
                 None => msg,
             };
             self.write_reply(reply);
@@ -443,12 +444,16 @@ impl Handler<CallReply> for WorkerSession {
 }
 
 /// Handler for the `ack`/`chunk` frames of streamed transfers.
-impl Handler<TransferFrame> for WorkerSession {
+impl Handler<ToWorker> for WorkerSession {
     type Result = ();
 
-    fn handle(&mut self, msg: TransferFrame, _: &mut Self::Context) {
-        if self.in_flight.contains_key(&msg.id) && !self.closing {
-            self.writer.write(msg.frame);
+    fn handle(&mut self, msg: ToWorker, _: &mut Self::Context) {
+        if self.in_flight.contains_key(&msg.id()) && !self.closing {
+            let (response, body) = match msg {
+                ToWorker::Ack(ack) => (Response::Ack(ack), Bytes::new()),
+                ToWorker::Chunk(chunk, body) => (Response::Chunk(chunk), body),
+            };
+            self.write_response(&response, body);
         }
     }
 }

@@ -74,7 +74,7 @@ class MuxClient:
         if become is not None:
             request['become'] = become
         header, reply_body = self._roundtrip(request, body, while_waiting)
-        if not header.get('ok') and header.get('error', {}).get('kind') == 'missing_blob':
+        if not header.get('ok') and header.get('error', {}).get('kind') == frames.MISSING_BLOB:
             for digest in header['error'].get('hashes') or list(blobs):
                 self._send(frames.encode({'type': 'blob', 'hash': digest}, blobs[digest]))
             header, reply_body = self._roundtrip(request, body)

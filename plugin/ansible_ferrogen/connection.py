@@ -13,7 +13,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, become, module_cache, speculation, transfer
+from ansible_ferrogen import ansiballz, become, frames, module_cache, speculation, transfer
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -25,7 +25,7 @@ _interpreter_info: dict[str, dict] = {}
 _connecting_ahead: set[tuple[int, str]] = set()
 
 # Connection-level failures: Ansible marks the host unreachable.
-UNREACHABLE_KINDS = frozenset(('unreachable', 'connection_lost'))
+UNREACHABLE_KINDS = frozenset((frames.UNREACHABLE, frames.CONNECTION_LOST))
 
 # Our one long-lived ssh per target multiplexes everything itself; letting ssh fork a
 # ControlPersist master would detach the process whose stdio the mux reads.
@@ -254,7 +254,7 @@ class Connection(ConnectionBase):
         except MuxError as exc:
             if exc.kind in UNREACHABLE_KINDS:
                 raise AnsibleConnectionFailure(str(exc)) from exc
-            if exc.kind == 'not_found':
+            if exc.kind == frames.NOT_FOUND:
                 raise AnsibleFileNotFound(str(exc)) from exc
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
         except transfer.StreamError as exc:

@@ -6,9 +6,19 @@ import json
 import socket
 import struct
 
+# -- Names and limits shared with the mux (docs/protocol.md) ---------------------------------
+# worker-ipc's tests/python_names.rs reads this block and fails when it differs from the Rust
+# side (PROTOCOL_VERSION and the limits in worker-ipc/src/lib.rs, ErrorKind).
 PROTOCOL_VERSION = 1
 MAX_HEADER = 16 * 1024 * 1024
 MAX_BODY = 256 * 1024 * 1024
+# Error kinds of failed calls the worker acts on.
+CONNECTION_LOST = 'connection_lost'
+MISSING_BLOB = 'missing_blob'
+NOT_FOUND = 'not_found'
+UNREACHABLE = 'unreachable'
+# -- end of the names and limits shared with the mux -----------------------------------------
+
 PREFIX = struct.Struct('>II')
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from ansible_ferrogen import frames
 
+# Shared with the mux: worker-ipc's tests/python_names.rs checks it against the Rust side.
 SMALL_FILE_LIMIT = 126976
 # How much of a file this process hashes between looks at the mux's acks.
 CHUNK = 1 << 20

@@ -11,21 +11,39 @@
 //! - [`become_spec`]: [`BecomeSpec`], the account a call runs as, its [`BecomeKey`], and the
 //!   redacted [`Secret`] holding its password.
 //!
+//! - [`agent_link`]: the mux <-> agent vocabulary, [`ToAgent`] and [`FromAgent`], decoded and
+//!   encoded at the edge of the link;
+//! - [`error_kind`]: [`ErrorKind`], the kind of a failed call on either link;
+//! - [`status`]: [`StatusRow`], one line of the mux's actor table.
+//!
 //! Frames are plain data: the same bytes are produced and checked by the Python client
 //! (golden files under `tests/golden/`).
 
 #![deny(missing_docs)]
 
+pub mod agent_link;
 pub mod become_spec;
+pub mod error_kind;
 pub mod frame;
 pub mod message;
+pub mod status;
 pub mod target;
 
+pub use agent_link::{
+    AgentAck, AgentBlob, AgentCall, AgentChunk, AgentInfo, AgentLog, AgentPutEnd, CallRef,
+    FromAgent, InterpId, InterpLost, InterpRef, LogLevel, Op, Spawn, Spawned, ToAgent,
+    LOGIN_INTERP,
+};
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
+pub use error_kind::ErrorKind;
 pub use frame::{Frame, FrameCodec, FrameError, FramePart};
 pub use message::{
     Ack, Blob, Call, Chunk, Connect, ErrorInfo, ErrorMessage, Hello, HelloReply, PutEnd, Reply,
     Request, Reset, Response, StatusReport,
+};
+pub use status::{
+    Direction, InterpreterCall, InterpreterRow, InterpreterState, StatusRow, TargetCall, TargetRow,
+    TargetState, TransferRow, TransferState,
 };
 pub use target::{TargetKey, TargetSpec, Transport};
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{BecomeSpec, TargetSpec};
+use crate::{BecomeSpec, ErrorKind, StatusRow, TargetSpec};
 
 /// A frame a worker sends to the mux.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +149,9 @@ pub struct PutEnd {
     pub size: u64,
     /// SHA-1 hex digest of everything sent.
     pub sha1: String,
+    /// Other digests the worker hashed (MD5), for the agent to keep for the task's modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digests: Option<Map<String, Value>>,
 }
 
 /// `{"type": "ack", "id": 7, "bytes": 4194304}`: the receiver holds `bytes` bytes of the
@@ -195,7 +198,7 @@ impl Reply {
     }
 
     /// A failed reply of the given kind.
-    pub fn error(id: u64, kind: &str, message: impl Into<String>) -> Reply {
+    pub fn error(id: u64, kind: ErrorKind, message: impl Into<String>) -> Reply {
         Reply {
             id,
             ok: false,
@@ -208,9 +211,8 @@ impl Reply {
 /// The `error` object of a failed reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorInfo {
-    /// Machine-readable kind: `unreachable`, `connection_lost`, `missing_blob`,
-    /// `bad_request`, or one raised by the agent.
-    pub kind: String,
+    /// Machine-readable kind, raised by the mux or passed on from the agent.
+    pub kind: ErrorKind,
     /// Human-readable explanation.
     pub message: String,
     /// Kind-specific fields, such as `hashes` for `missing_blob`.
@@ -220,9 +222,9 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     /// An error with no extra fields.
-    pub fn new(kind: &str, message: impl Into<String>) -> ErrorInfo {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ErrorInfo {
         ErrorInfo {
-            kind: kind.to_owned(),
+            kind,
             message: message.into(),
             extra: Map::new(),
         }
@@ -239,8 +241,8 @@ pub struct ErrorMessage {
 /// `{"type": "status", "actors": [...]}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
-    /// One object per target and interpreter; see the mux for the fields.
-    pub actors: Vec<Value>,
+    /// One row per target, interpreter and streamed transfer.
+    pub actors: Vec<StatusRow>,
 }
 
 #[cfg(test)]
@@ -345,7 +347,8 @@ mod tests {
             Request::PutEnd(PutEnd {
                 id: 5,
                 size: 2048,
-                sha1: "ab".into()
+                sha1: "ab".into(),
+                digests: None
             })
         );
         let ack = Frame::new("ack").with("id", 5).with("bytes", 7);
@@ -376,7 +379,7 @@ mod tests {
 
     #[test]
     fn error_reply_flattens_extra_fields() {
-        let mut reply = Reply::error(9, "missing_blob", "2 blobs are missing");
+        let mut reply = Reply::error(9, ErrorKind::MissingBlob, "2 blobs are missing");
         if let Some(error) = reply.error.as_mut() {
             error.extra.insert("hashes".into(), json!(["aa", "bb"]));
         }

@@ -1,0 +1,258 @@
+//! The transport: the child process that carries the agent link (ssh, or a local shell),
+//! started with piped stdio in its own process group, killed with the mux (parent-death
+//! signal), its stderr tail kept for error messages and its exit reported as a
+//! [`TransportExit`].
+//!
+//! One file per connection kind says how to build its command line ([`ConnectionKind`]);
+//! everything else here is shared. A new kind (docker, kubectl, a delegated hop) is one new
+//! file implementing [`ConnectionKind`], one arm in [`kind_of`], and its tests.
+
+mod local;
+mod ssh;
+
+use std::{
+    fmt,
+    os::unix::process::ExitStatusExt,
+    process::{ExitStatus, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use parking_lot::Mutex;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    process::{ChildStderr, ChildStdin, ChildStdout, Command},
+    sync::oneshot,
+};
+use tracing::debug;
+use worker_ipc::{TargetSpec, Transport};
+
+use crate::{bootstrap::Bootstrap, process_groups};
+
+/// How much of the transport's stderr is kept for error messages.
+const STDERR_TAIL: usize = 4096;
+
+/// How long the reaper waits for the stderr reader to drain what the child wrote last.
+const STDERR_DRAIN: Duration = Duration::from_secs(1);
+
+/// What differs between connection kinds: the command line, and how to talk about it.
+pub trait ConnectionKind: Send + Sync {
+    /// The argv that runs `remote_command` (the bootstrap stub, a shell command) on the
+    /// target described by `spec`.
+    fn command_line(&self, spec: &TargetSpec, remote_command: String) -> Vec<String>;
+
+    /// The transport process as messages name it ("ssh").
+    fn label(&self) -> &'static str;
+
+    /// Whether the process is a client of a remote end (ssh), so that its ending normally
+    /// after `ready` means the far side went away rather than the interpreter itself exited.
+    fn is_remote(&self) -> bool;
+}
+
+/// The implementation for `transport`.
+pub fn kind_of(transport: Transport) -> &'static dyn ConnectionKind {
+    match transport {
+        Transport::Ssh => &ssh::Ssh,
+        Transport::Local => &local::Local,
+    }
+}
+
+/// How the transport process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportExit {
+    /// It could not be started at all.
+    NotStarted,
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signalled(i32),
+    /// Its status could not be had.
+    Unknown(String),
+}
+
+impl TransportExit {
+    fn of(status: ExitStatus) -> TransportExit {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => TransportExit::Exited(code),
+            (None, Some(signal)) => TransportExit::Signalled(signal),
+            _ => TransportExit::Unknown(status.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for TransportExit {
+    /// "exit status 255" / "killed by signal 9".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportExit::NotStarted => f.write_str("not started"),
+            TransportExit::Exited(code) => write!(f, "exit status {code}"),
+            TransportExit::Signalled(signal) => write!(f, "killed by signal {signal}"),
+            TransportExit::Unknown(why) => write!(f, "exit status unknown ({why})"),
+        }
+    }
+}
+
+/// The last [`STDERR_TAIL`] bytes the transport wrote to stderr, shared with its reader task.
+#[derive(Debug, Clone, Default)]
+pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
+
+impl StderrTail {
+    /// The tail's lines, trimmed, without blank ones and without ssh's note about adding the
+    /// host key (noise next to the real error).
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock())
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock();
+        tail.extend_from_slice(bytes);
+        if tail.len() > STDERR_TAIL {
+            let excess = tail.len() - STDERR_TAIL;
+            tail.drain(..excess);
+        }
+    }
+}
+
+/// A started transport, the bootstrap payload written to its stdin.
+pub struct Started {
+    /// The child's pid (also its process group id).
+    pub pid: u32,
+    /// The child's stdin, the agent link's write side.
+    pub stdin: ChildStdin,
+    /// The child's stdout, where agent frames arrive.
+    pub stdout: ChildStdout,
+    /// Resolves once the child has exited (and its last stderr was read).
+    pub exit: oneshot::Receiver<TransportExit>,
+}
+
+/// Starts the transport for `spec` and writes the bootstrap payload to it (within `timeout`).
+///
+/// # Errors
+///
+/// The process cannot be started; the message names the program.
+pub async fn start(
+    spec: &TargetSpec,
+    bootstrap: &Bootstrap,
+    stderr_tail: StderrTail,
+    name: &str,
+    timeout: Duration,
+) -> Result<Started, String> {
+    let argv = kind_of(spec.transport)
+        .command_line(spec, bootstrap.remote_command(spec.python.as_deref()));
+    debug!(target = %name, ?argv, "connecting");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe, between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|err| format!("cannot run {:?}: {err}", argv[0]))?;
+    let pid = child.id().unwrap_or_default();
+    process_groups::register(pid);
+    let (Some(mut stdin), Some(stdout), Some(stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err("transport child has no stdio pipes".into());
+    };
+    let stderr_task = tokio::spawn(collect_stderr(stderr, stderr_tail, name.to_owned()));
+    let (exit_tx, exit) = oneshot::channel();
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(status) => TransportExit::of(status),
+            Err(err) => TransportExit::Unknown(err.to_string()),
+        };
+        let _ = tokio::time::timeout(STDERR_DRAIN, stderr_task).await;
+        let _ = exit_tx.send(status);
+    });
+    match tokio::time::timeout(timeout, stdin.write_all(bootstrap.payload())).await {
+        Ok(Ok(())) => {}
+        // The child died early (ssh could not connect); its stdout EOF and stderr
+        // tell the story, so carry on and let that path report it.
+        Ok(Err(err)) => debug!(target = %name, "bootstrap write failed: {err}"),
+        Err(_) => debug!(target = %name, "bootstrap write timed out"),
+    }
+    Ok(Started {
+        pid,
+        stdin,
+        stdout,
+        exit,
+    })
+}
+
+/// Keeps the tail of the transport's stderr and logs each piece.
+async fn collect_stderr(mut stderr: ChildStderr, tail: StderrTail, name: String) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                debug!(target = %name, "transport stderr: {}", String::from_utf8_lossy(&buf[..n]).trim_end());
+                tail.push(&buf[..n]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exits_are_worded_as_before() {
+        assert_eq!(TransportExit::Exited(255).to_string(), "exit status 255");
+        assert_eq!(
+            TransportExit::Signalled(9).to_string(),
+            "killed by signal 9"
+        );
+        assert_eq!(TransportExit::NotStarted.to_string(), "not started");
+    }
+
+    #[test]
+    fn the_stderr_tail_keeps_the_last_bytes_and_drops_host_key_notes() {
+        let tail = StderrTail::default();
+        tail.push(b"Warning: Permanently added 'h' to the list of known hosts.\n");
+        tail.push(&vec![b'x'; STDERR_TAIL]);
+        tail.push(b"\nPermission denied\n");
+        let lines = tail.lines();
+        assert_eq!(lines.last().unwrap(), "Permission denied");
+        assert!(lines.iter().all(|l| !l.starts_with("Warning")));
+        assert!(tail.0.lock().len() <= STDERR_TAIL);
+    }
+
+    #[actix::test]
+    async fn a_local_transport_runs_the_bootstrap_and_reports_its_exit() {
+        let bootstrap =
+            Bootstrap::from_source(b"import sys; sys.stderr.write('bye\\n'); sys.exit(3)\n");
+        let tail = StderrTail::default();
+        let mut spec = TargetSpec::local();
+        spec.python = Some("python3".into());
+        let started = start(
+            &spec,
+            &bootstrap,
+            tail.clone(),
+            "t",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert_eq!(started.exit.await.unwrap(), TransportExit::Exited(3));
+        assert_eq!(tail.lines(), vec!["bye".to_owned()]);
+        process_groups::kill(started.pid);
+    }
+}

@@ -1,0 +1,159 @@
+//! One source of truth for the names and limits the Python side shares with this crate: the
+//! agent (`mux/agent/agent.py`) and the plugin (`plugin/ansible_ferrogen/frames.py`,
+//! `transfer.py`) keep theirs in one marked constants block each; this test reads those blocks
+//! and fails when a value differs from the Rust side, when a kind is one [`ErrorKind`] does
+//! not name, when an error kind is written as a literal outside the block, or when the
+//! agent's ops (`op_<name>` methods) differ from [`Op::AGENT_OPS`].
+
+use std::{collections::BTreeSet, collections::HashMap, fs, path::PathBuf};
+
+use worker_ipc::{
+    ErrorKind, Op, CHUNK_MAX, MAX_BODY, MAX_HEADER, PROTOCOL_VERSION, SMALL_FILE_LIMIT,
+    TRANSFER_WINDOW,
+};
+
+const BLOCK_START: &str = "# -- Names and limits shared with the mux";
+const BLOCK_END: &str = "# -- end of the names and limits shared with the mux";
+
+fn repo_file(path: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A constant's value: an integer expression of `*` and `<<`, or a quoted string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Constant {
+    Int(u64),
+    Str(String),
+}
+
+fn evaluate(expr: &str) -> Constant {
+    let expr = expr.trim();
+    if let Some(text) = expr.strip_prefix('\'').and_then(|e| e.strip_suffix('\'')) {
+        return Constant::Str(text.to_owned());
+    }
+    let int = |s: &str| {
+        s.trim()
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("not a constant: {expr:?}"))
+    };
+    if let Some((base, shift)) = expr.split_once("<<") {
+        return Constant::Int(int(base) << int(shift));
+    }
+    Constant::Int(expr.split('*').map(int).product())
+}
+
+/// The `NAME = value` lines of `text` between the markers, and the text outside the block.
+fn constants(text: &str) -> (HashMap<String, Constant>, String) {
+    let start = text
+        .find(BLOCK_START)
+        .unwrap_or_else(|| panic!("no {BLOCK_START:?} block"));
+    let end = text
+        .find(BLOCK_END)
+        .unwrap_or_else(|| panic!("no {BLOCK_END:?} marker"));
+    let (block, outside) = (
+        &text[start..end],
+        format!("{}{}", &text[..start], &text[end..]),
+    );
+    let values = block
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.starts_with(' '))
+        .filter_map(|line| line.split_once(" = "))
+        .filter(|(name, _)| name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .map(|(name, value)| (name.to_owned(), evaluate(value)))
+        .collect();
+    (values, outside)
+}
+
+fn int(values: &HashMap<String, Constant>, name: &str) -> u64 {
+    match values.get(name) {
+        Some(Constant::Int(value)) => *value,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+/// The string constants of a block, which must all be error kinds the Rust side names.
+fn error_kinds(values: &HashMap<String, Constant>) -> BTreeSet<String> {
+    let kinds: BTreeSet<String> = values
+        .values()
+        .filter_map(|value| match value {
+            Constant::Str(kind) => Some(kind.clone()),
+            Constant::Int(_) => None,
+        })
+        .collect();
+    for kind in &kinds {
+        assert!(
+            !matches!(ErrorKind::from_wire(kind), ErrorKind::Other(_)),
+            "{kind:?} is not an ErrorKind"
+        );
+    }
+    kinds
+}
+
+/// Fails if an error kind is written as a string literal outside the shared block.
+fn assert_no_kind_literals(file: &str, outside: &str) {
+    for kind in ErrorKind::KNOWN {
+        let literal = format!("'{kind}'");
+        assert!(
+            !outside.contains(&literal),
+            "{file} writes {literal} outside its shared constants block"
+        );
+    }
+}
+
+#[test]
+fn the_agent_shares_the_limits_error_kinds_and_ops() {
+    let source = repo_file("mux/agent/agent.py");
+    let (values, outside) = constants(&source);
+    assert_eq!(int(&values, "MAX_HEADER"), MAX_HEADER as u64);
+    assert_eq!(int(&values, "MAX_BODY"), MAX_BODY as u64);
+    assert_eq!(int(&values, "SMALL_FILE_LIMIT"), SMALL_FILE_LIMIT);
+    assert_eq!(int(&values, "TRANSFER_CHUNK"), CHUNK_MAX as u64);
+    assert_eq!(int(&values, "TRANSFER_WINDOW"), TRANSFER_WINDOW);
+    let kinds = error_kinds(&values);
+    assert!(kinds.contains("agent_error") && kinds.contains("become_failed"));
+    assert_no_kind_literals("agent.py", &outside);
+
+    let ops: BTreeSet<String> = source
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("def op_"))
+        .filter_map(|rest| rest.split_once('('))
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    let rust_ops: BTreeSet<String> = Op::AGENT_OPS.iter().map(|op| op.to_string()).collect();
+    assert_eq!(ops, rust_ops, "agent ops and Op::AGENT_OPS differ");
+}
+
+#[test]
+fn the_plugin_shares_the_version_limits_and_error_kinds() {
+    let source = repo_file("plugin/ansible_ferrogen/frames.py");
+    let (values, outside) = constants(&source);
+    assert_eq!(
+        int(&values, "PROTOCOL_VERSION"),
+        u64::from(PROTOCOL_VERSION)
+    );
+    assert_eq!(int(&values, "MAX_HEADER"), MAX_HEADER as u64);
+    assert_eq!(int(&values, "MAX_BODY"), MAX_BODY as u64);
+    error_kinds(&values);
+    assert_no_kind_literals("frames.py", &outside);
+    for file in ["client.py", "connection.py", "transfer.py"] {
+        let text = repo_file(&format!("plugin/ansible_ferrogen/{file}"));
+        assert_no_kind_literals(file, &text);
+    }
+
+    let transfer = repo_file("plugin/ansible_ferrogen/transfer.py");
+    let limit = transfer
+        .lines()
+        .find_map(|line| line.strip_prefix("SMALL_FILE_LIMIT = "))
+        .expect("transfer.py defines SMALL_FILE_LIMIT");
+    assert_eq!(evaluate(limit), Constant::Int(SMALL_FILE_LIMIT));
+}
+
+#[test]
+fn the_block_reader_reads_what_the_files_write() {
+    assert_eq!(evaluate("16 * 1024 * 1024"), Constant::Int(16 << 20));
+    assert_eq!(evaluate("4 << 20"), Constant::Int(4 << 20));
+    assert_eq!(evaluate("'not_found'"), Constant::Str("not_found".into()));
+}
