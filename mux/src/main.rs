@@ -1,107 +1,48 @@
-//! `ferrogen-mux`: the ferrogen connection multiplexer.
+//! `ferrogen-mux`: the ferrogen connection multiplexer (the library, `src/lib.rs`, is the
+//! mux itself). This file only parses the command line and turns errors into exit codes.
 //!
 //! ```text
 //! ferrogen-mux serve --socket PATH    serve workers on PATH until stdin reaches EOF
 //! ferrogen-mux status --socket PATH   print a running mux's actors
 //! ferrogen-mux --version
 //! ```
-//!
-//! # Layout
-//!
-//! One file per actor: [`listener`] (accepts workers), [`worker_session`] (one per worker),
-//! [`registry`] (targets and blobs), [`target`] (one transport + agent), [`interpreter`]
-//! (one remote interpreter; [`interpreter_lru`] decides which become interpreters to stop),
-//! [`transfer`] (one streamed file transfer).
-//! [`bootstrap`] builds the transport commands; [`stack_dump`] answers `kill -SEGV`; errors
-//! become exit codes only in [`main`].
 
-mod blob_store;
-mod bootstrap;
-mod config;
-mod interpreter_lru;
-mod interpreters;
-mod listener;
-mod logging;
-mod messages;
-mod process_groups;
-mod registry;
-mod stack_dump;
-mod status_cli;
-mod target;
-mod transfer;
-mod transport;
-mod worker_session;
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
-use std::{
-    fmt,
-    io::{Read, Write},
-    os::unix::fs::{FileTypeExt, PermissionsExt},
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+use clap::{error::ErrorKind as ClapErrorKind, Parser, Subcommand};
+use ferrogen_mux::{serve, status_cli, MuxError};
+use tracing::error;
 
-use tracing::{error, info};
+/// The ferrogen connection multiplexer: one connection per target, one persistent Python
+/// interpreter per account on it, shared by every Ansible worker of a run.
+#[derive(Debug, Parser)]
+#[command(name = "ferrogen-mux", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Sub,
+}
 
-use crate::{bootstrap::Bootstrap, config::Config, listener::Listener, registry::Registry};
-
-const USAGE: &str = "usage: ferrogen-mux serve --socket PATH
-       ferrogen-mux status --socket PATH
-       ferrogen-mux --version";
-
-/// Everything that ends the mux (or the status command) with a non-zero exit code.
-#[derive(Debug)]
-pub enum MuxError {
-    /// Bad command line.
-    Usage(String),
-    /// Bad environment setting.
-    Config(config::ConfigError),
-    /// The socket's directory is reachable by other users.
-    InsecureDir {
-        /// The directory.
-        dir: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+#[derive(Debug, Subcommand)]
+enum Sub {
+    /// Serve workers on a UNIX socket until stdin reaches end of file (the run is over) or
+    /// SIGTERM/SIGINT; prints `READY <pid>` once it listens. Settings come from the
+    /// environment: MITOGEN_POOL_SIZE, MITOGEN_MAX_INTERPRETERS, MITOGEN_DUMP_THREAD_STACKS,
+    /// MITOGEN_ROUTER_DEBUG.
+    Serve {
+        /// Where to listen; its directory must be private to this user (0700).
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
     },
-    /// An I/O operation failed; the string says which.
-    Io(String, std::io::Error),
-    /// The peer broke the worker protocol.
-    Protocol(worker_ipc::FrameError),
-    /// The mux answered with an error frame.
-    Remote(String),
+    /// Print a running mux's actors: targets, interpreters and transfers, what each is
+    /// doing and for how long.
+    Status {
+        /// Where the mux listens.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+    },
 }
 
-impl fmt::Display for MuxError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            MuxError::Usage(msg) => write!(f, "{msg}\n{USAGE}"),
-            MuxError::Config(err) => err.fmt(f),
-            MuxError::InsecureDir { dir, mode } => write!(
-                f,
-                "refusing to serve: socket directory {} has mode {mode:04o}; it must not be \
-                 accessible by group or others (use 0700)",
-                dir.display()
-            ),
-            MuxError::Io(what, err) => write!(f, "{what}: {err}"),
-            MuxError::Protocol(err) => write!(f, "protocol error: {err}"),
-            MuxError::Remote(msg) => write!(f, "mux error: {msg}"),
-        }
-    }
-}
-
-impl std::error::Error for MuxError {}
-
-impl MuxError {
-    /// The process exit code for this error: 2 for usage and configuration mistakes,
-    /// 1 for everything else.
-    fn exit_code(&self) -> u8 {
-        match self {
-            MuxError::Usage(_) | MuxError::Config(_) | MuxError::InsecureDir { .. } => 2,
-            _ => 1,
-        }
-    }
-}
-
-/// The parsed command line.
+/// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
     /// Run the multiplexer.
@@ -116,41 +57,40 @@ enum Command {
     },
     /// Print the version.
     Version,
+    /// Print this help text.
+    Help(String),
 }
 
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, MuxError> {
-    let mut args = args.into_iter();
-    let sub = args
-        .next()
-        .ok_or_else(|| MuxError::Usage("missing command".into()))?;
-    if sub == "--version" || sub == "-V" {
-        return Ok(Command::Version);
-    }
-    let mut socket = None;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--socket" => {
-                let value = args
-                    .next()
-                    .ok_or_else(|| MuxError::Usage("--socket needs a path".into()))?;
-                socket = Some(PathBuf::from(value));
-            }
-            _ => match arg.strip_prefix("--socket=") {
-                Some(value) => socket = Some(PathBuf::from(value)),
-                None => return Err(MuxError::Usage(format!("unexpected argument {arg:?}"))),
-            },
+    let argv = std::iter::once("ferrogen-mux".to_owned()).chain(args);
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Sub::Serve { socket },
+        }) => Ok(Command::Serve { socket }),
+        Ok(Cli {
+            command: Sub::Status { socket },
+        }) => Ok(Command::Status { socket }),
+        Err(err) if err.kind() == ClapErrorKind::DisplayVersion => Ok(Command::Version),
+        Err(err) if err.kind() == ClapErrorKind::DisplayHelp => {
+            Ok(Command::Help(err.render().to_string()))
         }
+        Err(err) if err.kind() == ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Err(MuxError::Usage("missing command".into()))
+        }
+        Err(err) => Err(MuxError::Usage(usage_message(&err))),
     }
-    let socket = || {
-        socket
-            .clone()
-            .ok_or_else(|| MuxError::Usage("--socket is required".into()))
-    };
-    match sub.as_str() {
-        "serve" => Ok(Command::Serve { socket: socket()? }),
-        "status" => Ok(Command::Status { socket: socket()? }),
-        other => Err(MuxError::Usage(format!("unknown command {other:?}"))),
-    }
+}
+
+/// Clap's message for a usage error, without its own usage lines ([`MuxError::Usage`] adds
+/// the synopsis).
+fn usage_message(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let words: Vec<&str> = text
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    words.join(" ").trim_start_matches("error: ").to_owned()
 }
 
 fn main() -> ExitCode {
@@ -159,8 +99,12 @@ fn main() -> ExitCode {
             println!("ferrogen-mux {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Help(text) => {
+            print!("{text}");
+            Ok(())
+        }
         Command::Status { socket } => status_cli::run(&socket, &mut std::io::stdout().lock()),
-        Command::Serve { socket } => serve(&socket),
+        Command::Serve { socket } => serve::serve(&socket),
     });
     let code = match result {
         Ok(()) => 0,
@@ -174,127 +118,6 @@ fn main() -> ExitCode {
     // be parked in read(2)); every child was killed by now.
     let _ = std::io::stdout().flush();
     std::process::exit(i32::from(code))
-}
-
-/// Checks that the socket's directory is private to this user.
-fn check_socket_dir(socket: &Path) -> Result<(), MuxError> {
-    let dir = match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let meta = std::fs::metadata(&dir)
-        .map_err(|err| MuxError::Io(format!("socket directory {}", dir.display()), err))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(MuxError::InsecureDir { dir, mode });
-    }
-    Ok(())
-}
-
-/// Binds the listening socket, replacing a stale socket file left by a dead mux.
-fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, MuxError> {
-    if let Ok(meta) = std::fs::symlink_metadata(socket) {
-        if meta.file_type().is_socket() {
-            let _ = std::fs::remove_file(socket);
-        }
-    }
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .map_err(|err| MuxError::Io(format!("binding {}", socket.display()), err))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|err| MuxError::Io("configuring the socket".into(), err))?;
-    Ok(listener)
-}
-
-/// Resolves when stdin reaches EOF: the parent ansible-playbook holds the write end, so
-/// this is how the mux learns its parent is gone. A plain thread, because a blocking read
-/// must not hold up the runtime.
-fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("stdin-watch".into())
-        .spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = [0u8; 512];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(n) if n > 0 => {}
-                    // A signal (the stack dumper's SIGUSR2) is not the parent going away.
-                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                    _ => break,
-                }
-            }
-            let _ = tx.send(());
-        })
-        .map(|_| rx)
-        .unwrap_or_else(|_| {
-            // No thread, no watcher: never resolve, PDEATHSIG still applies.
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            std::mem::forget(tx);
-            rx
-        })
-}
-
-/// `ferrogen-mux serve`.
-fn serve(socket: &Path) -> Result<(), MuxError> {
-    // If ansible-playbook dies without closing our stdin (SIGKILL of a process holding a
-    // copy), the kernel still tells us.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-        .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
-    let config = Config::from_env().map_err(MuxError::Config)?;
-    let debug_log = logging::init();
-    check_socket_dir(socket)?;
-    let bootstrap = Bootstrap::load()
-        .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?
-        .with_options(bootstrap::AgentOptions::from_env());
-    let std_listener = bind(socket)?;
-    let stdin_eof = stdin_closed();
-
-    let system = actix_rt::System::new();
-    let result = system.block_on(async move {
-        let listener = tokio::net::UnixListener::from_std(std_listener)
-            .map_err(|err| MuxError::Io("registering the socket".into(), err))?;
-        let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut sigint = signal(tokio::signal::unix::SignalKind::interrupt())?;
-        let registry = actix::Actor::start(Registry::new(
-            bootstrap,
-            config.pool_size,
-            config.max_interpreters,
-            blob_store::DEFAULT_CAPACITY,
-        ));
-        let _listener = Listener::start(listener, registry.clone());
-        stack_dump::install(registry.clone(), config.dump_interval)
-            .map_err(|err| MuxError::Io("installing the stack dump handlers".into(), err))?;
-        info!(
-            socket = %socket.display(),
-            pool_size = config.pool_size,
-            max_interpreters = config.max_interpreters,
-            ?debug_log,
-            "serving"
-        );
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "READY {}", std::process::id())
-                .and_then(|()| out.flush())
-                .map_err(|err| MuxError::Io("writing READY".into(), err))?;
-        }
-        let why = tokio::select! {
-            _ = stdin_eof => "stdin closed",
-            _ = sigterm.recv() => "SIGTERM",
-            _ = sigint.recv() => "SIGINT",
-        };
-        info!("exiting: {why}");
-        let _ = registry.send(messages::ShutdownAll).await;
-        Ok(())
-    });
-    process_groups::kill_all();
-    let _ = std::fs::remove_file(socket);
-    result
-}
-
-fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::Signal, MuxError> {
-    tokio::signal::unix::signal(kind)
-        .map_err(|err| MuxError::Io("installing a signal handler".into(), err))
 }
 
 #[cfg(test)]
@@ -335,12 +158,16 @@ mod tests {
     }
 
     #[test]
-    fn socket_dir_must_be_private() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = check_socket_dir(&dir.path().join("s")).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        check_socket_dir(&dir.path().join("s")).unwrap();
+    fn help_describes_every_subcommand() {
+        let Command::Help(top) = args(&["--help"]).unwrap() else {
+            panic!("no help");
+        };
+        assert!(top.contains("serve") && top.contains("status"), "{top}");
+        for sub in ["serve", "status"] {
+            let Command::Help(text) = args(&[sub, "--help"]).unwrap() else {
+                panic!("no help for {sub}");
+            };
+            assert!(text.contains("--socket <PATH>"), "{text}");
+        }
     }
 }

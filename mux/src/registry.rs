@@ -21,7 +21,8 @@ use crate::{
         Redispatch, ResetTarget, ShutdownAll, ShutdownTarget, Status, StoreBlob, Submit,
         TargetGone,
     },
-    target::Target,
+    target::{Shared, Target},
+    transport::Connector,
 };
 
 /// How long shutdown waits for all targets to say goodbye.
@@ -42,14 +43,10 @@ pub struct Registry {
     next_serial: u64,
     /// Uploaded blobs, bounded by bytes.
     blobs: BlobStore,
-    /// The compressed agent, handed to each new Target.
-    bootstrap: Bootstrap,
-    /// Permits for connection set-up (`MITOGEN_POOL_SIZE`), shared by all Targets.
-    pool: Arc<Semaphore>,
-    /// Set by [`Shutdown`]: later calls are refused instead of starting connections.
+    /// What every Target shares: the agent, the set-up permits, the connector, the limit.
+    shared: Shared,
+    /// Set by [`ShutdownAll`]: later calls are refused instead of starting connections.
     shutting_down: bool,
-    /// `MITOGEN_MAX_INTERPRETERS`, handed to each new Target.
-    max_interpreters: usize,
 }
 
 impl Registry {
@@ -59,15 +56,19 @@ impl Registry {
         pool_size: usize,
         max_interpreters: usize,
         blob_capacity: usize,
+        connector: Arc<dyn Connector>,
     ) -> Registry {
         Registry {
             targets: HashMap::new(),
             next_serial: 1,
             blobs: BlobStore::new(blob_capacity),
-            bootstrap,
-            pool: Arc::new(Semaphore::new(pool_size)),
+            shared: Shared {
+                bootstrap,
+                pool: Arc::new(Semaphore::new(pool_size)),
+                connector,
+                max_interpreters,
+            },
             shutting_down: false,
-            max_interpreters,
         }
     }
 }
@@ -87,11 +88,9 @@ impl Registry {
         let addr = Target::new(
             serial,
             spec.clone(),
-            self.bootstrap.clone(),
-            self.pool.clone(),
+            self.shared.clone(),
             ctx.address().recipient(),
             ctx.address().recipient(),
-            self.max_interpreters,
         )
         .start();
         self.targets.insert(key, (serial, addr.clone()));

@@ -27,10 +27,7 @@ use std::{
 use actix::{io::FramedWrite, prelude::*};
 use bytes::Bytes;
 use futures_util::future::join_all;
-use tokio::{
-    process::ChildStdin,
-    sync::{oneshot, OwnedSemaphorePermit, Semaphore},
-};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
@@ -47,7 +44,7 @@ use crate::{
         Relay, ShutdownTarget, TargetGone,
     },
     process_groups,
-    transport::{self, Started, StderrTail, TransportExit},
+    transport::{self, AgentWriter, Connector, Started, StderrTail, TransportExit},
 };
 
 /// After the transport is found dying, how long to wait for its exit status and the end
@@ -99,7 +96,7 @@ struct Link {
     /// Transport child pid (= its process group), once spawned.
     pid: Option<u32>,
     /// The agent link's write side (the child's stdin).
-    writer: Option<FramedWrite<Frame, ChildStdin, FrameCodec>>,
+    writer: Option<FramedWrite<Frame, AgentWriter, FrameCodec>>,
     /// The transport's stderr, for messages.
     stderr: StderrTail,
     /// How the transport ended, once known.
@@ -121,6 +118,19 @@ impl Link {
     }
 }
 
+/// What every Target of a mux shares, handed to each by the Registry.
+#[derive(Clone)]
+pub struct Shared {
+    /// The agent payload and remote command.
+    pub bootstrap: Bootstrap,
+    /// Connection set-up permits (`MITOGEN_POOL_SIZE`).
+    pub pool: Arc<Semaphore>,
+    /// How the agent link is started.
+    pub connector: Arc<dyn Connector>,
+    /// `MITOGEN_MAX_INTERPRETERS`.
+    pub max_interpreters: usize,
+}
+
 /// One target connection.
 pub struct Target {
     /// Number given by the Registry; guards [`TargetGone`] against a newer Target.
@@ -131,10 +141,8 @@ pub struct Target {
     key: TargetKey,
     /// Inventory name (or key summary), for logs and messages.
     name: String,
-    /// The agent payload and remote command.
-    bootstrap: Bootstrap,
-    /// Connection set-up permits shared by every Target.
-    pool: Arc<Semaphore>,
+    /// What every Target of the mux shares.
+    shared: Shared,
     /// Told when this Target goes away.
     registry: Recipient<TargetGone>,
     /// Calls that arrive after this Target began dying go here, to a fresh Target.
@@ -156,11 +164,9 @@ impl Target {
     pub fn new(
         serial: u64,
         spec: TargetSpec,
-        bootstrap: Bootstrap,
-        pool: Arc<Semaphore>,
+        shared: Shared,
         registry: Recipient<TargetGone>,
         redispatch: Recipient<Redispatch>,
-        max_interpreters: usize,
     ) -> Target {
         let key = spec.key();
         let name = spec.name.clone().unwrap_or_else(|| key.to_string());
@@ -169,8 +175,8 @@ impl Target {
             key,
             name,
             spec,
-            bootstrap,
-            pool,
+            interpreters: Interpreters::new(shared.max_interpreters),
+            shared,
             registry,
             redispatch,
             phase: Phase::Connecting {
@@ -179,7 +185,6 @@ impl Target {
             },
             since: Instant::now(),
             link: Link::default(),
-            interpreters: Interpreters::new(max_interpreters),
             on_finished: Vec::new(),
         }
     }
@@ -204,15 +209,17 @@ impl Target {
                 return;
             }
         };
-        self.link.pid = Some(started.pid);
+        self.link.pid = started.pid;
         let Phase::Connecting { permit: held, .. } = &mut self.phase else {
             // Shut down while the child was being spawned: its output is not wanted.
             self.link.stdout_closed = true;
-            process_groups::kill(started.pid);
+            if let Some(pid) = started.pid {
+                process_groups::kill(pid);
+            }
             return;
         };
         *held = permit;
-        debug!(target = %self.name, pid = started.pid, "transport started");
+        debug!(target = %self.name, pid = ?started.pid, "transport started");
         self.link.writer = Some(FramedWrite::new(started.stdin, FrameCodec::new(), ctx));
         Target::add_stream(FramedRead::new(started.stdout, FrameCodec::new()), ctx);
         let exit = started.exit;
@@ -709,15 +716,17 @@ impl Actor for Target {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let timeout = self.timeout();
-        let pool = self.pool.clone();
-        let spec = self.spec.clone();
-        let bootstrap = self.bootstrap.clone();
-        let stderr = self.link.stderr.clone();
-        let name = self.name.clone();
+        let pool = self.shared.pool.clone();
+        let connecting = self.shared.connector.connect(
+            self.spec.clone(),
+            self.shared.bootstrap.clone(),
+            self.link.stderr.clone(),
+            self.name.clone(),
+            timeout,
+        );
         async move {
             let permit = pool.acquire_owned().await.ok();
-            let started = transport::start(&spec, &bootstrap, stderr, &name, timeout).await;
-            (started, permit)
+            (connecting.await, permit)
         }
         .into_actor(self)
         .then(move |(started, permit), act, ctx| {

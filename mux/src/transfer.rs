@@ -698,11 +698,30 @@ mod tests {
         (Chunk { id, offset, size }, Bytes::from_static(body))
     }
 
-    async fn settle() {
-        for _ in 0..10 {
-            tokio::task::yield_now().await;
+    /// Lets the transfer, its reads on the blocking pool and the sink run until nothing
+    /// more arrives at the sink for a while (reads of the source can be slow on a busy
+    /// machine, so a fixed pause is not enough).
+    async fn settle(sink: &Sink) {
+        let counts = || {
+            (
+                sink.worker.lock().unwrap().len(),
+                sink.agent.lock().unwrap().len(),
+            )
+        };
+        let mut last = counts();
+        let mut quiet = 0;
+        for _ in 0..500 {
+            for _ in 0..10 {
+                tokio::task::yield_now().await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = counts();
+            quiet = if now == last { quiet + 1 } else { 0 };
+            last = now;
+            if quiet == 5 {
+                return;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     #[test]
@@ -717,14 +736,14 @@ mod tests {
         let sink = Sink::default();
         let (transfer, _file) = start_put(&sink, b"abc");
         transfer.do_send(put_end(3));
-        settle().await;
+        settle(&sink).await;
         assert!(
             sink.agent.lock().unwrap().is_empty(),
             "sent before Attached"
         );
         attach(&transfer, &sink, 2);
         transfer.do_send(ack(3));
-        settle().await;
+        settle(&sink).await;
         let agent = sink.agent.lock().unwrap().clone();
         assert_eq!(agent.len(), 2);
         assert_eq!(agent[0].kind(), "chunk");
@@ -745,7 +764,7 @@ mod tests {
         assert_eq!(described["total"], 3);
         assert_eq!(described["state"], "streaming");
         transfer.do_send(CallEvent::Reply(CallReply::ok(7, json!({"size": 3}))));
-        settle().await;
+        settle(&sink).await;
         assert_eq!(sink.worker.lock().unwrap().last().unwrap().kind(), "reply");
         assert!(!transfer.connected(), "a finished transfer stops");
     }
@@ -757,14 +776,14 @@ mod tests {
         let (transfer, _file) = start_put(&sink, &content);
         attach(&transfer, &sink, 0);
         transfer.do_send(put_end(content.len()));
-        settle().await;
+        settle(&sink).await;
         let window_chunks = (TRANSFER_WINDOW / CHUNK_MAX as u64) as usize;
         assert_eq!(sink.agent.lock().unwrap().len(), window_chunks);
         transfer.do_send(ack(2 * CHUNK_MAX));
-        settle().await;
+        settle(&sink).await;
         assert_eq!(sink.agent.lock().unwrap().len(), window_chunks + 2);
         transfer.do_send(ack(6 * CHUNK_MAX));
-        settle().await;
+        settle(&sink).await;
         let agent = sink.agent.lock().unwrap().clone();
         let kinds: Vec<&str> = agent.iter().map(Frame::kind).collect();
         assert_eq!(kinds.len(), 8, "{kinds:?}");
@@ -815,7 +834,7 @@ mod tests {
         let args = json!({"path": "/dest", "size": 3, "source": source_of(&file)});
         let transfer = transfer(Direction::Put, args, &sink).unwrap().start();
         attach(&transfer, &sink, 0);
-        settle().await;
+        settle(&sink).await;
         let worker = sink.worker.lock().unwrap().clone();
         let reply = worker.last().unwrap();
         assert_eq!(reply.header["error"]["kind"], "source_error");
@@ -847,9 +866,9 @@ mod tests {
         let sink = Sink::default();
         let (transfer, _file) = start_put(&sink, b"abc");
         attach(&transfer, &sink, 0);
-        settle().await;
+        settle(&sink).await;
         transfer.do_send(FromWorker::Chunk);
-        settle().await;
+        settle(&sink).await;
         let worker = sink.worker.lock().unwrap().clone();
         let reply = worker.last().unwrap();
         assert_eq!(reply.kind(), "reply");
@@ -875,7 +894,7 @@ mod tests {
         let (data, body) = chunk(9, 0, Some(4), b"data");
         transfer.do_send(CallEvent::Chunk(data, body));
         transfer.do_send(FromWorker::Ack(Ack { id: 7, bytes: 4 }));
-        settle().await;
+        settle(&sink).await;
         let worker = sink.worker.lock().unwrap().clone();
         assert_eq!(worker[0].kind(), "chunk");
         assert_eq!(worker[0].header["id"], 7);

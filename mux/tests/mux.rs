@@ -310,7 +310,10 @@ fn calls_in_flight_are_multiplexed() {
 
 #[test]
 fn blobs_are_uploaded_once_and_missing_ones_reported() {
-    let mux = Mux::start();
+    // The stand-in agent counts the blob frames that reach it, so a mux that sent the blob
+    // with every call would fail here.
+    let agent = standin_agent();
+    let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
     let mut client = mux.client();
     // Module blobs are base64 text (docs/protocol.md).
     let content = b"bW9kdWxlIHppcCBieXRlcw==";
@@ -339,6 +342,12 @@ fn blobs_are_uploaded_once_and_missing_ones_reported() {
     let actors = client.status();
     let interp = actors.iter().find(|a| a["kind"] == "interpreter").unwrap();
     assert_eq!(interp["blobs"], 1);
+    let received = &stats(&mut client)["blobs"];
+    assert_eq!(
+        received,
+        &json!([{"hash": hash, "interp": 0, "cached": false, "len": content.len()}]),
+        "the blob crosses the agent link once"
+    );
 }
 
 #[test]

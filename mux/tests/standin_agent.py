@@ -5,7 +5,7 @@ It speaks the agent link like the real agent but fakes become interpreters in-pr
 are answered from that entry. It keeps the counts the tests assert on.
 
 Ops: ping -> {pid, interp, user}; stats -> {alive, max_alive, spawns, stops, cancelled,
-passwords}; hold -> answered only when a later `release` comes; release -> answers every
+passwords, blobs (the blob frames received: hash, interp, cached, body length)}; hold -> answered only when a later `release` comes; release -> answers every
 held call, then itself; die -> the interpreter "exits": interp_lost, no reply.
 Users starting with "bad" fail to spawn (become_failed, "incorrect password"). Users starting
 with "late" are spawned only once a call for them has arrived, as a real agent does when it
@@ -29,6 +29,7 @@ stops = []
 cancelled = []
 passwords = []
 held = []             # (id, interp)
+blobs = []            # every blob frame received
 late = {}             # interp -> user, spawned when its first call comes
 
 
@@ -65,7 +66,7 @@ send({'type': 'ready', 'pid': os.getpid(), 'python': sys.executable, 'version': 
 while True:
     header_len, body_len = PREFIX.unpack(read_exact(PREFIX.size))
     header = json.loads(read_exact(header_len))
-    read_exact(body_len)
+    body = read_exact(body_len)
     kind = header['type']
     interp = header.get('interp', 0)
     if kind == 'spawn':
@@ -90,7 +91,8 @@ while True:
     elif kind == 'shutdown':
         sys.exit(0)
     elif kind == 'blob':
-        pass
+        blobs.append({'hash': header['hash'], 'interp': interp, 'cached': header.get('cached', False),
+                      'len': len(body)})
     elif kind == 'call':
         if interp in late:
             spawned(interp, late.pop(interp))
@@ -105,7 +107,7 @@ while True:
         elif op == 'stats':
             reply(header['id'], {'alive': sorted(interps), 'max_alive': max_alive,
                                  'spawns': spawns, 'stops': stops, 'cancelled': cancelled,
-                                 'passwords': passwords})
+                                 'passwords': passwords, 'blobs': blobs})
         elif op == 'hold':
             held.append((header['id'], interp))
         elif op == 'release':

@@ -6,13 +6,18 @@
 //! One file per connection kind says how to build its command line ([`ConnectionKind`]);
 //! everything else here is shared. A new kind (docker, kubectl, a delegated hop) is one new
 //! file implementing [`ConnectionKind`], one arm in [`kind_of`], and its tests.
+//!
+//! Targets reach their agents through a [`Connector`]: [`Processes`] starts the transport
+//! processes; tests connect in memory instead (`tests/in_process.rs`).
 
 mod local;
 mod ssh;
 
 use std::{
     fmt,
+    future::Future,
     os::unix::process::ExitStatusExt,
+    pin::Pin,
     process::{ExitStatus, Stdio},
     sync::Arc,
     time::Duration,
@@ -20,8 +25,8 @@ use std::{
 
 use parking_lot::Mutex;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    process::{ChildStderr, ChildStdin, ChildStdout, Command},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    process::{ChildStderr, Command},
     sync::oneshot,
 };
 use tracing::debug;
@@ -118,16 +123,55 @@ impl StderrTail {
     }
 }
 
+/// The agent link's write side (a transport's stdin).
+pub type AgentWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// The agent link's read side (a transport's stdout).
+pub type AgentReader = Box<dyn AsyncRead + Unpin + Send>;
+
 /// A started transport, the bootstrap payload written to its stdin.
 pub struct Started {
-    /// The child's pid (also its process group id).
-    pub pid: u32,
-    /// The child's stdin, the agent link's write side.
-    pub stdin: ChildStdin,
-    /// The child's stdout, where agent frames arrive.
-    pub stdout: ChildStdout,
-    /// Resolves once the child has exited (and its last stderr was read).
+    /// The child's pid (also its process group id); `None` for a link in memory.
+    pub pid: Option<u32>,
+    /// The agent link's write side.
+    pub stdin: AgentWriter,
+    /// The agent link's read side, where agent frames arrive.
+    pub stdout: AgentReader,
+    /// Resolves once the transport has ended (and its last stderr was read).
     pub exit: oneshot::Receiver<TransportExit>,
+}
+
+/// What [`Connector::connect`] returns.
+pub type Connecting = Pin<Box<dyn Future<Output = Result<Started, String>> + Send>>;
+
+/// How a Target reaches its agent.
+pub trait Connector: Send + Sync {
+    /// Starts the agent link for `spec` with `bootstrap`, keeping the transport's stderr in
+    /// `stderr_tail`; `timeout` bounds writing the bootstrap.
+    fn connect(
+        &self,
+        spec: TargetSpec,
+        bootstrap: Bootstrap,
+        stderr_tail: StderrTail,
+        name: String,
+        timeout: Duration,
+    ) -> Connecting;
+}
+
+/// Transport processes, one per connection: what the mux runs with.
+pub struct Processes;
+
+impl Connector for Processes {
+    fn connect(
+        &self,
+        spec: TargetSpec,
+        bootstrap: Bootstrap,
+        stderr_tail: StderrTail,
+        name: String,
+        timeout: Duration,
+    ) -> Connecting {
+        Box::pin(async move { start(&spec, &bootstrap, stderr_tail, &name, timeout).await })
+    }
 }
 
 /// Starts the transport for `spec` and writes the bootstrap payload to it (within `timeout`).
@@ -188,9 +232,9 @@ pub async fn start(
         Err(_) => debug!(target = %name, "bootstrap write timed out"),
     }
     Ok(Started {
-        pid,
-        stdin,
-        stdout,
+        pid: Some(pid),
+        stdin: Box::new(stdin),
+        stdout: Box::new(stdout),
         exit,
     })
 }
@@ -253,6 +297,6 @@ mod tests {
         .unwrap();
         assert_eq!(started.exit.await.unwrap(), TransportExit::Exited(3));
         assert_eq!(tail.lines(), vec!["bye".to_owned()]);
-        process_groups::kill(started.pid);
+        process_groups::kill(started.pid.unwrap());
     }
 }
