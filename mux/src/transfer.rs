@@ -156,6 +156,15 @@ pub fn direction_of(op: &Op) -> Option<Direction> {
     }
 }
 
+/// What a transfer streams: a put reads its controller-side source; a fetch relays what the
+/// agent reads.
+enum Stream {
+    /// Controller to target (`put_begin`), from this file.
+    Put(Source),
+    /// Target to controller (`fetch_begin`).
+    Fetch,
+}
+
 /// Where the transfer's frames go on the agent link.
 struct Route {
     /// The mux-side call id.
@@ -213,8 +222,8 @@ impl Route {
 pub struct Transfer {
     /// The worker's call id.
     worker_id: u64,
-    /// Put or fetch.
-    direction: Direction,
+    /// A put with its source, or a fetch.
+    stream: Stream,
     /// The path on the target.
     path: String,
     /// The target's name, for logs and status.
@@ -229,8 +238,6 @@ pub struct Transfer {
     started: Instant,
     /// Set by [`Attached`].
     route: Option<Route>,
-    /// A put's file on the controller.
-    source: Option<Source>,
     /// The worker's session, for `ack`/`chunk` frames.
     session: Recipient<ToWorker>,
     /// The worker's session, for the final reply.
@@ -251,14 +258,14 @@ impl Transfer {
         reply_to: Recipient<CallReply>,
     ) -> Result<Transfer, SourceError> {
         let source = args.as_object_mut().and_then(|args| args.remove("source"));
-        let source = match direction {
-            Direction::Put => Some(Source::open(source)?),
-            Direction::Fetch => None,
+        let stream = match direction {
+            Direction::Put => Stream::Put(Source::open(source)?),
+            Direction::Fetch => Stream::Fetch,
         };
         let fields = StreamArgs::deserialize(&*args).unwrap_or_default();
         Ok(Transfer {
             worker_id,
-            direction,
+            stream,
             path: fields
                 .path
                 .as_ref()
@@ -271,7 +278,6 @@ impl Transfer {
             acked: 0,
             started: Instant::now(),
             route: None,
-            source,
             session,
             reply_to,
             done: false,
@@ -290,7 +296,7 @@ impl Transfer {
         if self.done {
             return;
         }
-        warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction.as_str());
+        warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction().as_str());
         if let Some(route) = &self.route {
             route.send(Outgoing::Cancel);
         }
@@ -303,7 +309,7 @@ impl Transfer {
     /// Sends what the route and the window allow of a put: the next chunk of the source (one
     /// read in flight at a time), or, once all have gone, the worker's `put_end`.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let (Some(route), Some(source)) = (&self.route, &mut self.source) else {
+        let (Some(route), Stream::Put(source)) = (&self.route, &mut self.stream) else {
             return;
         };
         if source.at_end {
@@ -333,10 +339,18 @@ impl Transfer {
 
     /// The put's source file, for messages.
     fn source_path(&self) -> String {
-        self.source
-            .as_ref()
-            .map_or("?", |source| &source.path)
-            .to_owned()
+        match &self.stream {
+            Stream::Put(source) => source.path.clone(),
+            Stream::Fetch => "?".to_owned(),
+        }
+    }
+
+    /// Put or fetch.
+    fn direction(&self) -> Direction {
+        match self.stream {
+            Stream::Put(_) => Direction::Put,
+            Stream::Fetch => Direction::Fetch,
+        }
     }
 
     /// A read of the source finished: send its chunk (none at the end) and go on.
@@ -347,7 +361,7 @@ impl Transfer {
     ) {
         let chunk = match joined {
             Ok((file, Ok(chunk))) => {
-                if let Some(source) = &mut self.source {
+                if let Stream::Put(source) = &mut self.stream {
                     source.file = Some(file);
                 }
                 chunk
@@ -365,7 +379,7 @@ impl Transfer {
             return;
         }
         if chunk.is_empty() {
-            if let Some(source) = &mut self.source {
+            if let Stream::Put(source) = &mut self.stream {
                 source.at_end = true;
             }
         } else if let Some(route) = &self.route {
@@ -389,13 +403,13 @@ impl Actor for Transfer {
 
     fn started(&mut self, _: &mut Self::Context) {
         debug!(target = %self.target_name, id = self.worker_id, path = %self.path,
-               total = ?self.total, "{} starting", self.direction.as_str());
+               total = ?self.total, "{} starting", self.direction().as_str());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         if !self.done {
             debug!(target = %self.target_name, path = %self.path, acked = self.acked,
-                   "{} abandoned", self.direction.as_str());
+                   "{} abandoned", self.direction().as_str());
         }
     }
 }
@@ -409,9 +423,9 @@ impl Handler<FromWorker> for Transfer {
         if self.done {
             return;
         }
-        match (self.direction, msg, &self.route) {
+        match (self.direction(), msg, &self.route) {
             (Direction::Put, FromWorker::PutEnd(end), _) => {
-                if let Some(source) = &mut self.source {
+                if let Stream::Put(source) = &mut self.stream {
                     source.put_end = Some(end);
                 }
                 self.pump(ctx);
@@ -470,7 +484,7 @@ impl Transfer {
         if self.done {
             return;
         }
-        if self.direction != Direction::Put {
+        if self.direction() != Direction::Put {
             debug!(target = %self.target_name, "ignoring agent \"ack\" frame for a transfer");
             return;
         }
@@ -487,7 +501,7 @@ impl Transfer {
         if self.done {
             return;
         }
-        if self.direction != Direction::Fetch {
+        if self.direction() != Direction::Fetch {
             debug!(target = %self.target_name, "ignoring agent \"chunk\" frame for a transfer");
             return;
         }
@@ -523,10 +537,10 @@ impl Transfer {
         let mb_s = bytes as f64 / secs.max(1e-6) / 1e6;
         if ok && bytes >= LOG_SIZE {
             info!(target = %self.target_name, path = %self.path, bytes, secs, mb_s,
-                  "{} done", self.direction.as_str());
+                  "{} done", self.direction().as_str());
         } else {
             debug!(target = %self.target_name, path = %self.path, bytes, secs, mb_s, ok,
-                   "{} finished", self.direction.as_str());
+                   "{} finished", self.direction().as_str());
         }
         self.reply_to.do_send(reply);
         // Let frames already queued for the worker go out first (same mailbox, in order).
@@ -547,7 +561,7 @@ impl Handler<DescribeTransfer> for Transfer {
         let doing = match self.total {
             Some(total) => format!(
                 "{} {}: {} of {} bytes at {:.1} MB/s",
-                self.direction.as_str(),
+                self.direction().as_str(),
                 self.path,
                 self.acked,
                 total,
@@ -555,7 +569,7 @@ impl Handler<DescribeTransfer> for Transfer {
             ),
             None => format!(
                 "{} {}: {} bytes at {:.1} MB/s",
-                self.direction.as_str(),
+                self.direction().as_str(),
                 self.path,
                 self.acked,
                 rate / 1e6
@@ -568,7 +582,7 @@ impl Handler<DescribeTransfer> for Transfer {
             } else {
                 TransferState::Queued
             },
-            direction: self.direction,
+            direction: self.direction(),
             path: self.path.clone(),
             bytes: self.acked,
             sent: self.sent,

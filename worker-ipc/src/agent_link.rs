@@ -250,21 +250,6 @@ impl ToAgent {
     pub fn to_frame(&self, body: Bytes) -> Result<Frame, FrameError> {
         Frame::from_message(self, body)
     }
-
-    /// The interpreter this frame is for (the login agent for `shutdown`).
-    pub fn interp(&self) -> InterpId {
-        match self {
-            ToAgent::Call(AgentCall { interp, .. })
-            | ToAgent::Blob(AgentBlob { interp, .. })
-            | ToAgent::Cancel(CallRef { interp, .. })
-            | ToAgent::Spawn(Spawn { interp, .. })
-            | ToAgent::Stop(InterpRef { interp })
-            | ToAgent::Chunk(AgentChunk { interp, .. })
-            | ToAgent::PutEnd(AgentPutEnd { interp, .. })
-            | ToAgent::Ack(AgentAck { interp, .. }) => *interp,
-            ToAgent::Shutdown => LOGIN_INTERP,
-        }
-    }
 }
 
 /// What an interpreter said when it came up: the `ready` frame's header (`pid`, `python`,
