@@ -52,8 +52,9 @@ pub struct InFlight {
 struct Interpreter {
     /// The account of a become interpreter; `None` for the login one.
     account: Option<BecomeKey>,
-    /// Spawning until the agent answers `spawned` (the login interpreter starts ready).
-    spawning: bool,
+    /// Set while the agent has not answered `spawned` (never for the login interpreter): when
+    /// the mux gives up waiting.
+    spawn_deadline: Option<tokio::time::Instant>,
     /// Its process id on the target, once known.
     pid: Option<u64>,
     /// When it was created.
@@ -65,10 +66,13 @@ struct Interpreter {
 }
 
 impl Interpreter {
-    fn new(account: Option<BecomeKey>, spawning: bool) -> Interpreter {
+    fn new(
+        account: Option<BecomeKey>,
+        spawn_deadline: Option<tokio::time::Instant>,
+    ) -> Interpreter {
         Interpreter {
             account,
-            spawning,
+            spawn_deadline,
             pid: None,
             created: Instant::now(),
             last_used: Instant::now(),
@@ -132,9 +136,13 @@ impl Interpreters {
         }
     }
 
-    /// The interpreter for `account`, entering a new (spawning) one if it has none. Either
-    /// way the account counts as busy until the call is over.
-    pub fn interpreter_for(&mut self, account: &BecomeKey) -> Placement {
+    /// The interpreter for `account`, entering a new one if it has none, spawning until
+    /// `spawn_deadline`. Either way the account counts as busy until the call is over.
+    pub fn interpreter_for(
+        &mut self,
+        account: &BecomeKey,
+        spawn_deadline: tokio::time::Instant,
+    ) -> Placement {
         if let Some(&id) = self.by_account.get(account) {
             self.lru.start_call(account);
             return Placement::Existing(id);
@@ -152,8 +160,8 @@ impl Interpreters {
         self.lru.start_call(account);
         let id = self.next_interp;
         self.next_interp += 1;
-        self.entries
-            .insert(id, Interpreter::new(Some(account.clone()), true));
+        let entry = Interpreter::new(Some(account.clone()), Some(spawn_deadline));
+        self.entries.insert(id, entry);
         self.by_account.insert(account.clone(), id);
         Placement::New {
             id,
@@ -167,9 +175,12 @@ impl Interpreters {
         self.lru.len()
     }
 
-    /// Whether interpreter `id` is still waiting for `spawned`.
-    pub fn is_spawning(&self, id: InterpId) -> bool {
-        self.entries.get(&id).is_some_and(|i| i.spawning)
+    /// Whether interpreter `id` is still waiting for `spawned` past its deadline.
+    pub fn spawn_overdue(&self, id: InterpId, now: tokio::time::Instant) -> bool {
+        self.entries
+            .get(&id)
+            .and_then(|i| i.spawn_deadline)
+            .is_some_and(|deadline| deadline <= now)
     }
 
     /// The account of become interpreter `id`, if it is known.
@@ -180,7 +191,7 @@ impl Interpreters {
     /// The agent answered `spawned` with `ok`: interpreter `id` takes calls.
     pub fn spawned(&mut self, id: InterpId, pid: Option<u64>) {
         if let Some(interp) = self.entries.get_mut(&id) {
-            interp.spawning = false;
+            interp.spawn_deadline = None;
             interp.pid = pid;
             interp.last_used = Instant::now();
         }
@@ -214,7 +225,7 @@ impl Interpreters {
         if interp == LOGIN_INTERP {
             self.entries
                 .entry(LOGIN_INTERP)
-                .or_insert_with(|| Interpreter::new(None, false));
+                .or_insert_with(|| Interpreter::new(None, None));
         }
         if let Some(entry) = self.entries.get_mut(&interp) {
             for (hash, content) in blobs {
@@ -407,7 +418,8 @@ impl Interpreters {
                 elapsed: call.since.elapsed().as_secs_f64(),
             })
             .collect();
-        let state = match (interp.spawning, calls.is_empty()) {
+        let spawning = interp.spawn_deadline.is_some();
+        let state = match (spawning, calls.is_empty()) {
             (true, _) => InterpreterState::Spawning,
             (false, true) => InterpreterState::Idle,
             (false, false) => InterpreterState::Busy,
@@ -421,9 +433,7 @@ impl Interpreters {
                 .as_ref()
                 .map_or_else(|| "login".to_owned(), ToString::to_string),
             state,
-            since: interp
-                .spawning
-                .then(|| interp.created.elapsed().as_secs_f64()),
+            since: spawning.then(|| interp.created.elapsed().as_secs_f64()),
             last_used,
             idle: calls.is_empty().then_some(last_used),
             pid: interp.pid,

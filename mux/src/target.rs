@@ -300,7 +300,9 @@ impl Target {
             return;
         };
         let key = become_spec.key();
-        let (id, evict, over_limit) = match self.interpreters.interpreter_for(&key) {
+        let patience = self.timeout() + SPAWN_SLACK;
+        let deadline = tokio::time::Instant::now() + patience;
+        let (id, evict, over_limit) = match self.interpreters.interpreter_for(&key, deadline) {
             Placement::Existing(id) => {
                 self.send_call(id, call, ctx);
                 return;
@@ -335,9 +337,11 @@ impl Target {
             Bytes::new(),
         );
         self.send_call(id, call, ctx);
-        let patience = self.timeout() + SPAWN_SLACK;
         ctx.run_later(patience, move |act, _| {
-            if act.interpreters.is_spawning(id) {
+            if act
+                .interpreters
+                .spawn_overdue(id, tokio::time::Instant::now())
+            {
                 let secs = patience.as_secs_f64();
                 let why = format!("the agent did not answer within {secs}s");
                 act.fail_spawn(id, ErrorKind::BecomeFailed, &why);

@@ -4,6 +4,7 @@
 //! Time moves only when a test advances it, so timeouts are exact and nothing sleeps.
 
 use std::{
+    collections::HashSet,
     future::Future,
     sync::{Arc, Mutex},
     time::Duration,
@@ -56,7 +57,7 @@ impl AgentLog {
 
 /// Connects every target to an in-memory stand-in agent, which says `ready` once `gate` is
 /// open and then answers: `ping` with its interpreter, `hold` never (until cancelled),
-/// `spawn` with a `spawned`, `stop` with a `stopped`.
+/// `spawn` with a `spawned` (except for accounts named `never...`), `stop` with a `stopped`.
 struct InMemory {
     log: AgentLog,
     gate: watch::Receiver<bool>,
@@ -107,6 +108,7 @@ async fn standin_agent(stream: DuplexStream, log: AgentLog, mut gate: watch::Rec
     let mut frames = FramedRead::new(read, FrameCodec::new());
     let mut early = Vec::new();
     let mut ready = false;
+    let mut silent = HashSet::new();
     loop {
         if !ready && *gate.borrow() {
             ready = true;
@@ -117,7 +119,7 @@ async fn standin_agent(stream: DuplexStream, log: AgentLog, mut gate: watch::Rec
             )
             .await;
             for frame in std::mem::take(&mut early) {
-                answer(&mut writer, frame).await;
+                answer(&mut writer, frame, &mut silent).await;
             }
         }
         let frame = tokio::select! {
@@ -132,16 +134,21 @@ async fn standin_agent(stream: DuplexStream, log: AgentLog, mut gate: watch::Rec
             return;
         }
         if ready {
-            answer(&mut writer, frame).await;
+            answer(&mut writer, frame, &mut silent).await;
         } else {
             early.push(frame);
         }
     }
 }
 
-async fn answer(writer: &mut WriteHalf<DuplexStream>, frame: Frame) {
+/// Answers one frame; `silent` holds the interpreters that never came up, whose calls the
+/// agent holds for ever.
+async fn answer(writer: &mut WriteHalf<DuplexStream>, frame: Frame, silent: &mut HashSet<u64>) {
     let header = &frame.header;
     let interp = header.get("interp").cloned().unwrap_or(json!(0));
+    if silent.contains(&interp.as_u64().unwrap_or(0)) {
+        return;
+    }
     match (frame.kind(), header.get("op").and_then(Value::as_str)) {
         ("call", Some("ping")) => {
             let result = json!({"interp": interp});
@@ -150,6 +157,15 @@ async fn answer(writer: &mut WriteHalf<DuplexStream>, frame: Frame) {
                 json!({"type": "reply", "id": header["id"], "ok": true, "result": result}),
             )
             .await;
+        }
+        // An account named "never..." never comes up: the agent says nothing.
+        ("spawn", _)
+            if header["become"]["user"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("never") =>
+        {
+            silent.insert(interp.as_u64().unwrap_or(0));
         }
         ("spawn", _) => {
             let ready = json!({"pid": 5000 + interp.as_u64().unwrap_or(0)});
@@ -448,5 +464,29 @@ fn the_least_recently_used_idle_become_interpreter_is_stopped_and_blobs_cross_on
             })
             .collect();
         assert_eq!(blobs, vec![(1, false, 8), (2, true, 0), (3, true, 0)]);
+    });
+}
+
+#[test]
+fn a_become_interpreter_that_never_answers_fails_its_calls_at_the_spawn_deadline() {
+    paused(|| async {
+        let mut mux = Mux::start(20, true);
+        let ping = mux.submit("ping", Some("never"), &[]);
+        mux.until("the spawn reaches the agent", |mux| {
+            mux.log.summary().contains(&frame_summary("spawn", 1, ""))
+        })
+        .await;
+        // The target's timeout (10 s) and five seconds of slack.
+        mux.advance(Duration::from_millis(14_900)).await;
+        assert_eq!(mux.replied(), 0, "given up before the deadline");
+        mux.advance(Duration::from_millis(200)).await;
+        let error = mux.reply(ping).await.reply.error.unwrap();
+        assert_eq!(error.kind.as_str(), "become_failed");
+        assert!(
+            error.message.contains("did not answer within 15s"),
+            "{}",
+            error.message
+        );
+        assert!(mux.log.summary().contains(&frame_summary("stop", 1, "")));
     });
 }
