@@ -459,3 +459,118 @@ fn doing(call: &InFlight, target_name: &str) -> String {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::prelude::*;
+
+    use super::*;
+    use crate::messages::CallEvent;
+
+    /// A sink that drops what it gets: the table only stores it.
+    struct Nowhere;
+
+    impl Actor for Nowhere {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<CallEvent> for Nowhere {
+        type Result = ();
+        fn handle(&mut self, _: CallEvent, _: &mut Self::Context) {}
+    }
+
+    fn account(user: &str) -> BecomeKey {
+        BecomeKey {
+            method: "sudo".into(),
+            user: user.into(),
+            exe: None,
+            flags: None,
+            python: None,
+        }
+    }
+
+    fn call(interp: InterpId, worker_id: u64) -> InFlight {
+        InFlight {
+            worker_id,
+            sink: CallSink::plain(Nowhere.start().recipient()),
+            op: Op::Ping,
+            task: None,
+            since: Instant::now(),
+            interp,
+            session: 1,
+            streams: false,
+            bytes: 0,
+        }
+    }
+
+    /// Sends a call without blobs; returns its mux id.
+    fn send(table: &mut Interpreters, interp: InterpId, worker_id: u64) -> u64 {
+        let (mux_id, _) = table.send(
+            interp,
+            Op::Ping,
+            serde_json::json!({}),
+            Bytes::new(),
+            Vec::new(),
+            call(interp, worker_id),
+        );
+        mux_id
+    }
+
+    #[actix::test]
+    async fn blobs_go_once_per_interpreter_and_their_content_once_per_target() {
+        let mut table = Interpreters::new(5);
+        let deadline = tokio::time::Instant::now();
+        let Placement::New { id, .. } = table.interpreter_for(&account("pg"), deadline) else {
+            panic!("a new account gets a new interpreter");
+        };
+        let blob_frames = |table: &mut Interpreters, interp| {
+            let (_, frames) = table.send(
+                interp,
+                Op::Ping,
+                serde_json::json!({}),
+                Bytes::new(),
+                vec![("h".to_owned(), Bytes::from_static(b"zip"))],
+                call(interp, 1),
+            );
+            frames
+                .into_iter()
+                .filter_map(|(frame, body)| match frame {
+                    ToAgent::Blob(blob) => Some((blob.interp, blob.cached, body.len())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(blob_frames(&mut table, LOGIN_INTERP), vec![(0, false, 3)]);
+        assert_eq!(blob_frames(&mut table, LOGIN_INTERP), vec![]);
+        assert_eq!(blob_frames(&mut table, id), vec![(id, true, 0)]);
+    }
+
+    #[actix::test]
+    async fn a_cancelled_calls_late_reply_is_dropped_quietly_and_an_unknown_one_is_not() {
+        let mut table = Interpreters::new(5);
+        let mux_id = send(&mut table, LOGIN_INTERP, 7);
+        let (cancelled, evict) = table.cancel(1, &[7]);
+        assert_eq!(cancelled.len(), 1);
+        assert!(evict.is_empty());
+        assert!(matches!(table.finish(mux_id), Err(true)));
+        assert!(matches!(table.finish(mux_id), Err(false)));
+        assert!(table.is_idle());
+    }
+
+    #[actix::test]
+    async fn spawning_ends_with_spawned_and_is_overdue_only_after_its_deadline() {
+        let mut table = Interpreters::new(5);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        let Placement::New { id, .. } = table.interpreter_for(&account("pg"), deadline) else {
+            panic!("a new account gets a new interpreter");
+        };
+        assert!(!table.spawn_overdue(id, tokio::time::Instant::now()));
+        assert!(table.spawn_overdue(id, deadline));
+        table.spawned(id, Some(42));
+        assert!(!table.spawn_overdue(id, deadline));
+        assert_eq!(
+            table.interpreter_for(&account("pg"), deadline),
+            Placement::Existing(id)
+        );
+    }
+}
