@@ -63,13 +63,41 @@ else
     log "FERROGEN_SETUP_CARGO=0: skipping the Rust build"
 fi
 
+# ---------------------------------------------------------------- controller Pythons
+# Each ansible-core in ci/ansible-versions.txt runs on a controller Python it supports, found
+# at run time: pyenv's versions first, then pythonX.Y on PATH (each one is run to check it works).
+ANSIBLE_VERSIONS="$REPO/ci/ansible-versions.txt"
+find_python() {  # X.Y... -> the path of the first one that runs, on stdout
+    local minor candidate root
+    root="$(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")"
+    for minor in "$@"; do
+        for candidate in "$root"/versions/"$minor".*/bin/python"$minor" "$(command -v "python$minor" || true)"; do
+            if [ -x "$candidate" ] && "$candidate" -c 'import sys, venv' 2>/dev/null; then
+                echo "$candidate"
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+ansible_versions() {  # prints "version python..." lines of ci/ansible-versions.txt
+    grep -v '^[[:space:]]*\(#\|$\)' "$ANSIBLE_VERSIONS"
+}
+read -r PRIMARY_ANSIBLE PRIMARY_PYTHONS < <(ansible_versions | head -n1)
+grep -qxF "ansible-core==$PRIMARY_ANSIBLE" "$REPO/ci/requirements.txt" \
+    || die "ci/requirements.txt must pin ansible-core==$PRIMARY_ANSIBLE, the first line of ci/ansible-versions.txt"
+# shellcheck disable=SC2086 # a list of versions
+CONTROLLER_PYTHON="$(find_python $PRIMARY_PYTHONS)" \
+    || die "ansible-core $PRIMARY_ANSIBLE needs one of Python $PRIMARY_PYTHONS on the controller; none found under $(pyenv root 2>/dev/null || echo "${PYENV_ROOT:-$HOME/.pyenv}")/versions or on PATH"
+
 # ---------------------------------------------------------------- virtualenv
 REQ="$REPO/ci/requirements.txt"
 REQ_SUM="$(sha256sum "$REQ" | cut -d' ' -f1)"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-    log "creating virtualenv $VENV with $(command -v python3) ($(python3 --version 2>&1))"
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null \
+    || [ "$("$VENV/bin/python" -c 'import sys; print(sys.version)')" != "$("$CONTROLLER_PYTHON" -c 'import sys; print(sys.version)')" ]; then
+    log "creating virtualenv $VENV with $CONTROLLER_PYTHON ($("$CONTROLLER_PYTHON" --version 2>&1))"
     rm -rf "$VENV"
-    python3 -m venv "$VENV"
+    "$CONTROLLER_PYTHON" -m venv "$VENV"
 fi
 if [ "$(cat "$VENV/.ferrogen-requirements" 2>/dev/null || true)" = "$REQ_SUM" ] \
     && "$VENV/bin/python" -m pip check >/dev/null 2>&1 \
@@ -86,6 +114,29 @@ VENV_PY="$VENV/bin/python"
 # pip compiles what it installs; a checkout's plugin would be compiled again by every
 # ansible-playbook run wherever PYTHONDONTWRITEBYTECODE is set (as on these machines).
 "$VENV_PY" -m compileall -q "$REPO/plugin" >/dev/null
+
+# ---------------------------------------------------------------- other ansible-core versions
+# One venv per other line of ci/ansible-versions.txt, .state/ansible/<version>, for the smoke set
+# (tests/test_ansible_versions.py); a venv whose stamp matches its line is kept.
+mkdir -p "$STATE/ansible"
+while read -r version pythons; do
+    [ "$version" = "$PRIMARY_ANSIBLE" ] && continue
+    venv="$STATE/ansible/$version"
+    # shellcheck disable=SC2086 # a list of versions
+    python="$(find_python $pythons)" \
+        || die "ansible-core $version needs one of Python $pythons on the controller; none found"
+    stamp="ansible-core==$version $("$python" -c 'import sys; print(sys.version.split()[0])')"
+    if [ "$(cat "$venv/.ferrogen-ansible" 2>/dev/null || true)" = "$stamp" ] && [ -x "$venv/bin/ansible-playbook" ]; then
+        continue
+    fi
+    log "virtualenv $venv: ansible-core $version on $python"
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "ansible-core==$version"
+    "$venv/bin/python" -m compileall -q "$REPO/plugin" >/dev/null
+    echo "$stamp" >"$venv/.ferrogen-ansible"
+done < <(ansible_versions)
+log "ansible-core versions: $(ls "$STATE/ansible" | tr '\n' ' ')"
 
 write_inventory() {
     cat >"$STATE/inventory.ini" <<EOF

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,8 +30,23 @@ CALLBACK_DIR = TESTS / "callback_plugins"
 BASELINE = {"on": False}
 
 
-def ansible_playbook_bin() -> Path:
-    return VENV / "bin" / "ansible-playbook"
+# ci/ansible-versions.txt: the primary ansible-core (.venv) first, then one venv per other
+# version under .state/ansible/<version> (ci/setup.sh makes them).
+ANSIBLE_VERSIONS_FILE = REPO / "ci" / "ansible-versions.txt"
+ANSIBLE_VENVS = STATE / "ansible"
+
+
+def ansible_versions() -> list[str]:
+    """The ansible-core versions CI tests, the primary one first."""
+    lines = ANSIBLE_VERSIONS_FILE.read_text().splitlines()
+    return [line.split()[0] for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def ansible_playbook_bin(version: str | None = None) -> Path:
+    """ansible-playbook of the primary ansible-core, or of another version's venv."""
+    if version is None or version == ansible_versions()[0]:
+        return VENV / "bin" / "ansible-playbook"
+    return ANSIBLE_VENVS / version / "bin" / "ansible-playbook"
 
 
 class PlaybookRun(NamedTuple):
@@ -98,12 +115,13 @@ def run_playbook(
     extra_args: tuple[str, ...] | list[str] = (),
     limit: str | None = None,
     timeout: float = 300,
+    ansible_version: str | None = None,
 ) -> PlaybookRun:
     """Run one playbook and return (returncode, results, stdout, stderr).
 
     results: one dict per task result per host, as written by tests/callback_plugins/result_dump.py
     (keys: status, host, task, action, changed, failed, unreachable, skipped, rc, stdout, stderr,
-    msg, result).
+    msg, result). ansible_version: run that version's ansible-playbook (ansible_playbook_bin).
     """
     if BASELINE["on"]:
         ferrogen = False
@@ -120,7 +138,7 @@ def run_playbook(
         playbook = PLAYBOOKS / playbook
     run_id = uuid.uuid4().hex[:12]  # playbooks use it to keep their scratch paths apart
     cmd = [
-        str(ansible_playbook_bin()),
+        str(ansible_playbook_bin(ansible_version)),
         "-i",
         str(inventory or INVENTORY),
         str(playbook),
@@ -195,3 +213,40 @@ def ssh_host_line(
         f"{name} ansible_host=127.0.0.1 ansible_port={port} ansible_user={user} "
         f"ansible_ssh_private_key_file={SSH_KEY} ansible_python_interpreter={python} {extra}"
     ).strip()
+
+
+def agent_min_python() -> tuple[int, int]:
+    """The oldest Python the agent runs on, as the mux's bootstrap guard states it."""
+    source = (REPO / "mux" / "src" / "bootstrap.rs").read_text()
+    found = re.search(r"const AGENT_MIN_PYTHON: \(u32, u32\) = \((\d+), (\d+)\);", source)
+    assert found, "AGENT_MIN_PYTHON not found in mux/src/bootstrap.rs"
+    return int(found.group(1)), int(found.group(2))
+
+
+# Debian's own Python: what the test targets run by default.
+DEBIAN_PYTHON = "/usr/bin/python3"
+
+
+def pyenv_root() -> str:
+    """pyenv's root, found at run time (no path is fixed)."""
+    try:
+        return subprocess.run(["pyenv", "root"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+
+
+def version_of(python: str) -> tuple[int, int]:
+    out = subprocess.run([python, "-c", "import sys; print('%d %d' % sys.version_info[:2])"],
+                         capture_output=True, text=True, check=True, timeout=30).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def machine_pythons() -> dict[str, tuple[int, int]]:
+    """Every CPython the machine has: pyenv's versions and Debian's python3, by path."""
+    found = {}
+    for path in sorted(glob.glob(os.path.join(pyenv_root(), "versions", "*", "bin", "python"))):
+        if os.access(path, os.X_OK):
+            found[path] = version_of(path)
+    if os.access(DEBIAN_PYTHON, os.X_OK):
+        found[DEBIAN_PYTHON] = version_of(DEBIAN_PYTHON)
+    return found

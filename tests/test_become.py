@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pwd
 import time
 import uuid
 
@@ -155,3 +158,38 @@ def test_localised_prompt_without_a_colon(run_playbook):
     wrong = run.task("sshroot", "wrong password")
     assert "refused" in wrong["msg"] and "Mot de passe" in wrong["msg"], wrong["msg"]
     assert "faux" not in run.output
+
+
+def test_streamed_transfers_on_become_connection_types_run_as_their_account(run_playbook, tmp_path):
+    """Beyond the one-call limit a put or fetch streams, and still runs as the connection's
+    account: the file copy leaves is that account's, and /proc/self/status fetched shows it
+    read the file."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))
+    users = {"as-sudo": "ferronopw", "as-su": "ferrosu", "as-doas": "ferrotest"}
+    python = "ansible_python_interpreter=/usr/bin/python3"
+    fetch_root = tmp_path / "fetched"
+    inventory = tmp_path / "inventory.ini"
+    inventory.write_text(
+        "\n".join(
+            [
+                f"as-sudo ansible_connection=mitogen_sudo ansible_user=ferronopw {python}",
+                f"as-su ansible_connection=mitogen_su ansible_user=ferrosu ansible_password=supass {python}",
+                f"as-doas ansible_connection=mitogen_doas ansible_user=ferrotest {python}",
+                "",
+                "[all:vars]",
+                f"big_source={big}",
+                f"big_sha1={hashlib.sha1(big.read_bytes()).hexdigest()}",
+                "fetch_dir=" + str(fetch_root) + "/{{ inventory_hostname }}",
+            ]
+        )
+        + "\n"
+    )
+    run = run_playbook("become_connection_transfers.yml", ferrogen=True, inventory=inventory)
+    assert run.returncode == 0, describe(run)
+    for host, user in users.items():
+        assert run.task(host, "the large file as put")["status"] == "ok"
+        assert (fetch_root / host / "big.bin").read_bytes() == big.read_bytes()
+        status = (fetch_root / host / "status").read_text()
+        uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+        assert int(uid) == pwd.getpwnam(user).pw_uid, status

@@ -1,8 +1,10 @@
 //! The agent bootstrap: the compressed agent source and the remote command that starts it
 //! (the transport, `crate::transport`, runs that command).
 //!
-//! The transport runs `PYTHON -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read(N);exec(zlib.decompress(SOURCE))'`
-//! and the mux writes exactly `N` bytes of zlib-compressed agent source to its stdin.
+//! The transport runs `PYTHON -c 'import sys,zlib;GUARD;SOURCE=sys.stdin.buffer.read(N);exec(zlib.decompress(SOURCE))'`
+//! and the mux writes exactly `N` bytes of zlib-compressed agent source to its stdin. `GUARD`
+//! ([`python_guard`]) makes a Python older than the agent's minimum exit with a message naming
+//! the version needed and the one found, in syntax that Python 2 still runs.
 //!
 //! Debug settings reach the agent the same way as its source, as globals the stub sets before
 //! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above.
@@ -21,6 +23,20 @@ pub const AGENT_SOURCE_ENV: &str = "FERROGEN_AGENT_SOURCE";
 /// Interpreters tried in order when the TargetSpec names none.
 const PYTHON_CANDIDATES: &str =
     "python3 /usr/bin/python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+
+/// The oldest Python the agent runs on (mux/agent/agent.py says so too; the agent's tests run it
+/// on every Python the machine has from this one on).
+const AGENT_MIN_PYTHON: (u32, u32) = (3, 6);
+
+/// The stub's first statement: exit on a Python older than [`AGENT_MIN_PYTHON`], naming both
+/// versions (the transport's stderr becomes the connection failure's message).
+fn python_guard() -> String {
+    let (major, minor) = AGENT_MIN_PYTHON;
+    format!(
+        "sys.version_info<({major},{minor}) and sys.exit(\"ferrogen: the agent needs Python {major}.{minor} or newer; \
+         %s is Python %s\"%(sys.executable,sys.version.split()[0]))"
+    )
+}
 
 /// Settings for the agent, set as globals by the bootstrap stub; the agent reads them with
 /// `globals().get(NAME)` (as it reads `SOURCE`) and hands them on to its become children.
@@ -107,7 +123,8 @@ impl Bootstrap {
     /// The Python one-liner that reads and runs the payload.
     fn stub(&self) -> String {
         format!(
-            "import sys,zlib;{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{};{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            python_guard(),
             self.options.globals(),
             self.compressed.len()
         )
@@ -151,7 +168,7 @@ mod tests {
         let n = boot.payload().len();
         assert_eq!(
             boot.remote_command(Some("/opt/py 3/bin/python3")),
-            format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+            format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;{};SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
         );
     }
 
@@ -164,7 +181,7 @@ mod tests {
         let n = boot.payload().len();
         assert_eq!(
             boot.remote_command(Some("python3")),
-            format!("'python3' -c 'import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+            format!("'python3' -c 'import sys,zlib;{};ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
         );
     }
 

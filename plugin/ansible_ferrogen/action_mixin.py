@@ -27,6 +27,7 @@ import time
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
 
+from ansible_ferrogen import ansible_internals
 from ansible_ferrogen.connection import Connection, inside
 
 # Ansible removes only temp dirs whose name holds this (ActionBase._should_remove_tmp_path).
@@ -121,12 +122,15 @@ def remote_expand_user(original):
     return _remote_expand_user
 
 
+# The methods each optimisation (ansible_internals.OPTIMISATIONS) patches.
 PATCHES = {
-    '__init__': init,
-    '_make_tmp_path': make_tmp_path,
-    '_remove_tmp_path': remove_tmp_path,
-    '_fixup_perms2': fixup_perms2,
-    '_remote_expand_user': remote_expand_user,
+    'connect_ahead': {'__init__': init},
+    'detached_temp_dirs': {
+        '_make_tmp_path': make_tmp_path,
+        '_remove_tmp_path': remove_tmp_path,
+        '_fixup_perms2': fixup_perms2,
+    },
+    'home_from_ready': {'_remote_expand_user': remote_expand_user},
 }
 
 
@@ -135,6 +139,8 @@ def install() -> None:
     change."""
     if getattr(ActionBase, '_ferrogen_action_mixin', False):
         return
-    for name, wrap in PATCHES.items():
-        setattr(ActionBase, name, wrap(getattr(ActionBase, name)))
+    for optimisation, patches in PATCHES.items():
+        if ansible_internals.enabled(optimisation):
+            for name, wrap in patches.items():
+                setattr(ActionBase, name, wrap(getattr(ActionBase, name)))
     ActionBase._ferrogen_action_mixin = True

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import shlex
 
-from ansible_ferrogen import module_cache
+from ansible_ferrogen import ansible_internals, module_cache
 
 WRAPPER_MARKER = b'_ANSIBALLZ_WRAPPER = True'
 CALL_MARKER = b'\nif __name__ == "__main__":\n    _ansiballz_main('
@@ -34,6 +34,8 @@ class ModulePayload:
 def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
     """Return the payload for a pipelined module run, or None if this is not one we understand
     (an older wrapper format, a become command line): the caller then runs it verbatim."""
+    if not ansible_internals.enabled('module_arguments_only'):
+        return None
     if not in_data.startswith(b'#!') or WRAPPER_MARKER not in in_data:
         return None
     start = in_data.rfind(CALL_MARKER)

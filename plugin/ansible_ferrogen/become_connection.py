@@ -76,5 +76,6 @@ class BecomeConnection(LocalConnection):
         # Every call runs as the become account, whose interpreter is not the login one.
         return False
 
-    def _call(self, op, args, body=b'', blobs=None, as_become=False, while_waiting=None):
-        return super()._call(op, args, body, blobs, as_become=True, while_waiting=while_waiting)
+    def call_account(self, as_become: bool) -> dict:
+        # There is no login account to run anything as: every call, transfers included.
+        return self.become_account()

@@ -13,7 +13,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, become, frames, module_cache, speculation, transfer
+from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, speculation, transfer
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -133,6 +133,8 @@ class Connection(ConnectionBase):
     while_next_module_runs = None
 
     def __init__(self, *args, **kwargs):
+        # Once per process; a worker forked by our strategy inherits the strategy's check.
+        ansible_internals.start()
         self._target_spec: tuple[str | None, dict] | None = None
         super().__init__(*args, **kwargs)
         self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}
@@ -159,6 +161,12 @@ class Connection(ConnectionBase):
         """Modules always travel in the call, whatever the become method (su included)."""
         return not C.DEFAULT_KEEP_REMOTE_FILES and not wrap_async
 
+    def get_option(self, option, hostvars=None):
+        # ansible-core 2.18 and older ask the `pipelining` option rather than the method above.
+        if option == 'pipelining':
+            return self.is_pipelining_enabled()
+        return super().get_option(option, hostvars)
+
     def wants_tty(self) -> bool:
         """Whether a plain command would have had a terminal under the vanilla plugin."""
         return False
@@ -182,6 +190,13 @@ class Connection(ConnectionBase):
     def become_account(self) -> dict:
         """The account a become call runs as: the task's become plugin decides."""
         return become.become_spec(self.become, self.python_interpreter())
+
+    def call_account(self, as_become: bool) -> dict | None:
+        """The account a call runs as, for every call path (commands, modules, transfers
+        streamed or not, detached calls): None for the login account's interpreter, else the
+        become account's spec. as_become is what the call asks for: a become command, or a
+        transfer that transfers_as_become() gives to the become account."""
+        return self.become_account() if as_become else None
 
     def inventory_name(self) -> str | None:
         """The host's inventory name, where the plugin's options define it."""
@@ -248,7 +263,7 @@ class Connection(ConnectionBase):
     def _run(self, op: str, request, as_become: bool = False):
         """request(client, target, become) against the mux, its errors as Ansible's."""
         target = self.target_spec()
-        account = self.become_account() if as_become else None
+        account = self.call_account(as_become)
         try:
             return request(MuxClient.get(), target, account)
         except MuxError as exc:

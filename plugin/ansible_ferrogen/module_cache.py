@@ -17,6 +17,8 @@ import os
 from ansible.executor import module_common
 from ansible.plugins.action import ActionBase
 
+from ansible_ferrogen import ansible_internals
+
 # A reference in place of the zip's base64 text: plain ASCII, so Ansible's repr() keeps it as is.
 BLOB_REFERENCE_PREFIX = b'ferrogen-blob:'
 
@@ -74,7 +76,8 @@ def _references_allowed(action: ActionBase) -> bool:
 
 def install() -> None:
     """Patch Ansible (in the controller, before workers fork) to build referencing payloads."""
-    if getattr(ActionBase._configure_module, 'ferrogen_references', False):
+    if getattr(ActionBase._configure_module, 'ferrogen_references', False) \
+            or not ansible_internals.enabled('module_zip_by_reference'):
         return
     cached_module_class = module_common._CachedModule
     original_load = cached_module_class.load

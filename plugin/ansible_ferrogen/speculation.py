@@ -36,7 +36,7 @@ from ansible.plugins.action import copy as copy_action
 from ansible.plugins.loader import action_loader
 from ansible.utils.display import Display
 
-from ansible_ferrogen import transfer
+from ansible_ferrogen import ansible_internals, transfer
 
 display = Display()
 
@@ -252,14 +252,21 @@ def install() -> None:
     The plugin loader may load the action's file under another module name than
     ansible.plugins.action.copy, once per process: the classes it hands out are patched.
     """
+    in_one_round_trip = ansible_internals.enabled('copy_in_one_round_trip')
+    hashed_ahead = ansible_internals.enabled('copy_source_hashed_ahead')
+    if not (in_one_round_trip or hashed_ahead):
+        return
     classes = {action_loader.get(name, class_only=True) for name in ('ansible.legacy.copy', 'ansible.builtin.copy')}
     for cls in classes:
-        if not cls.__dict__.get('_ferrogen_speculation', False):
+        if cls.__dict__.get('_ferrogen_speculation', False):
+            continue
+        cls._ferrogen_speculation = True
+        if hashed_ahead:
             cls.run = hash_source_ahead(cls.run)
+            # The action hashes its source with its module's own checksum().
+            action_module = sys.modules[cls.__module__]
+            if not getattr(action_module.checksum, 'ferrogen_hashed_ahead', False):
+                action_module.checksum = transfer.sha1_ahead_or(action_module.checksum)
+        if in_one_round_trip:
             cls._copy_file = copy_file(cls._copy_file)
             cls._configure_module = configure_module(cls._configure_module)
-            cls._ferrogen_speculation = True
-        # The action hashes its source with its module's own checksum().
-        action_module = sys.modules[cls.__module__]
-        if not getattr(action_module.checksum, 'ferrogen_hashed_ahead', False):
-            action_module.checksum = transfer.sha1_ahead_or(action_module.checksum)

@@ -11,7 +11,7 @@ from ansible.executor.process.worker import WorkerProcess
 from ansible.plugins.loader import become_loader, connection_loader, module_loader
 from ansible.utils.display import Display
 
-from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, client, module_cache, speculation
+from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, ansible_internals, client, module_cache, speculation
 from ansible_ferrogen.mux_process import MuxProcess
 
 display = Display()
@@ -46,7 +46,7 @@ def warn_if_untested() -> None:
 
 def name_worker_tasks() -> None:
     """Let each forked worker tell the mux which task its calls belong to."""
-    if getattr(WorkerProcess._run, 'ferrogen_names_tasks', False):
+    if getattr(WorkerProcess._run, 'ferrogen_names_tasks', False) or not ansible_internals.enabled('task_names'):
         return
     original = WorkerProcess._run
 
@@ -69,12 +69,10 @@ def warm_worker_caches() -> None:
       use.
     """
     module_loader.find_plugin_with_context('ansible.legacy.ping', '.py')
-    # An ansible-core that moves these still runs (warn_if_untested); only the warm-up is lost.
-    try:
-        from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
-    except ImportError as exc:
-        display.debug(f'ferrogen: module JSON profiles not imported ahead: {exc}')
+    if not ansible_internals.enabled('json_profiles_ahead'):
         return
+    from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
+
     get_module_decoder('legacy', Direction.CONTROLLER_TO_MODULE)
     get_module_encoder('legacy', Direction.MODULE_TO_CONTROLLER)
 
@@ -107,6 +105,7 @@ def strategy_with_mux(base: type) -> type:
     class StrategyModule(base):
         def run(self, iterator, play_context):
             warn_if_untested()
+            ansible_internals.start()
             name_worker_tasks()
             module_cache.install()
             action_mixin.install()

@@ -1,0 +1,267 @@
+"""Every private part of ansible-core that ferrogen calls or patches, in one place.
+
+ansible-core changes its private attributes between releases without notice. Each one ferrogen
+relies on is listed here with the parameters ferrogen expects it to take. `check()` looks them all
+up once per process, when the strategy starts (before workers fork, so they inherit the result)
+and when a connection plugin is first made:
+
+- an optimisation (OPTIMISATIONS) whose internals are all present, with the expected
+  parameters, is installed; one whose internals are missing or changed is switched off with one
+  warning naming what, and Ansible's own code path runs instead;
+- what the plugin cannot work without (REQUIRED) stops the run with a message naming exactly
+  what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+
+from ansible import __version__ as ansible_version
+from ansible.errors import AnsibleError
+from ansible.utils.display import Display
+
+display = Display()
+
+
+@dataclasses.dataclass(frozen=True)
+class Internal:
+    """One private attribute of ansible-core.
+
+    name: how messages name it (`module.path:Class.attribute`).
+    locate: returns it (raises AttributeError, ImportError or LookupError if it is not there).
+    parameters: for a callable, the parameter names ferrogen expects (bound `self`/`cls` left
+    out); None for an attribute that is only read.
+    patched: ferrogen replaces it with a wrapper of the same parameters, so they must match
+    exactly; a callable that ferrogen only calls needs just the named parameters.
+    check: a further check of the located object, returning what is wrong or None.
+    """
+
+    name: str
+    locate: Callable[[], object]
+    parameters: tuple[str, ...] | None = None
+    patched: bool = False
+    check: Callable[[object], str | None] | None = None
+
+    def problem(self) -> str | None:
+        """What is wrong with this internal in the running ansible-core, or None."""
+        try:
+            found = self.locate()
+        except (ImportError, LookupError) as exc:
+            return f'{self.name} is missing ({exc})'
+        except AttributeError:
+            return f'{self.name} is missing'
+        if self.parameters is not None:
+            try:
+                names = [name for name in inspect.signature(found).parameters if name not in ('self', 'cls')]
+            except (TypeError, ValueError):
+                return f'{self.name} is not a function'
+            expected = list(self.parameters)
+            if (names != expected) if self.patched else not set(expected) <= set(names):
+                return f'{self.name} takes ({", ".join(names)}), ferrogen expects ({", ".join(expected)})'
+        if self.check is not None:
+            wrong = self.check(found)
+            if wrong:
+                return f'{self.name} {wrong}'
+        return None
+
+
+def attribute(module: str, path: str) -> Callable[[], object]:
+    """A locate() for module's attribute path (`Class.method`)."""
+
+    def locate():
+        found = importlib.import_module(module)
+        for part in path.split('.'):
+            found = getattr(found, part)
+        return found
+
+    return locate
+
+
+def internal(module: str, path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
+    return Internal(f'{module}:{path}', attribute(module, path), parameters, **kwargs)
+
+
+def copy_action_class():
+    """The class the plugin loader hands out for the copy action."""
+    from ansible.plugins.loader import action_loader
+
+    cls = action_loader.get('ansible.builtin.copy', class_only=True)
+    if cls is None:
+        raise LookupError('the plugin loader finds no ansible.builtin.copy action')
+    return cls
+
+
+def copy_action(path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
+    """An attribute of the copy action's class, or (`module.name`) of its module."""
+
+    def locate():
+        cls = copy_action_class()
+        found = sys.modules[cls.__module__] if path.startswith('module.') else cls
+        for part in path.removeprefix('module.').split('.'):
+            found = getattr(found, part)
+        return found
+
+    return Internal(f'the copy action\'s {path.removeprefix("module.")}', locate, parameters, **kwargs)
+
+
+def has_field(name: str) -> Callable[[object], str | None]:
+    def check(cls) -> str | None:
+        if not dataclasses.is_dataclass(cls) or name not in {field.name for field in dataclasses.fields(cls)}:
+            return f'is not a dataclass with a {name} field'
+        return None
+
+    return check
+
+
+ACTION = 'ansible.plugins.action'
+CONFIGURE_MODULE = ('module_name', 'module_args', 'task_vars')
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimisation:
+    """Something ferrogen does faster than Ansible's own code path, and what it relies on."""
+
+    description: str
+    internals: tuple[Internal, ...]
+
+
+OPTIMISATIONS: dict[str, Optimisation] = {
+    # ansiballz.py: the keyword arguments of the wrapper's call are read out of the payload.
+    'module_arguments_only': Optimisation('module payloads sent as arguments and a zip cached per interpreter', (
+        internal('ansible._internal._ansiballz._wrapper', '_ansiballz_main',
+                 ('zip_data', 'ansible_module', 'module_fqn', 'params', 'profile', 'extensions')),
+    )),
+    # module_cache.py
+    'module_zip_by_reference': Optimisation('module zips stored once per worker and sent by reference', (
+        internal('ansible.executor.module_common', '_CachedModule', check=has_field('zip_data')),
+        internal('ansible.executor.module_common', '_CachedModule.load', ('path',), patched=True),
+        internal(ACTION, 'ActionBase._configure_module', CONFIGURE_MODULE, patched=True),
+    )),
+    # action_mixin.py
+    'connect_ahead': Optimisation('connecting while the action builds its first call', (
+        internal(ACTION, 'ActionBase._requires_connection'),
+    )),
+    'detached_temp_dirs': Optimisation('task temp dirs, small uploads and chmods without waiting for the target', (
+        internal(ACTION, 'ActionBase._make_tmp_path', ('remote_user',), patched=True),
+        internal(ACTION, 'ActionBase._remove_tmp_path', ('tmp_path', 'force'), patched=True),
+        internal(ACTION, 'ActionBase._fixup_perms2', ('remote_paths', 'remote_user', 'execute'), patched=True),
+        internal(ACTION, 'ActionBase._is_become_unprivileged', ()),
+        internal(ACTION, 'ActionBase._should_remove_tmp_path', ('tmp_path',)),
+        internal(ACTION, 'ActionBase._remote_expand_user', ('path', 'sudoable')),
+        internal(ACTION, 'ActionBase.get_shell_option', ('option', 'default')),
+    )),
+    'home_from_ready': Optimisation('~ of the login account known without a round trip', (
+        internal(ACTION, 'ActionBase._remote_expand_user', ('path', 'sudoable', 'pathsep'), patched=True),
+    )),
+    # speculation.py
+    'copy_in_one_round_trip': Optimisation('a small copy in one round trip', (
+        copy_action('_copy_file', ('source_full', 'source_rel', 'content', 'content_tempfile', 'dest',
+                                   'task_vars', 'follow'), patched=True),
+        copy_action('_configure_module', CONFIGURE_MODULE, patched=True),
+        copy_action('_execute_remote_stat', ('path', 'all_vars', 'follow', 'checksum')),
+        copy_action('_execute_module', ('module_name', 'module_args', 'task_vars')),
+        copy_action('module._create_remote_copy_args', ('module_args',)),
+        copy_action('module._create_remote_file_args', ('module_args',)),
+    )),
+    'copy_source_hashed_ahead': Optimisation("a large copy source hashed while the action waits", (
+        copy_action('run', ('tmp', 'task_vars'), patched=True),
+        copy_action('_find_needle', ('dirname', 'needle')),
+        copy_action('module.checksum', ('filename',)),
+    )),
+    # strategy.py
+    'task_names': Optimisation('calls named by their task in the mux status table', (
+        internal('ansible.executor.process.worker', 'WorkerProcess._run', (), patched=True),
+    )),
+    'json_profiles_ahead': Optimisation("module JSON profiles imported before workers fork", (
+        internal('ansible.module_utils.common.json', 'Direction'),
+        internal('ansible.module_utils.common.json', 'get_module_decoder', ('name', 'direction')),
+        internal('ansible.module_utils.common.json', 'get_module_encoder', ('name', 'direction')),
+    )),
+}
+
+# What the strategy and connection plugins cannot work without.
+REQUIRED: tuple[Internal, ...] = (
+    internal('ansible.plugins.loader', 'connection_loader.get_with_context', ('name', 'args', 'kwargs'),
+             patched=True),
+    internal('ansible.plugins.loader', 'connection_loader.add_directory', ('directory',)),
+    internal('ansible.plugins.loader', 'become_loader.add_directory', ('directory',)),
+    internal('ansible.plugins.become', 'BecomeBase.build_become_command', ('cmd', 'shell'), patched=True),
+    internal('ansible.plugins.connection', 'ConnectionBase.set_become_plugin', ('plugin',)),
+)
+
+
+@dataclasses.dataclass
+class Report:
+    """What is wrong, by optimisation (an empty list: it may be installed), and what is missing
+    of REQUIRED (None until looked up)."""
+
+    problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    missing: list[str] | None = None
+    warned: bool = False
+
+    @property
+    def disabled(self) -> dict[str, list[str]]:
+        return {name: problems for name, problems in self.problems.items() if problems}
+
+
+# Looked up once per process (forked workers inherit it), each optimisation when first asked.
+_report: Report | None = None
+
+
+def report() -> Report:
+    global _report
+    if _report is None:
+        _report = Report()
+    return _report
+
+
+def problems_of(internals: tuple[Internal, ...]) -> list[str]:
+    """What is wrong with internals; an attribute of one already missing is not named again."""
+    problems: list[str] = []
+    missing: list[str] = []
+    for internal in internals:
+        if any(internal.name.startswith(name + '.') for name in missing):
+            continue
+        problem = internal.problem()
+        if problem:
+            problems.append(problem)
+            if problem.startswith(f'{internal.name} is missing'):
+                missing.append(internal.name)
+    return problems
+
+
+def enabled(name: str) -> bool:
+    """Whether the optimisation name may be installed in this ansible-core."""
+    if name not in OPTIMISATIONS:
+        raise KeyError(f'ferrogen: no optimisation named {name}')
+    problems = report().problems
+    if name not in problems:
+        problems[name] = problems_of(OPTIMISATIONS[name].internals)
+    return not problems[name]
+
+
+def check() -> Report:
+    """Look every internal up."""
+    for name in OPTIMISATIONS:
+        enabled(name)
+    if report().missing is None:
+        report().missing = problems_of(REQUIRED)
+    return report()
+
+
+def start() -> None:
+    """Check, then refuse to run without what is required, and warn once per process (the
+    controller folds the workers' equal warnings into one) for each optimisation switched off."""
+    found = check()
+    if found.missing:
+        raise AnsibleError(f'ferrogen cannot run with ansible-core {ansible_version}: ' + '; '.join(found.missing))
+    if found.warned:
+        return
+    found.warned = True
+    for name, problems in found.disabled.items():
+        display.warning(f'ferrogen: {OPTIMISATIONS[name].description} ({name}) is off with ansible-core '
+                        f'{ansible_version}: {"; ".join(problems)}. Ansible\'s own code path runs instead.')
