@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! ferrogen-mux serve --socket PATH    serve workers on PATH until stdin reaches EOF
+//!     [--watch-pid PID]               ... or, with this, until process PID exits
 //! ferrogen-mux status --socket PATH   print a running mux's actors
 //! ferrogen-mux --version
 //! ```
@@ -24,6 +25,7 @@ mod listener;
 mod logging;
 mod process_groups;
 mod registry;
+mod run_watch;
 mod stack_dump;
 mod status_cli;
 mod target;
@@ -42,7 +44,7 @@ use tracing::{error, info};
 
 use crate::{bootstrap::Bootstrap, config::Config, listener::Listener, registry::Registry};
 
-const USAGE: &str = "usage: ferrogen-mux serve --socket PATH
+const USAGE: &str = "usage: ferrogen-mux serve --socket PATH [--watch-pid PID]
        ferrogen-mux status --socket PATH
        ferrogen-mux --version";
 
@@ -106,6 +108,8 @@ enum Command {
     Serve {
         /// Where to listen.
         socket: PathBuf,
+        /// Serve until this process exits rather than until stdin reaches EOF.
+        watch_pid: Option<u32>,
     },
     /// Print a running mux's status.
     Status {
@@ -125,8 +129,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, MuxErro
         return Ok(Command::Version);
     }
     let mut socket = None;
+    let mut watch_pid = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
+            "--watch-pid" if sub == "serve" => {
+                let value = args.next().unwrap_or_default();
+                watch_pid = Some(value.parse::<u32>().map_err(|_| {
+                    MuxError::Usage(format!("--watch-pid needs a process id, not {value:?}"))
+                })?);
+            }
             "--socket" => {
                 let value = args
                     .next()
@@ -145,7 +156,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, MuxErro
             .ok_or_else(|| MuxError::Usage("--socket is required".into()))
     };
     match sub.as_str() {
-        "serve" => Ok(Command::Serve { socket: socket()? }),
+        "serve" => Ok(Command::Serve {
+            socket: socket()?,
+            watch_pid,
+        }),
         "status" => Ok(Command::Status { socket: socket()? }),
         other => Err(MuxError::Usage(format!("unknown command {other:?}"))),
     }
@@ -154,11 +168,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, MuxErro
 fn main() -> ExitCode {
     let result = parse_args(std::env::args().skip(1)).and_then(|command| match command {
         Command::Version => {
-            println!("ferrogen-mux {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "ferrogen-mux {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                worker_ipc::PROTOCOL_VERSION
+            );
             Ok(())
         }
         Command::Status { socket } => status_cli::run(&socket, &mut std::io::stdout().lock()),
-        Command::Serve { socket } => serve(&socket),
+        Command::Serve { socket, watch_pid } => serve(&socket, watch_pid),
     });
     let code = match result {
         Ok(()) => 0,
@@ -234,7 +252,7 @@ fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
 }
 
 /// `ferrogen-mux serve`.
-fn serve(socket: &Path) -> Result<(), MuxError> {
+fn serve(socket: &Path, watch_pid: Option<u32>) -> Result<(), MuxError> {
     // If ansible-playbook dies without closing our stdin (SIGKILL of a process holding a
     // copy), the kernel still tells us.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
@@ -246,7 +264,10 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
         .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?
         .with_options(bootstrap::AgentOptions::from_env());
     let std_listener = bind(socket)?;
-    let stdin_eof = stdin_closed();
+    let (lifeline, lifeline_ended) = match watch_pid {
+        Some(pid) => (run_watch::exited(pid), "the watched process exited"),
+        None => (stdin_closed(), "stdin closed"),
+    };
 
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
@@ -277,7 +298,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
                 .map_err(|err| MuxError::Io("writing READY".into(), err))?;
         }
         let why = tokio::select! {
-            _ = stdin_eof => "stdin closed",
+            _ = lifeline => lifeline_ended,
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };
@@ -308,7 +329,15 @@ mod tests {
         assert_eq!(
             args(&["serve", "--socket", "/x/s"]).unwrap(),
             Command::Serve {
-                socket: "/x/s".into()
+                socket: "/x/s".into(),
+                watch_pid: None,
+            }
+        );
+        assert_eq!(
+            args(&["serve", "--socket", "/x/s", "--watch-pid", "42"]).unwrap(),
+            Command::Serve {
+                socket: "/x/s".into(),
+                watch_pid: Some(42),
             }
         );
         assert_eq!(
@@ -327,6 +356,8 @@ mod tests {
             &["serve"],
             &["serve", "--socket"],
             &["frob", "--socket", "x"],
+            &["serve", "--socket", "x", "--watch-pid", "me"],
+            &["status", "--socket", "x", "--watch-pid", "1"],
         ] {
             assert_eq!(args(bad).unwrap_err().exit_code(), 2, "{bad:?}");
         }
