@@ -48,7 +48,12 @@ binary=$FERROGEN_SUPERVISED_BINARY
 unset FERROGEN_SUPERVISED_BINARY
 "$binary" serve --socket "$1" --watch-pid "$2"
 status=$?
-if kill -0 "$2" 2>/dev/null; then
+# Whether the run goes on: its process is there and no zombie (kill -0 would accept a zombie).
+running() {
+    { read -r stat <"/proc/$2/stat"; } 2>/dev/null || return 1
+    case "${stat##*) }" in Z*) return 1 ;; esac
+}
+if running "$@"; then
     echo "$status" >"$3/exit.tmp" && mv -f "$3/exit.tmp" "$3/exit"
 else
     rm -rf "$3"
