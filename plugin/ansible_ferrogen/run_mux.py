@@ -6,13 +6,13 @@ of the same run finds it, through a private directory named after the run's top-
     <tmp>/ferrogen-run-<uid>-<pid>-<start time>/
         lock        flock'd by a worker while it looks for the mux and, if none answers, starts it
         mux.sock    the mux's socket
-        exit        the last mux's exit status, while the run goes on (see below)
+        exit-<pid>  how the mux of that pid ended, while the run goes on (see below)
 
 The mux is started detached from the worker (double fork, new session), so that it outlives the
 worker and no signal sent to the worker's process group reaches it. `serve --watch-pid` makes it
 exit as soon as the top-level process does, however that ends. Between the two forks sits a
 small shell that waits for the mux and, if the run is still going, writes its exit status to
-`exit` (workers name it in the error of the calls it took down); once the run is over, it
+`exit-<pid>` (workers name it in the error of the calls it took down); once the run is over, it
 removes the directory.
 """
 
@@ -31,13 +31,14 @@ from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
 from ansible_ferrogen import mux_process
+from ansible_ferrogen.client import SOCKET_ENV
 
 display = Display()
 
 RUN_DIR_PREFIX = 'ferrogen-run-'
 SOCKET_NAME = 'mux.sock'
 LOCK_NAME = 'lock'
-EXIT_NAME = 'exit'
+EXIT_PREFIX = 'exit-'
 # How long a worker that lost the mux waits to learn how it ended.
 EXIT_WAIT = 1.0
 # The shell between the two forks hands the binary over in the environment and removes it
@@ -46,7 +47,9 @@ BINARY_HANDOVER_ENV = 'FERROGEN_SUPERVISED_BINARY'
 SUPERVISOR = """
 binary=$FERROGEN_SUPERVISED_BINARY
 unset FERROGEN_SUPERVISED_BINARY
-"$binary" serve --socket "$1" --watch-pid "$2"
+"$binary" serve --socket "$1" --watch-pid "$2" &
+mux=$!
+wait "$mux"
 status=$?
 # Whether the run goes on: its process is there and no zombie (kill -0 would accept a zombie).
 running() {
@@ -54,7 +57,7 @@ running() {
     case "${stat##*) }" in Z*) return 1 ;; esac
 }
 if running "$@"; then
-    echo "$status" >"$3/exit.tmp" && mv -f "$3/exit.tmp" "$3/exit"
+    echo "$status" >"$3/exit-$mux.tmp" && mv -f "$3/exit-$mux.tmp" "$3/exit-$mux"
 else
     rm -rf "$3"
 fi
@@ -140,9 +143,8 @@ def _start(path: str, directory: str) -> None:
     mux_process.check_settings(os.environ)
     env = mux_process.mux_environment(os.environ, display.verbosity)
     env[BINARY_HANDOVER_ENV] = binary
+    env.pop(SOCKET_ENV, None)  # the dead strategy mux's, where this one replaces it
     pid = run_pid()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, EXIT_NAME))
     argv = ['/bin/sh', '-c', SUPERVISOR, SUPERVISOR_NAME, path, str(pid), directory]
     read_end, write_end = os.pipe()
     stderr = _run_stderr(pid)
@@ -210,20 +212,33 @@ def _zombie_status(pid: int) -> int | None:
 
 def how_it_ended(mux_pid: int | None, directory: str | None) -> str | None:
     """How a mux that went away ended: from the zombie of a strategy's mux, or from the exit
-    file of one started here; None if that cannot be told within EXIT_WAIT."""
+    file the shell wrote for one started here (mux_pid None: the newest); None if that cannot
+    be told within EXIT_WAIT."""
     deadline = time.monotonic() + EXIT_WAIT
     while True:
         if mux_pid is not None:
             status = _zombie_status(mux_pid)
             if status is not None:
                 return describe(status)
-        if directory is not None:
-            with contextlib.suppress(OSError):
-                with open(os.path.join(directory, EXIT_NAME), encoding='ascii') as handle:
-                    found = _shell_status(handle.read().strip())
-                    if found:
-                        return found
+        found = _exit_file(mux_pid, directory) if directory is not None else None
+        if found:
+            return found
         if time.monotonic() > deadline:
             return None
         time.sleep(0.02)
 
+
+def _exit_file(mux_pid: int | None, directory: str) -> str | None:
+    if mux_pid is None:
+        with contextlib.suppress(OSError):
+            names = [name for name in os.listdir(directory) if name.startswith(EXIT_PREFIX)
+                     and name[len(EXIT_PREFIX):].isdigit()]
+            if names:
+                newest = max(names, key=lambda name: os.stat(os.path.join(directory, name)).st_mtime_ns)
+                mux_pid = int(newest[len(EXIT_PREFIX):])
+    if mux_pid is None:
+        return None
+    with contextlib.suppress(OSError):
+        with open(os.path.join(directory, f'{EXIT_PREFIX}{mux_pid}'), encoding='ascii') as handle:
+            return _shell_status(handle.read().strip())
+    return None

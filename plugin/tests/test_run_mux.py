@@ -50,10 +50,11 @@ def test_how_a_mux_ended_is_told_in_words(private_tmp):
     assert run_mux.describe(9) == "was killed by signal 9 (SIGKILL)"  # wait(2) status of SIGKILL
     assert run_mux.describe(2 << 8) == "exited with status 2"
     # The supervisor shell's $?: above 128 is a signal.
-    (private_tmp / run_mux.EXIT_NAME).write_text("137\n")
-    assert run_mux.how_it_ended(None, str(private_tmp)) == "was killed by signal 9 (SIGKILL)"
-    (private_tmp / run_mux.EXIT_NAME).write_text("1\n")
-    assert run_mux.how_it_ended(None, str(private_tmp)) == "exited with status 1"
+    (private_tmp / "exit-4242").write_text("137\n")
+    assert run_mux.how_it_ended(4242, str(private_tmp)) == "was killed by signal 9 (SIGKILL)"
+    (private_tmp / "exit-4343").write_text("1\n")
+    assert run_mux.how_it_ended(4343, str(private_tmp)) == "exited with status 1"
+    assert run_mux.how_it_ended(4242, str(private_tmp)) == "was killed by signal 9 (SIGKILL)"
 
 
 def test_how_a_strategys_mux_ended_is_read_from_its_zombie():
