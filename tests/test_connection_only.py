@@ -177,3 +177,16 @@ def test_mux_killed_mid_run_is_named_and_replaced(tmp_path, mode):
     assert after["status"] == "ok" and after["stdout"] == "after", describe(run)
     assert run.returncode == 0, describe(run)
     assert wait_until(lambda: not run_muxes(live.proc.pid), 2.0), run_muxes(live.proc.pid)
+
+
+def test_a_mux_that_dies_at_start_is_reported_with_its_status(run_playbook, tmp_path):
+    """The detached start: the shell's record of the mux's exit reaches the task's error."""
+    fake = tmp_path / "ferrogen-mux"
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "ferrogen-mux 0 (protocol 1)" && exit 0\n'
+                    'echo "fake mux refusing to serve" >&2\nexit 3\n')  # fmt: skip
+    fake.chmod(0o755)
+    env = connection_only_env(tmp_path, "linear") | {"FERROGEN_MUX": str(fake)}
+    run = run_playbook("ping.yml", ferrogen=True, inventory=inventory(tmp_path, uuid.uuid4().hex, 1),
+                       extra_env=env, timeout=120)  # fmt: skip
+    assert run.returncode != 0, describe(run)
+    assert f"ferrogen-mux at {fake} exited with status 3 before it was ready" in run.output, describe(run)

@@ -146,6 +146,7 @@ def _start(path: str, directory: str) -> None:
     env.pop(SOCKET_ENV, None)  # the dead strategy mux's, where this one replaces it
     pid = run_pid()
     argv = ['/bin/sh', '-c', SUPERVISOR, SUPERVISOR_NAME, path, str(pid), directory]
+    earlier_exits = set(_exit_files(directory))
     read_end, write_end = os.pipe()
     stderr = _run_stderr(pid)
     try:
@@ -154,7 +155,7 @@ def _start(path: str, directory: str) -> None:
         os.close(write_end)
         os.close(stderr)
     try:
-        mux_pid = mux_process.wait_ready(read_end, binary, lambda: how_it_ended(None, directory))
+        mux_pid = mux_process.wait_ready(read_end, binary, lambda: how_it_ended(None, directory, earlier_exits))
     finally:
         os.close(read_end)
     display.vvv(f'ferrogen: started mux {binary} pid {mux_pid} on {path} for ansible-playbook pid {pid}')
@@ -210,35 +211,32 @@ def _zombie_status(pid: int) -> int | None:
     return int(fields[49])
 
 
-def how_it_ended(mux_pid: int | None, directory: str | None) -> str | None:
+def how_it_ended(mux_pid: int | None, directory: str | None, earlier: frozenset[str] | set[str] = frozenset()
+                 ) -> str | None:
     """How a mux that went away ended: from the zombie of a strategy's mux, or from the exit
-    file the shell wrote for one started here (mux_pid None: the newest); None if that cannot
-    be told within EXIT_WAIT."""
+    file the shell wrote for one started here (mux_pid None: the one exit file not in earlier);
+    None if that cannot be told within EXIT_WAIT."""
     deadline = time.monotonic() + EXIT_WAIT
     while True:
         if mux_pid is not None:
             status = _zombie_status(mux_pid)
             if status is not None:
                 return describe(status)
-        found = _exit_file(mux_pid, directory) if directory is not None else None
-        if found:
-            return found
+        if directory is not None:
+            names = [f'{EXIT_PREFIX}{mux_pid}'] if mux_pid is not None else set(_exit_files(directory)) - earlier
+            for name in names:
+                with contextlib.suppress(OSError):
+                    with open(os.path.join(directory, name), encoding='ascii') as handle:
+                        found = _shell_status(handle.read().strip())
+                    if found:
+                        return found
         if time.monotonic() > deadline:
             return None
         time.sleep(0.02)
 
 
-def _exit_file(mux_pid: int | None, directory: str) -> str | None:
-    if mux_pid is None:
-        with contextlib.suppress(OSError):
-            names = [name for name in os.listdir(directory) if name.startswith(EXIT_PREFIX)
-                     and name[len(EXIT_PREFIX):].isdigit()]
-            if names:
-                newest = max(names, key=lambda name: os.stat(os.path.join(directory, name)).st_mtime_ns)
-                mux_pid = int(newest[len(EXIT_PREFIX):])
-    if mux_pid is None:
-        return None
+def _exit_files(directory: str) -> list[str]:
     with contextlib.suppress(OSError):
-        with open(os.path.join(directory, f'{EXIT_PREFIX}{mux_pid}'), encoding='ascii') as handle:
-            return _shell_status(handle.read().strip())
-    return None
+        return [name for name in os.listdir(directory) if name.startswith(EXIT_PREFIX)
+                and name[len(EXIT_PREFIX):].isdigit()]
+    return []

@@ -55,6 +55,8 @@ def test_how_a_mux_ended_is_told_in_words(private_tmp):
     (private_tmp / "exit-4343").write_text("1\n")
     assert run_mux.how_it_ended(4343, str(private_tmp)) == "exited with status 1"
     assert run_mux.how_it_ended(4242, str(private_tmp)) == "was killed by signal 9 (SIGKILL)"
+    # A mux that never said READY (pid unknown): the exit file that was not there before.
+    assert run_mux.how_it_ended(None, str(private_tmp), {"exit-4242"}) == "exited with status 1"
 
 
 def test_how_a_strategys_mux_ended_is_read_from_its_zombie():
