@@ -41,6 +41,8 @@ STATE = REPO / ".state"
 PLAYBOOKS = REPO / "tests" / "playbooks"
 LOG_DIR = STATE / "bench-logs"
 FERROGEN_STRATEGY = REPO / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
+# The checkout's plugin/ holds ansible_collections/ferrogen/mux (connection-only mode).
+FERROGEN_COLLECTIONS = REPO / "plugin"
 BENCH_PLAYBOOKS = REPO / "bench" / "playbooks"
 LATENCY_PROXY = REPO.parent / "shared" / "tools" / "latency-proxy"
 MUX_BINARY = REPO / "target" / "release" / "ferrogen-mux"
@@ -79,7 +81,9 @@ SCENARIOS = {
     "tasks-100": Scenario(BENCH_PLAYBOOKS / "tasks100.yml", tasks=100),
     "become-30": Scenario(BENCH_PLAYBOOKS / "become30.yml", tasks=30),
 }
-ENGINES = ["vanilla", "mitogen", "ferrogen"]
+# ferrogen runs in strategy mode (mitogen_linear); ferrogen-conn in connection-only mode (Ansible's
+# own linear strategy, ferrogen.mux.ssh as the connection).
+ENGINES = ["vanilla", "mitogen", "ferrogen", "ferrogen-conn"]
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -121,6 +125,8 @@ def engine_env(engine: str, tmp: Path) -> dict[str, str]:
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()), "ANSIBLE_STRATEGY": "mitogen_linear"})
     elif engine == "ferrogen":
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(FERROGEN_STRATEGY), "ANSIBLE_STRATEGY": "mitogen_linear"})
+    elif engine == "ferrogen-conn":
+        env.update({"ANSIBLE_COLLECTIONS_PATH": str(FERROGEN_COLLECTIONS), "ANSIBLE_TRANSPORT": "ferrogen.mux.ssh"})
     else:
         raise ValueError(engine)
     return env
@@ -413,7 +419,7 @@ def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path, direct_p
         env = engine_env(engine, tmp) | {"ANSIBLE_FORKS": str(spec.forks)} | (env_extra or {})
         cmd = [str(playbook_bin), "-i", str(inventory), str(spec.playbook), *spec.extra]
         cpu0 = children_cpu()
-        rss = PeakRss() if engine == "ferrogen" else None
+        rss = PeakRss() if engine.startswith("ferrogen") else None
         t0 = time.monotonic()
         with open(log, "w") as out:
             try:
@@ -517,7 +523,7 @@ def main() -> int:
             results[scenario] = measure(engines, scenario, playbook_bin, args.runs, direct_ports, args.user)
 
     # ---------------------------------------------------------------- table
-    head = (f"{'scenario':14} {'engine':9} {'wall s':>8} {'median':>8} {'cpu s':>8} {'wire KiB':>9} {'mux RSS MiB':>11} "
+    head = (f"{'scenario':14} {'engine':13} {'wall s':>8} {'median':>8} {'cpu s':>8} {'wire KiB':>9} {'mux RSS MiB':>11} "
             f"{'vs mitogen':>11} {'vs vanilla':>11}")  # fmt: skip
     lines = [f"targets log in as {args.user}", head, "-" * len(head)]
     for scenario in scenarios:
@@ -530,11 +536,11 @@ def main() -> int:
         for engine in engines:
             r = row[engine]
             if r["status"] != "ok":
-                lines.append(f"{scenario:14} {engine:9} {'FAILED':>8}")
+                lines.append(f"{scenario:14} {engine:13} {'FAILED':>8}")
                 continue
             rss = f"{r['mux_rss_kib'] / 1024:.1f}" if r.get("mux_rss_kib") else "-"
             lines.append(
-                f"{scenario:14} {engine:9} {r['wall']:8.2f} {statistics.median(r['walls']):8.2f} {r['cpu']:8.2f} "
+                f"{scenario:14} {engine:13} {r['wall']:8.2f} {statistics.median(r['walls']):8.2f} {r['cpu']:8.2f} "
                 f"{r['bytes'] / 1024:9.0f} {rss:>11} "
                 f"{fmt_ratio(r['wall'], wall('mitogen')):>11} {fmt_ratio(r['wall'], wall('vanilla')):>11}"
             )
@@ -549,18 +555,18 @@ def main() -> int:
         for engine, runs in pair("loop-100", "loop-500"):
             if runs:
                 a, b = runs
-                lines.append(f"  {engine:9} {(b['wall'] - a['wall']) / 400 * 1000:7.1f} ms wall, "
+                lines.append(f"  {engine:13} {(b['wall'] - a['wall']) / 400 * 1000:7.1f} ms wall, "
                              f"{(b['cpu'] - a['cpu']) / 400 * 1000:7.1f} ms cpu, "
                              f"{(b['bytes'] - a['bytes']) / 400:7.0f} bytes on the wire")  # fmt: skip
             else:
-                lines.append(f"  {engine:9} FAILED")
+                lines.append(f"  {engine:13} FAILED")
     if "loop-20" in results and "loop-20-rtt26" in results:
         rtt = 2 * SCENARIOS["loop-20-rtt26"].delay_ms / 1000
         lines += ["", f"round trips per item over a {rtt * 1000:.0f} ms round trip = (loop-20-rtt26 - loop-20) / rtt / 20:"]
         for engine, runs in pair("loop-20", "loop-20-rtt26"):
             if runs:
                 a, b = runs
-                lines.append(f"  {engine:9} {(b['wall'] - a['wall']) / rtt / 20:5.2f}")
+                lines.append(f"  {engine:13} {(b['wall'] - a['wall']) / rtt / 20:5.2f}")
     if "ferrogen" in engines:
         ready = mux_start_to_ready()
         lines += ["", f"ferrogen-mux start to READY (best of 10): {ready * 1000:.1f} ms" if ready else

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod messages;
 mod process_groups;
 pub mod registry;
+mod run_watch;
 pub mod serve;
 mod stack_dump;
 pub mod status_cli;

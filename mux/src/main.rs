@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! ferrogen-mux serve --socket PATH    serve workers on PATH until stdin reaches EOF
+//!     [--watch-pid PID]               ... or, with this, until process PID exits
 //! ferrogen-mux status --socket PATH   print a running mux's actors
 //! ferrogen-mux --version
 //! ```
@@ -32,6 +33,10 @@ enum Sub {
         /// Where to listen; its directory must be private to this user (0700).
         #[arg(long, value_name = "PATH")]
         socket: PathBuf,
+        /// Serve until this process exits rather than until stdin reaches end of file (a mux
+        /// that a worker started holds no pipe from ansible-playbook).
+        #[arg(long, value_name = "PID")]
+        watch_pid: Option<u32>,
     },
     /// Print a running mux's actors: targets, interpreters and transfers, what each is
     /// doing and for how long.
@@ -49,6 +54,8 @@ enum Command {
     Serve {
         /// Where to listen.
         socket: PathBuf,
+        /// Serve until this process exits rather than until stdin reaches EOF.
+        watch_pid: Option<u32>,
     },
     /// Print a running mux's status.
     Status {
@@ -65,8 +72,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, MuxErro
     let argv = std::iter::once("ferrogen-mux".to_owned()).chain(args);
     match Cli::try_parse_from(argv) {
         Ok(Cli {
-            command: Sub::Serve { socket },
-        }) => Ok(Command::Serve { socket }),
+            command: Sub::Serve { socket, watch_pid },
+        }) => Ok(Command::Serve { socket, watch_pid }),
         Ok(Cli {
             command: Sub::Status { socket },
         }) => Ok(Command::Status { socket }),
@@ -96,7 +103,11 @@ fn usage_message(err: &clap::Error) -> String {
 fn main() -> ExitCode {
     let result = parse_args(std::env::args().skip(1)).and_then(|command| match command {
         Command::Version => {
-            println!("ferrogen-mux {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "ferrogen-mux {} (protocol {})",
+                env!("CARGO_PKG_VERSION"),
+                worker_ipc::PROTOCOL_VERSION
+            );
             Ok(())
         }
         Command::Help(text) => {
@@ -104,7 +115,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Status { socket } => status_cli::run(&socket, &mut std::io::stdout().lock()),
-        Command::Serve { socket } => serve::serve(&socket),
+        Command::Serve { socket, watch_pid } => serve::serve(&socket, watch_pid),
     });
     let code = match result {
         Ok(()) => 0,
@@ -133,7 +144,15 @@ mod tests {
         assert_eq!(
             args(&["serve", "--socket", "/x/s"]).unwrap(),
             Command::Serve {
-                socket: "/x/s".into()
+                socket: "/x/s".into(),
+                watch_pid: None,
+            }
+        );
+        assert_eq!(
+            args(&["serve", "--socket", "/x/s", "--watch-pid", "42"]).unwrap(),
+            Command::Serve {
+                socket: "/x/s".into(),
+                watch_pid: Some(42),
             }
         );
         assert_eq!(
@@ -152,6 +171,8 @@ mod tests {
             &["serve"],
             &["serve", "--socket"],
             &["frob", "--socket", "x"],
+            &["serve", "--socket", "x", "--watch-pid", "me"],
+            &["status", "--socket", "x", "--watch-pid", "1"],
         ] {
             assert_eq!(args(bad).unwrap_err().exit_code(), 2, "{bad:?}");
         }

@@ -130,7 +130,7 @@ fn stdin_closed() -> tokio::sync::oneshot::Receiver<()> {
 /// # Errors
 ///
 /// Bad settings, an unsafe or unusable socket path, or a failed set-up step.
-pub fn serve(socket: &Path) -> Result<(), MuxError> {
+pub fn serve(socket: &Path, watch_pid: Option<u32>) -> Result<(), MuxError> {
     // If ansible-playbook dies without closing our stdin (SIGKILL of a process holding a
     // copy), the kernel still tells us.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
@@ -142,7 +142,10 @@ pub fn serve(socket: &Path) -> Result<(), MuxError> {
         .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?
         .with_options(bootstrap::AgentOptions::from_env());
     let std_listener = bind(socket)?;
-    let stdin_eof = stdin_closed();
+    let (lifeline, lifeline_ended) = match watch_pid {
+        Some(pid) => (crate::run_watch::exited(pid), "the watched process exited"),
+        None => (stdin_closed(), "stdin closed"),
+    };
 
     let system = actix_rt::System::new();
     let result = system.block_on(async move {
@@ -167,7 +170,7 @@ pub fn serve(socket: &Path) -> Result<(), MuxError> {
                 .map_err(|err| MuxError::Io("writing READY".into(), err))?;
         }
         let why = tokio::select! {
-            _ = stdin_eof => "stdin closed",
+            _ = lifeline => lifeline_ended,
             _ = sigterm.recv() => "SIGTERM",
             _ = sigint.recv() => "SIGINT",
         };

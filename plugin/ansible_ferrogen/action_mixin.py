@@ -27,7 +27,7 @@ import time
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
 
-from ansible_ferrogen import ansible_internals
+from ansible_ferrogen import ansible_internals, client
 from ansible_ferrogen.connection import Connection, inside
 
 # Ansible removes only temp dirs whose name holds this (ActionBase._should_remove_tmp_path).
@@ -51,6 +51,10 @@ def init(original):
         # module: the connection comes up meanwhile. Actions that never connect (debug,
         # set_fact, assert...) say so, and no connection is started for them.
         if self._requires_connection and isinstance(self._connection, Connection):
+            if client.current_task is None:
+                # No ferrogen strategy named the worker's task (connection-only mode); a
+                # worker runs one task.
+                client.current_task = self._task.get_name()
             self._connection.connect_ahead()
 
     return __init__

@@ -7,8 +7,11 @@ import os
 import socket
 
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
+from ansible.utils.display import Display
 
 from ansible_ferrogen import frames, transfer
+
+display = Display()
 
 SOCKET_ENV = 'FERROGEN_MUX_SOCKET'
 
@@ -26,6 +29,10 @@ class MuxError(Exception):
         self.detail = detail
 
 
+class MuxGone(AnsibleConnectionFailure):
+    """No mux listens on the socket."""
+
+
 class MuxClient:
     """Blocking request/response client; Ansible workers make one call at a time."""
 
@@ -34,10 +41,16 @@ class MuxClient:
     def __init__(self, path: str):
         self.path = path
         self.pid = os.getpid()
+        # The socket the strategy named (SOCKET_ENV) when this client was made, if any.
+        self.named_path: str | None = None
         self._ids = itertools.count(1)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.connect(path)
+        except OSError as exc:
+            self._sock.close()
+            raise MuxGone(f'cannot reach ferrogen-mux at {path}: {exc}') from exc
+        try:
             self._sock.sendall(frames.encode({'type': 'hello', 'version': frames.PROTOCOL_VERSION,
                                               'pid': self.pid}))
             header, _ = frames.read_frame(self._sock)
@@ -47,17 +60,36 @@ class MuxClient:
         if header.get('type') != 'hello':
             self._sock.close()
             raise AnsibleError(f'ferrogen-mux at {path} refused this worker: {header.get("message", header)}')
+        self.mux_pid: int | None = header.get('mux_pid')
 
     @classmethod
-    def get(cls) -> MuxClient:
-        """The client for this process; a forked worker gets its own socket."""
-        path = os.environ.get(SOCKET_ENV)
-        if not path:
-            raise AnsibleError(f'{SOCKET_ENV} is not set: the mitogen_* connections need a ferrogen strategy '
-                               '(strategy = mitogen_linear) to start ferrogen-mux for this run')
-        if cls._instance is None or cls._instance.pid != os.getpid() or cls._instance.path != path:
-            cls._instance = cls(path)
-        return cls._instance
+    def get(cls, start: bool = True) -> MuxClient | None:
+        """The client for this process; a forked worker gets its own socket. The mux is the one
+        the strategy started (SOCKET_ENV), else the run's own (run_mux.py), started now unless
+        it runs or start is false (then None)."""
+        named = os.environ.get(SOCKET_ENV)
+        current = cls._instance
+        if current is not None and current.pid == os.getpid() and current.named_path == named:
+            return current
+        # Imported here: run_mux needs mux_process, which needs this module.
+        from ansible_ferrogen import run_mux
+
+        client = None
+        if named:
+            try:
+                client = cls(named)
+            except MuxGone as exc:
+                display.vvv(f'ferrogen: {exc}; using the mux a worker starts in its place')
+        if client is None:
+            try:
+                client = cls(run_mux.socket_path())
+            except MuxGone:
+                if not start:
+                    return None
+                client = cls(run_mux.find_or_start())
+        client.named_path = named
+        cls._instance = client
+        return client
 
     def call(self, target: dict, op: str, args: dict, body: bytes = b'',
              blobs: dict[str, bytes] | None = None, become: dict | None = None,
@@ -124,8 +156,7 @@ class MuxClient:
         try:
             return frames.read_frame(self._sock)
         except (OSError, EOFError, frames.FrameError) as exc:
-            self._forget()
-            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
+            raise self._lost(exc) from exc
 
     def result(self, header: dict) -> dict:
         return self._result(header)
@@ -156,8 +187,17 @@ class MuxClient:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            self._forget()
-            raise AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}: {exc}') from exc
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException) -> AnsibleConnectionFailure:
+        """The error for a mux that went away mid-call, saying how it ended where that can be
+        told; the next call finds or starts another."""
+        from ansible_ferrogen import run_mux
+
+        self._forget()
+        how = run_mux.how_it_ended(self.mux_pid, os.path.dirname(self.path))
+        which = f', which {how}' if how else ''
+        return AnsibleConnectionFailure(f'lost ferrogen-mux at {self.path}{which}: {exc}')
 
     def _forget(self) -> None:
         self._sock.close()

@@ -66,6 +66,28 @@ def borrow_documentation(vanilla: str, name: str, short_description: str) -> str
     return yaml.dump(doc, Dumper=YAML_DUMPER, sort_keys=False)
 
 
+def options_fragment(vanilla: str) -> str:
+    """A documentation fragment with a plugin's options, those of the fragments its documentation
+    extends, and ours: the collection's plugins document themselves in plain text for ansible-doc
+    and extend this, so every variable of the built-in plugin keeps working."""
+    from ansible.plugins.loader import fragment_loader
+
+    doc = yaml.load(vanilla, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
+    extends = doc.get('extends_documentation_fragment') or []
+    options = {}
+    for name in extends.split(',') if isinstance(extends, str) else extends:
+        fragment = fragment_loader.get(name.strip())
+        if fragment is not None:
+            options.update(yaml.load(fragment.DOCUMENTATION, Loader=YAML_LOADER).get('options') or {})
+    # As Ansible merges fragments: an option the plugin also names keeps the fragment's keys
+    # that the plugin does not set.
+    for name, option in (doc.get('options') or {}).items():
+        options[name] = {**options.get(name, {}), **option}
+    options.setdefault('python_interpreter', PYTHON_INTERPRETER_OPTION)
+    options.setdefault('inventory_name', INVENTORY_NAME_OPTION)
+    return yaml.dump({'options': options}, Dumper=YAML_DUMPER, sort_keys=False)
+
+
 def inside(path: str, directory: str) -> bool:
     """Whether path is directory or below it."""
     return path == directory or path.startswith(directory.rstrip('/') + '/')
@@ -448,8 +470,11 @@ class Connection(ConnectionBase):
 
     def reset(self) -> None:
         """Shut this host's interpreters down; the next task starts fresh ones."""
+        client = MuxClient.get(start=False)
+        if client is None:
+            return  # no mux yet, so no connection to reset
         try:
-            MuxClient.get().reset(self.target_spec())
+            client.reset(self.target_spec())
         except MuxError as exc:
             raise AnsibleConnectionFailure(f'reset of {self._host()} failed: {exc}') from exc
 
