@@ -8,6 +8,7 @@ Runs that the test acts on while they are going (kill -SEGV, kill -9, Ctrl-C, ho
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -450,6 +451,34 @@ def test_normal_exit_ends_mux_and_ssh_and_removes_temp_dirs(tmp_path):
     wait_until(lambda: not any(os.path.exists(p) for p in tmpdirs), 2.0)
     leftover = [p for p in tmpdirs if os.path.exists(p)]
     assert not leftover, f"interpreter temp dirs left behind: {leftover}"
+
+
+def test_the_socket_dir_goes_with_its_mux_and_crashed_muxes_dirs_go_at_the_next_start(tmp_path):
+    """Issue 20, item 7: no run leaves its /tmp/ferrogen-* socket dir behind, and a dir whose
+    mux was killed (its lock free) is removed by the next mux; a live mux's is not."""
+    socket_parent = Path(tempfile.gettempdir())
+    crashed = Path(tempfile.mkdtemp(prefix="ferrogen-", dir=socket_parent))
+    (crashed / "mux.sock.lock").touch()
+    dead_listener = socket.socket(socket.AF_UNIX)
+    dead_listener.bind(str(crashed / "mux.sock"))
+    dead_listener.close()
+    live_dir = Path(tempfile.mkdtemp(prefix="ferrogen-", dir=socket_parent))
+    live_lock = os.open(live_dir / "mux.sock.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(live_lock, fcntl.LOCK_EX)
+    try:
+        inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+        live = LiveRun("ops_ping.yml", tmp_path, inventory)
+        socket_dir = Path(live.mux_socket()).parent
+        run = live.finish()
+        assert run.returncode == 0, describe(run)
+        assert socket_dir.parent == socket_parent
+        assert not socket_dir.exists(), os.listdir(socket_dir)
+        assert not crashed.exists(), os.listdir(crashed)
+        assert live_dir.exists()
+    finally:
+        os.close(live_lock)
+        shutil.rmtree(live_dir, ignore_errors=True)
+        shutil.rmtree(crashed, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- 4. + 7. faults

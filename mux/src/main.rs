@@ -24,6 +24,7 @@ mod listener;
 mod logging;
 mod process_groups;
 mod registry;
+mod socket_dir;
 mod stack_dump;
 mod status_cli;
 mod target;
@@ -33,7 +34,7 @@ mod worker_session;
 use std::{
     fmt,
     io::{Read, Write},
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::FileTypeExt,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -60,6 +61,13 @@ pub enum MuxError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The socket's directory is not a directory of this user's (see `socket_dir::check`).
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// An I/O operation failed; the string says which.
     Io(String, std::io::Error),
     /// The peer broke the worker protocol.
@@ -79,6 +87,12 @@ impl fmt::Display for MuxError {
                  accessible by group or others (use 0700)",
                 dir.display()
             ),
+            MuxError::UnsafeDir { dir, why } => write!(
+                f,
+                "refusing to serve: socket directory {}: {why}; it must be a directory of the \
+                 mux's own user with mode 0700",
+                dir.display()
+            ),
             MuxError::Io(what, err) => write!(f, "{what}: {err}"),
             MuxError::Protocol(err) => write!(f, "protocol error: {err}"),
             MuxError::Remote(msg) => write!(f, "mux error: {msg}"),
@@ -93,7 +107,10 @@ impl MuxError {
     /// 1 for everything else.
     fn exit_code(&self) -> u8 {
         match self {
-            MuxError::Usage(_) | MuxError::Config(_) | MuxError::InsecureDir { .. } => 2,
+            MuxError::Usage(_)
+            | MuxError::Config(_)
+            | MuxError::InsecureDir { .. }
+            | MuxError::UnsafeDir { .. } => 2,
             _ => 1,
         }
     }
@@ -174,21 +191,6 @@ fn main() -> ExitCode {
     std::process::exit(i32::from(code))
 }
 
-/// Checks that the socket's directory is private to this user.
-fn check_socket_dir(socket: &Path) -> Result<(), MuxError> {
-    let dir = match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let meta = std::fs::metadata(&dir)
-        .map_err(|err| MuxError::Io(format!("socket directory {}", dir.display()), err))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(MuxError::InsecureDir { dir, mode });
-    }
-    Ok(())
-}
-
 /// Binds the listening socket, replacing a stale socket file left by a dead mux.
 fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, MuxError> {
     if let Ok(meta) = std::fs::symlink_metadata(socket) {
@@ -241,7 +243,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
         .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
     let config = Config::from_env().map_err(MuxError::Config)?;
     let debug_log = logging::init();
-    check_socket_dir(socket)?;
+    let socket_dir = socket_dir::SocketDir::claim(socket)?;
     let bootstrap = Bootstrap::load()
         .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?
         .with_options(bootstrap::AgentOptions::from_env());
@@ -286,7 +288,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
         Ok(())
     });
     process_groups::kill_all();
-    let _ = std::fs::remove_file(socket);
+    socket_dir.remove(socket);
     result
 }
 
@@ -297,6 +299,8 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn args(list: &[&str]) -> Result<Command, MuxError> {
@@ -336,9 +340,9 @@ mod tests {
     fn socket_dir_must_be_private() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = check_socket_dir(&dir.path().join("s")).unwrap_err();
+        let err = socket_dir::check(dir.path()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        check_socket_dir(&dir.path().join("s")).unwrap();
+        socket_dir::check(dir.path()).unwrap();
     }
 }
