@@ -392,6 +392,52 @@ def test_garbage_and_oversized_frames_do_not_harm_the_run(tmp_path):
     assert run.stderr.count("closing worker connection") >= 8, run.stderr
 
 
+def test_partial_frames_of_all_workers_share_one_budget(tmp_path):
+    """Issue 20, item 6: connections that each hold part of a large frame are refused, with an
+    error naming the budget, once their total would pass it; the mux and the run carry on."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex, hosts=("sshroot",))
+    live = LiveRun("ops_long_task.yml", tmp_path, inventory, extra_env={"FERROGEN_FRAME_BUDGET_MIB": "8"})
+    socket_path = live.mux_socket()
+    mux = live.mux_pid()
+    live.wait_started("sshroot")
+    hello = json.dumps({"type": "hello", "version": 1, "pid": os.getpid()}).encode()
+    blob = b'{"type": "blob", "hash": "00"}'
+    clients = []
+    try:
+        for _ in range(4):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(socket_path)
+            # 3 MiB of a 100 MiB frame each: the third passes the 8 MiB budget.
+            sock.sendall(struct.pack(">II", len(hello), 0) + hello + struct.pack(">II", len(blob), 100 << 20) + blob)
+            try:
+                sock.sendall(b"\0" * (3 << 20))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            clients.append(sock)
+        refused = []
+        for sock in clients:
+            sock.settimeout(2)
+            got = b""
+            try:
+                while chunk := sock.recv(65536):
+                    got += chunk
+            except socket.timeout:
+                continue  # still open: within the budget
+            except ConnectionResetError:
+                pass
+            refused.append(got)
+        assert len(refused) >= 2, f"{len(refused)} of 4 connections refused"
+        assert any(b"over the budget of 8388608 bytes" in got for got in refused), refused
+        assert _alive(mux)
+    finally:
+        for sock in clients:
+            sock.close()
+    run = live.finish()
+    assert run.returncode == 0, describe(run)
+    assert run.task("sshroot", "after the long task")["stdout"] == "after"
+
+
 # --------------------------------------------------------------------------- 3. + 8. lifecycle
 
 

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_interpreters: usize,
     /// How often to dump thread stacks and the actor table into the log; `None` = never.
     pub dump_interval: Option<Duration>,
+    /// Bytes all worker connections may hold in partial frames together
+    /// ([`crate::frame_budget`]).
+    pub frame_budget: usize,
 }
 
 impl Config {
@@ -81,10 +84,16 @@ impl Config {
                 }
             },
         };
+        let frame_budget_mib = positive_integer(
+            &lookup,
+            crate::frame_budget::FRAME_BUDGET_ENV,
+            crate::frame_budget::DEFAULT_FRAME_BUDGET_MIB,
+        )?;
         Ok(Config {
             pool_size,
             max_interpreters,
             dump_interval,
+            frame_budget: frame_budget_mib.saturating_mul(1 << 20),
         })
     }
 }
@@ -155,6 +164,14 @@ mod tests {
             let err = with_var(DUMP_THREAD_STACKS_ENV, bad).unwrap_err();
             assert_eq!(err.name, DUMP_THREAD_STACKS_ENV);
         }
+    }
+
+    #[test]
+    fn frame_budget_in_mib() {
+        assert_eq!(with(None).unwrap().frame_budget, 512 << 20);
+        let budget = with_var(crate::frame_budget::FRAME_BUDGET_ENV, "8").unwrap();
+        assert_eq!(budget.frame_budget, 8 << 20);
+        assert!(with_var(crate::frame_budget::FRAME_BUDGET_ENV, "0").is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@
 mod blob_store;
 mod bootstrap;
 mod config;
+mod frame_budget;
 mod interpreter;
 mod interpreter_lru;
 mod listener;
@@ -242,6 +243,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
         .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
     let config = Config::from_env().map_err(MuxError::Config)?;
+    frame_budget::WORKER_FRAMES.set_limit(config.frame_budget);
     let debug_log = logging::init();
     let socket_dir = socket_dir::SocketDir::claim(socket)?;
     let bootstrap = Bootstrap::load()
