@@ -890,6 +890,14 @@ CONTINUATION_CONDITIONS = {
 }
 
 
+class OutputTooLarge(Exception):
+    """A task wrote more than one reply can carry (MAX_BODY)."""
+
+    def __init__(self, size):
+        super().__init__('the task wrote %d bytes of output, more than the %d bytes (%d MiB) a reply can '
+                         'carry; redirect it to a file on the target instead' % (size, MAX_BODY, MAX_BODY >> 20))
+
+
 class Task:
     """A forked child running one call, and the files that will hold its output.
 
@@ -913,12 +921,21 @@ class Task:
         return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
 
     def collect(self, rc):
-        """(rc, stdout, stderr) once the task has written all its output."""
+        """(rc, stdout, stderr) once the task has written all its output; OutputTooLarge,
+        before any of it is read into memory, if a reply could not carry it."""
+        files = [f for f in (self.stdout_file, self.stderr_file) if f is not None]
+        size = sum(os.fstat(f.fileno()).st_size for f in files)
+        if size > MAX_BODY:
+            for handle in files:
+                handle.close()
+            raise OutputTooLarge(size)
         stdout = self._read(self.stdout_file)
         stderr = self._read(self.stderr_file) if self.stderr_file is not None else b''
         if self.emulate_tty:
             # What a pty's onlcr would have done to the merged output over ssh -tt.
             stdout = stdout.replace(b'\n', b'\r\n')
+            if len(stdout) > MAX_BODY:
+                raise OutputTooLarge(len(stdout))
         return rc, stdout, stderr
 
     @staticmethod
@@ -1246,7 +1263,13 @@ class Agent:
                     return
             frames = read_frames(child.stdout_r, child.inbuf)
         except ValueError as exc:
+            # Its stream is out of step for good: end it, so that its calls fail (interp_lost)
+            # rather than wait forever.
             self.log('error', 'become interpreter for %s sent garbage: %s' % (child.account, exc))
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
             frames = None
         if frames is None:
             self.selector.unregister(child.stdout_r)
@@ -1723,7 +1746,12 @@ class Agent:
             task.done_fd = None
 
     def task_ended(self, task, rc):
-        rc, stdout, stderr = task.collect(rc)
+        try:
+            rc, stdout, stderr = task.collect(rc)
+        except OutputTooLarge as exc:
+            self.log('warning', 'call %s: %s' % (task.call_id, exc))
+            self.reply_error(task.call_id, 'output_too_large', str(exc))
+            return
         self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
                  % (task.call_id, rc, len(stdout), len(stderr)))
         self.finish_task(task, rc, stdout, stderr)
@@ -1777,6 +1805,9 @@ class Agent:
                 except Exception as exc:
                     self.log('warning', 'call %s: its second module did not start: %s' % (task.call_id, exc))
                 break
+        if len(body) > MAX_BODY:
+            self.reply_error(task.call_id, 'output_too_large', str(OutputTooLarge(len(body))))
+            return
         self.reply(task.call_id, result, body)
 
 
