@@ -438,6 +438,17 @@ def test_partial_frames_of_all_workers_share_one_budget(tmp_path):
     assert run.task("sshroot", "after the long task")["stdout"] == "after"
 
 
+def test_output_beyond_a_reply_fails_its_task_and_the_host_stays_up(run_playbook):
+    """Issue 20, item 2: 300 MB of output used to take the whole ssh link down."""
+    run = run_playbook("big_output.yml", ferrogen=True, limit="sshroot", timeout=180)
+    assert run.returncode == 0, describe(run)
+    for name in ("too much output", "too much output as another account"):
+        task = run.task("sshroot", name)
+        assert task["status"] == "failed" and not task.get("unreachable"), task
+        assert "more than the 268435456 bytes" in task["msg"], task["msg"]
+    assert run.task("sshroot", "after the big output")["stdout"] == "after"
+
+
 # --------------------------------------------------------------------------- 3. + 8. lifecycle
 
 
