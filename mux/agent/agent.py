@@ -1147,8 +1147,12 @@ class Agent:
     def dispatch(self, header, body):
         kind = header.get('type')
         interp = header.get('interp') or 0
-        if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack'):
+        if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack', 'heartbeat'):
             self.relay(interp, header, body)
+        elif kind == 'heartbeat':
+            # Answered at once, whatever tasks run (they run in their own processes): a hop
+            # that stays silent is stopped or wedged, not busy (docs/protocol.md).
+            self.channel.send({'type': 'heartbeat', 'seq': header.get('seq'), 'pid': os.getpid()})
         elif kind == 'blob':
             # A cached blob names one this agent already kept while relaying it.
             if not header.get('cached'):
