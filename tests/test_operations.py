@@ -556,6 +556,21 @@ def test_remote_interpreter_killed_mid_task(run_playbook, tmp_path):
     assert elapsed < 15, f"the dead interpreter was noticed only after {elapsed:.1f}s"
 
 
+def test_a_stopped_interpreter_is_declared_dead_and_the_next_task_reconnects(run_playbook, tmp_path):
+    """Issue 20, item 3: kill -STOP of the target's interpreter used to hang the run for good."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+    env = {"FERROGEN_KEEPALIVE_INTERVAL": "1", "FERROGEN_KEEPALIVE_COUNT": "3"}
+    run = run_playbook("ops_stop_interpreter.yml", ferrogen=True, inventory=inventory, extra_env=env, timeout=120)
+    assert run.returncode == 0, describe(run)
+    assert run.task("sshroot", "a task longer than the keepalive deadline")["stdout"] == "done"
+    stopped = run.task("sshroot", "stop the interpreter")
+    assert stopped.get("unreachable"), stopped
+    message = stopped["msg"]
+    assert "sshroot" in message and "answered nothing for" in message, message
+    # Without the heartbeat the task ends "ok" once the interpreter is continued (15 s on).
+    assert run.task("sshroot", "after the stop")["stdout"] == "after"
+
+
 def test_unreachable_and_hung_hosts_do_not_delay_the_others(run_playbook, tmp_path):
     """A refused host fails at once, a hung one (its ssh never answers) at its timeout; under
     mitogen_free the good host finishes meanwhile, long before the hung host gives up."""

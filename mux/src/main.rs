@@ -19,6 +19,7 @@ mod blob_store;
 mod bootstrap;
 mod config;
 mod frame_budget;
+mod heartbeat;
 mod interpreter;
 mod interpreter_lru;
 mod listener;
@@ -244,6 +245,7 @@ fn serve(socket: &Path) -> Result<(), MuxError> {
         .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
     let config = Config::from_env().map_err(MuxError::Config)?;
     frame_budget::WORKER_FRAMES.set_limit(config.frame_budget);
+    heartbeat::configure(config.keepalive_interval, config.keepalive_count);
     let debug_log = logging::init();
     let socket_dir = socket_dir::SocketDir::claim(socket)?;
     let bootstrap = Bootstrap::load()

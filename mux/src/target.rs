@@ -41,6 +41,7 @@ use worker_ipc::{
 
 use crate::{
     bootstrap::Bootstrap,
+    heartbeat,
     interpreter::{self, Interpreter, LoginBlobs, Transmit},
     interpreter_lru::InterpreterLru,
     process_groups,
@@ -262,6 +263,10 @@ pub struct Target {
     on_finished: Vec<oneshot::Sender<()>>,
     /// Blobs the login agent holds, shared with every interpreter of this target.
     login_blobs: LoginBlobs,
+    /// When the agent last sent anything, and the last heartbeat's number (see the
+    /// heartbeat module).
+    last_heard: Instant,
+    heartbeat_seq: u64,
 }
 
 impl Target {
@@ -310,6 +315,8 @@ impl Target {
             killed_by_mux: false,
             finalized: false,
             on_finished: Vec::new(),
+            last_heard: Instant::now(),
+            heartbeat_seq: 0,
         }
     }
 
@@ -428,6 +435,33 @@ impl Target {
         for call in std::mem::take(&mut self.queue) {
             self.forward(call, ctx);
         }
+        ctx.run_interval(heartbeat::interval(), |act, ctx| act.heartbeat(ctx));
+    }
+
+    /// Sends the next heartbeat, or declares the agent dead if it has been silent too long.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.state != State::Ready {
+            return;
+        }
+        let silent = self.last_heard.elapsed();
+        if silent >= heartbeat::deadline() {
+            if let Some(pid) = self.pid {
+                self.killed_by_mux = true;
+                process_groups::kill(pid);
+            }
+            let reason = format!(
+                "the agent on {} answered nothing for {:.1}s ({} heartbeats of {:.1}s missed)",
+                self.name,
+                silent.as_secs_f64(),
+                heartbeat::count(),
+                heartbeat::interval().as_secs_f64()
+            );
+            warn!(target = %self.name, "{reason}");
+            self.begin_dying(reason, ctx);
+            return;
+        }
+        self.heartbeat_seq += 1;
+        self.transmit(Frame::new("heartbeat").with("seq", self.heartbeat_seq));
     }
 
     /// Sends `call` to its interpreter (state must be Ready), spawning a become
@@ -971,7 +1005,10 @@ impl Handler<Dispatch> for Target {
 impl StreamHandler<Result<Frame, FrameError>> for Target {
     fn handle(&mut self, item: Result<Frame, FrameError>, ctx: &mut Self::Context) {
         let frame = match item {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                self.last_heard = Instant::now();
+                frame
+            }
             Err(err) => {
                 self.stdout_closed = true;
                 if let Some(pid) = self.pid {
@@ -991,6 +1028,7 @@ impl StreamHandler<Result<Frame, FrameError>> for Target {
             (_, "reply") => self.on_reply(frame),
             (_, "ack" | "chunk") => self.on_transfer_frame(frame),
             (_, "log") => self.on_log(&frame),
+            (_, "heartbeat") => {}
             (State::Ready, "spawned") => self.on_interp_spawned(&frame),
             (State::Ready, "interp_lost") => self.on_interp_lost(&frame),
             (_, "stopped") => {
