@@ -94,6 +94,19 @@ def test_failures_are_quick_clear_and_leave_the_host_usable(run_playbook):
     assert elapsed < 30, elapsed
 
 
+def test_a_wrong_password_is_refused_after_the_right_one(run_playbook):
+    """The password is part of the interpreter's identity (as a keyed digest): the wrong one
+    gets an interpreter of its own, which sudo refuses."""
+    run = run_playbook("become_password_identity.yml", ferrogen=True, limit="sshuser")
+    assert run.returncode == 0, describe(run)
+    assert run.task("sshuser", "right sudo password")["stdout"] == "root"
+    wrong = run.task("sshuser", "wrong sudo password after the right one")
+    assert wrong["failed"], wrong
+    assert "password" in wrong["msg"] and "refused" in wrong["msg"], wrong["msg"]
+    assert "not-the-password" not in run.output
+    assert run.task("sshuser", "right sudo password again")["stdout"] == "root"
+
+
 SSHD_LOG = STATE / "sshd" / "sshd.log"
 
 

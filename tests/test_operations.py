@@ -8,6 +8,7 @@ Runs that the test acts on while they are going (kill -SEGV, kill -9, Ctrl-C, ho
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -391,6 +392,63 @@ def test_garbage_and_oversized_frames_do_not_harm_the_run(tmp_path):
     assert run.stderr.count("closing worker connection") >= 8, run.stderr
 
 
+def test_partial_frames_of_all_workers_share_one_budget(tmp_path):
+    """Issue 20, item 6: connections that each hold part of a large frame are refused, with an
+    error naming the budget, once their total would pass it; the mux and the run carry on."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex, hosts=("sshroot",))
+    live = LiveRun("ops_long_task.yml", tmp_path, inventory, extra_env={"FERROGEN_FRAME_BUDGET_MIB": "8"})
+    socket_path = live.mux_socket()
+    mux = live.mux_pid()
+    live.wait_started("sshroot")
+    hello = json.dumps({"type": "hello", "version": 1, "pid": os.getpid()}).encode()
+    blob = b'{"type": "blob", "hash": "00"}'
+    clients = []
+    try:
+        for _ in range(4):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(10)
+            sock.connect(socket_path)
+            # 3 MiB of a 100 MiB frame each: the third passes the 8 MiB budget.
+            sock.sendall(struct.pack(">II", len(hello), 0) + hello + struct.pack(">II", len(blob), 100 << 20) + blob)
+            try:
+                sock.sendall(b"\0" * (3 << 20))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            clients.append(sock)
+        refused = []
+        for sock in clients:
+            sock.settimeout(2)
+            got = b""
+            try:
+                while chunk := sock.recv(65536):
+                    got += chunk
+            except socket.timeout:
+                continue  # still open: within the budget
+            except ConnectionResetError:
+                pass
+            refused.append(got)
+        assert len(refused) >= 2, f"{len(refused)} of 4 connections refused"
+        assert any(b"over the budget of 8388608 bytes" in got for got in refused), refused
+        assert _alive(mux)
+    finally:
+        for sock in clients:
+            sock.close()
+    run = live.finish()
+    assert run.returncode == 0, describe(run)
+    assert run.task("sshroot", "after the long task")["stdout"] == "after"
+
+
+def test_output_beyond_a_reply_fails_its_task_and_the_host_stays_up(run_playbook):
+    """Issue 20, item 2: 300 MB of output used to take the whole ssh link down."""
+    run = run_playbook("big_output.yml", ferrogen=True, limit="sshroot", timeout=180)
+    assert run.returncode == 0, describe(run)
+    for name in ("too much output", "too much output as another account"):
+        task = run.task("sshroot", name)
+        assert task["status"] == "failed" and not task.get("unreachable"), task
+        assert "more than the 268435456 bytes" in task["msg"], task["msg"]
+    assert run.task("sshroot", "after the big output")["stdout"] == "after"
+
+
 # --------------------------------------------------------------------------- 3. + 8. lifecycle
 
 
@@ -452,6 +510,34 @@ def test_normal_exit_ends_mux_and_ssh_and_removes_temp_dirs(tmp_path):
     assert not leftover, f"interpreter temp dirs left behind: {leftover}"
 
 
+def test_the_socket_dir_goes_with_its_mux_and_crashed_muxes_dirs_go_at_the_next_start(tmp_path):
+    """Issue 20, item 7: no run leaves its /tmp/ferrogen-* socket dir behind, and a dir whose
+    mux was killed (its lock free) is removed by the next mux; a live mux's is not."""
+    socket_parent = Path(tempfile.gettempdir())
+    crashed = Path(tempfile.mkdtemp(prefix="ferrogen-", dir=socket_parent))
+    (crashed / "mux.sock.lock").touch()
+    dead_listener = socket.socket(socket.AF_UNIX)
+    dead_listener.bind(str(crashed / "mux.sock"))
+    dead_listener.close()
+    live_dir = Path(tempfile.mkdtemp(prefix="ferrogen-", dir=socket_parent))
+    live_lock = os.open(live_dir / "mux.sock.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(live_lock, fcntl.LOCK_EX)
+    try:
+        inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+        live = LiveRun("ops_ping.yml", tmp_path, inventory)
+        socket_dir = Path(live.mux_socket()).parent
+        run = live.finish()
+        assert run.returncode == 0, describe(run)
+        assert socket_dir.parent == socket_parent
+        assert not socket_dir.exists(), os.listdir(socket_dir)
+        assert not crashed.exists(), os.listdir(crashed)
+        assert live_dir.exists()
+    finally:
+        os.close(live_lock)
+        shutil.rmtree(live_dir, ignore_errors=True)
+        shutil.rmtree(crashed, ignore_errors=True)
+
+
 # --------------------------------------------------------------------------- 4. + 7. faults
 
 
@@ -468,6 +554,21 @@ def test_remote_interpreter_killed_mid_task(run_playbook, tmp_path):
     assert "interpreter" in message and "died" in message, message
     assert run.task("sshroot", "a new interpreter answered")["status"] == "ok"
     assert elapsed < 15, f"the dead interpreter was noticed only after {elapsed:.1f}s"
+
+
+def test_a_stopped_interpreter_is_declared_dead_and_the_next_task_reconnects(run_playbook, tmp_path):
+    """Issue 20, item 3: kill -STOP of the target's interpreter used to hang the run for good."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+    env = {"FERROGEN_KEEPALIVE_INTERVAL": "1", "FERROGEN_KEEPALIVE_COUNT": "3"}
+    run = run_playbook("ops_stop_interpreter.yml", ferrogen=True, inventory=inventory, extra_env=env, timeout=120)
+    assert run.returncode == 0, describe(run)
+    assert run.task("sshroot", "a task longer than the keepalive deadline")["stdout"] == "done"
+    stopped = run.task("sshroot", "stop the interpreter")
+    assert stopped.get("unreachable"), stopped
+    message = stopped["msg"]
+    assert "sshroot" in message and "answered nothing for" in message, message
+    # Without the heartbeat the task ends "ok" once the interpreter is continued (15 s on).
+    assert run.task("sshroot", "after the stop")["stdout"] == "after"
 
 
 def test_unreachable_and_hung_hosts_do_not_delay_the_others(run_playbook, tmp_path):

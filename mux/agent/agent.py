@@ -274,7 +274,8 @@ def scratch_file(directory):
 
 
 def choose_temp_dir():
-    """Create this interpreter's private temp dir in the first usable, executable location."""
+    """Create this interpreter's private temp dir in the first usable, executable location;
+    return (path, fd of its owner lock)."""
     candidates = [os.path.expanduser(c) for c in TEMP_DIR_CANDIDATES]
     for name in ('TMPDIR', 'TEMP', 'TMP'):
         if os.environ.get(name):
@@ -286,25 +287,107 @@ def choose_temp_dir():
             if os.statvfs(base).f_flag & getattr(os, 'ST_NOEXEC', 8):
                 continue
             sweep_dead_agents_temp_dirs(base)
-            return tempfile.mkdtemp(prefix='ferrogen-%d-' % os.getpid(), dir=base)
+            return make_owned_temp_dir(base)
         except OSError:
             continue
     raise OSError('no writable, executable temp directory among %s' % ', '.join(candidates))
 
 
+# Liveness of whoever writes a temp dir or temp file, for the sweeps below. A pid says nothing
+# across PID namespaces (containers), hosts sharing a home, or a reboot; a lock does: the
+# writer holds an exclusive flock for as long as it lives, the kernel (or the NFS lock
+# manager) drops it when the writer dies, and a sweeper that can take the lock without
+# waiting knows nobody holds it.
+OWNER_LOCK = '.ferrogen-owner'
+
+# An agent temp dir's name: ferrogen-<pid>-<random>. It is made under a name of its own
+# (a dot first, which the pattern does not match) and renamed once its lock is held, so a
+# sweeper never sees a live agent's dir without its lock.
+AGENT_TEMP_DIR = re.compile(r'ferrogen-(\d+)-[^/]+$')
+
+
+def lock_exclusively(fd, path):
+    """Take fd's lock, waiting for a sweeper that holds it a moment; False if path no longer
+    names fd's file (that sweeper removed it), the caller then starts again."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        return os.fstat(fd).st_nlink > 0 and os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def lock_if_free(path):
+    """An fd on path holding its lock, if path is a regular file of ours whose lock nobody
+    holds (its writer is gone); else None. The caller removes what the lock guarded, then
+    closes the fd."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.lstat(path).st_ino == info.st_ino:
+                return fd
+    except OSError:
+        pass  # EWOULDBLOCK: its writer lives
+    os.close(fd)
+    return None
+
+
+def claim_temp_dir(path):
+    """Create path's owner lock and hold it; the fd, or None if the dir went meanwhile."""
+    lock_path = os.path.join(path, OWNER_LOCK)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        return None
+    if lock_exclusively(fd, lock_path):
+        return fd
+    os.close(fd)
+    return None
+
+
+def make_owned_temp_dir(base):
+    """A new private dir in base, named ferrogen-<pid>-*, with its owner lock held."""
+    while True:
+        staging = tempfile.mkdtemp(prefix='.ferrogen-%d-' % os.getpid(), dir=base)
+        lock_fd = claim_temp_dir(staging)
+        if lock_fd is None:
+            continue
+        path = os.path.join(base, os.path.basename(staging)[1:])
+        try:
+            os.rename(staging, path)
+        except OSError:
+            os.close(lock_fd)
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return path, lock_fd
+
+
 def sweep_dead_agents_temp_dirs(base):
     """Remove temp dirs that agents killed without a chance to clean up left in base: ours
-    (same uid), named ferrogen-<pid>-*, whose pid no longer runs."""
+    (same uid), named ferrogen-<pid>-*, whose owner lock nobody holds. A dir without the lock
+    (made by an agent older than the lock) falls back on its pid."""
     try:
         names = os.listdir(base)
     except OSError:
         return
     for name in names:
-        match = re.match(r'ferrogen-(\d+)-[^/]+$', name)
+        match = AGENT_TEMP_DIR.match(name)
         path = os.path.join(base, name)
         try:
-            if (match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1)))
-                    and os.lstat(path).st_uid == os.geteuid() and stat.S_ISDIR(os.lstat(path).st_mode)):
+            info = os.lstat(path)
+            if match is None or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+                continue
+            lock_path = os.path.join(path, OWNER_LOCK)
+            if os.path.lexists(lock_path):
+                lock_fd = lock_if_free(lock_path)
+                if lock_fd is not None:
+                    shutil.rmtree(path, ignore_errors=True)
+                    os.close(lock_fd)
+            elif int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
                 shutil.rmtree(path, ignore_errors=True)
         except OSError:
             continue
@@ -333,8 +416,9 @@ def pid_alive(pid):
 
 
 def sweep_dead_temps(directory):
-    """Remove our account's temp files whose writing process is dead (a transfer killed
-    mid-way); files of live processes, other accounts and anything else are left alone."""
+    """Remove our account's temp files whose writer is gone (a transfer killed mid-way): its
+    lock is free (see OWNER_LOCK). Files of live writers, other accounts and anything else
+    are left alone."""
     directory = os.path.abspath(directory)
     if directory in SWEPT_DIRS:
         return
@@ -344,16 +428,15 @@ def sweep_dead_temps(directory):
     except OSError:
         return
     for entry in entries:
-        match = TEMP_NAME.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid():
+        if TEMP_NAME.match(entry.name) is None:
             continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
-                    and not pid_alive(int(match.group(1)))):
+        lock_fd = lock_if_free(entry.path)
+        if lock_fd is not None:
+            try:
                 os.unlink(entry.path)
-        except OSError:
-            pass
+            except OSError:
+                pass
+            os.close(lock_fd)
 
 
 def sweep_for(path):
@@ -376,14 +459,18 @@ def sweep_for(path):
 
 
 def open_temp(directory):
-    """Create a private, hidden temp file in directory; return (fd, path)."""
+    """Create a private, hidden temp file in directory, its lock held while it is written (see
+    OWNER_LOCK); return (fd, path)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_CLOEXEC', 0) | getattr(os, 'O_NOFOLLOW', 0)
     while True:
         path = os.path.join(directory, '.ferrogen-%d-%s.tmp' % (os.getpid(), os.urandom(6).hex()))
         try:
-            return os.open(path, flags, 0o600), path
+            fd = os.open(path, flags, 0o600)
         except FileExistsError:
             continue
+        if lock_exclusively(fd, path):
+            return fd, path
+        os.close(fd)
 
 
 def fsync_dir(directory):
@@ -816,6 +903,14 @@ CONTINUATION_CONDITIONS = {
 }
 
 
+class OutputTooLarge(Exception):
+    """A task wrote more than one reply can carry (MAX_BODY)."""
+
+    def __init__(self, size):
+        super().__init__('the task wrote %d bytes of output, more than the %d bytes (%d MiB) a reply can '
+                         'carry; redirect it to a file on the target instead' % (size, MAX_BODY, MAX_BODY >> 20))
+
+
 class Task:
     """A forked child running one call, and the files that will hold its output.
 
@@ -839,12 +934,21 @@ class Task:
         return os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
 
     def collect(self, rc):
-        """(rc, stdout, stderr) once the task has written all its output."""
+        """(rc, stdout, stderr) once the task has written all its output; OutputTooLarge,
+        before any of it is read into memory, if a reply could not carry it."""
+        files = [f for f in (self.stdout_file, self.stderr_file) if f is not None]
+        size = sum(os.fstat(f.fileno()).st_size for f in files)
+        if size > MAX_BODY:
+            for handle in files:
+                handle.close()
+            raise OutputTooLarge(size)
         stdout = self._read(self.stdout_file)
         stderr = self._read(self.stderr_file) if self.stderr_file is not None else b''
         if self.emulate_tty:
             # What a pty's onlcr would have done to the merged output over ssh -tt.
             stdout = stdout.replace(b'\n', b'\r\n')
+            if len(stdout) > MAX_BODY:
+                raise OutputTooLarge(len(stdout))
         return rc, stdout, stderr
 
     @staticmethod
@@ -935,8 +1039,10 @@ class Agent:
     def __init__(self):
         self.channel = Channel()
         self.debug_file = DebugFile()
-        self.tmpdir = choose_temp_dir()
+        self.tmpdir, self.tmpdir_lock = choose_temp_dir()
         self.blobs = {}
+        # A read fd on each blob's file, to put it back if the temp dir vanishes.
+        self.blob_fds = {}
         self.tasks = {}
         # Become interpreters started through this one, by interp id and by pid.
         self.children = {}
@@ -1054,8 +1160,12 @@ class Agent:
     def dispatch(self, header, body):
         kind = header.get('type')
         interp = header.get('interp') or 0
-        if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack'):
+        if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack', 'heartbeat'):
             self.relay(interp, header, body)
+        elif kind == 'heartbeat':
+            # Answered at once, whatever tasks run (they run in their own processes): a hop
+            # that stays silent is stopped or wedged, not busy (docs/protocol.md).
+            self.channel.send({'type': 'heartbeat', 'seq': header.get('seq'), 'pid': os.getpid()})
         elif kind == 'blob':
             # A cached blob names one this agent already kept while relaying it.
             if not header.get('cached'):
@@ -1170,7 +1280,13 @@ class Agent:
                     return
             frames = read_frames(child.stdout_r, child.inbuf)
         except ValueError as exc:
+            # Its stream is out of step for good: end it, so that its calls fail (interp_lost)
+            # rather than wait forever.
             self.log('error', 'become interpreter for %s sent garbage: %s' % (child.account, exc))
+            try:
+                os.kill(child.pid, signal.SIGKILL)
+            except OSError:
+                pass
             frames = None
         if frames is None:
             self.selector.unregister(child.stdout_r)
@@ -1274,9 +1390,37 @@ class Agent:
             self.log('error', 'blob %s is not base64 (%s); dropped' % (digest, exc))
             return
         path = os.path.join(self.tmpdir, digest + '.zip')
-        write_atomically(path, content)
+        try:
+            self.ensure_temp_dir()
+            write_atomically(path, content)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.log('error', 'blob %s cannot be kept in %s (%s); dropped' % (digest, self.tmpdir, exc))
+            return
+        old_fd = self.blob_fds.pop(digest, None)
+        if old_fd is not None:
+            os.close(old_fd)
+        self.blob_fds[digest] = fd
         self.blobs[digest] = path
         self.generation += 1
+
+    def ensure_temp_dir(self):
+        """Put the temp dir back if something removed it (its owner lock is gone with it):
+        a sweeper that took us for dead, a cleaner of old files. Blobs return to the same paths,
+        which compiled modules and task processes name. Raises OSError, failing the one call,
+        if it cannot be done."""
+        if os.fstat(self.tmpdir_lock).st_nlink:
+            return
+        self.log('warning', 'the temp dir %s was removed by someone else; recreating it' % self.tmpdir)
+        os.makedirs(self.tmpdir, mode=0o700, exist_ok=True)
+        lock_fd = claim_temp_dir(self.tmpdir)
+        if lock_fd is None:
+            raise OSError(errno.ENOENT, 'the temp dir vanished again while it was recreated', self.tmpdir)
+        os.close(self.tmpdir_lock)
+        self.tmpdir_lock = lock_fd
+        for digest, fd in self.blob_fds.items():
+            size = os.fstat(fd).st_size
+            write_atomically(self.blobs[digest], os.pread(fd, size, 0))
 
     # -- ops -------------------------------------------------------------------------------
 
@@ -1300,6 +1444,7 @@ class Agent:
         for branch in then:
             if set(branch) != {'if', 'args'} or branch['if'].get('kind') not in CONTINUATION_CONDITIONS:
                 raise ValueError('run_module: each "then" needs "if" (a known condition) and "args"')
+        self.ensure_temp_dir()
         for zip_hash in [args['zip']] + [branch['args']['zip'] for branch in then]:
             if zip_hash not in self.blobs:
                 self.reply_error(call_id, MISSING_BLOB, 'module zip %s is not cached' % zip_hash)
@@ -1517,6 +1662,7 @@ class Agent:
         return self.compiled_modules[key]
 
     def start_task(self, call_id, op, args, stdin, emulate_tty, then=(), before=None):
+        self.ensure_temp_dir()
         self.spare_wanted = True
         process = self.take_spare()
         digests = self.received_digests.entries if op == 'run_module' else {}
@@ -1617,7 +1763,12 @@ class Agent:
             task.done_fd = None
 
     def task_ended(self, task, rc):
-        rc, stdout, stderr = task.collect(rc)
+        try:
+            rc, stdout, stderr = task.collect(rc)
+        except OutputTooLarge as exc:
+            self.log('warning', 'call %s: %s' % (task.call_id, exc))
+            self.reply_error(task.call_id, 'output_too_large', str(exc))
+            return
         self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
                  % (task.call_id, rc, len(stdout), len(stderr)))
         self.finish_task(task, rc, stdout, stderr)
@@ -1671,6 +1822,9 @@ class Agent:
                 except Exception as exc:
                     self.log('warning', 'call %s: its second module did not start: %s' % (task.call_id, exc))
                 break
+        if len(body) > MAX_BODY:
+            self.reply_error(task.call_id, 'output_too_large', str(OutputTooLarge(len(body))))
+            return
         self.reply(task.call_id, result, body)
 
 

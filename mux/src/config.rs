@@ -49,6 +49,13 @@ pub struct Config {
     pub max_interpreters: usize,
     /// How often to dump thread stacks and the actor table into the log; `None` = never.
     pub dump_interval: Option<Duration>,
+    /// Bytes all worker connections may hold in partial frames together
+    /// ([`crate::frame_budget`]).
+    pub frame_budget: usize,
+    /// Seconds between heartbeats to each agent ([`crate::heartbeat`]).
+    pub keepalive_interval: Duration,
+    /// Heartbeat intervals of silence after which an agent is dead.
+    pub keepalive_count: usize,
 }
 
 impl Config {
@@ -81,10 +88,34 @@ impl Config {
                 }
             },
         };
+        let frame_budget_mib = positive_integer(
+            &lookup,
+            crate::frame_budget::FRAME_BUDGET_ENV,
+            crate::frame_budget::DEFAULT_FRAME_BUDGET_MIB,
+        )?;
         Ok(Config {
             pool_size,
             max_interpreters,
             dump_interval,
+            frame_budget: frame_budget_mib.saturating_mul(1 << 20),
+            keepalive_interval: match lookup(crate::heartbeat::KEEPALIVE_INTERVAL_ENV) {
+                None => crate::heartbeat::DEFAULT_KEEPALIVE_INTERVAL,
+                Some(value) => match value.trim().parse::<f64>() {
+                    Ok(secs) if (0.001..1e9).contains(&secs) => Duration::from_secs_f64(secs),
+                    _ => {
+                        return Err(ConfigError {
+                            name: crate::heartbeat::KEEPALIVE_INTERVAL_ENV,
+                            value,
+                            expected: "a positive number of seconds",
+                        })
+                    }
+                },
+            },
+            keepalive_count: positive_integer(
+                &lookup,
+                crate::heartbeat::KEEPALIVE_COUNT_ENV,
+                crate::heartbeat::DEFAULT_KEEPALIVE_COUNT,
+            )?,
         })
     }
 }
@@ -155,6 +186,25 @@ mod tests {
             let err = with_var(DUMP_THREAD_STACKS_ENV, bad).unwrap_err();
             assert_eq!(err.name, DUMP_THREAD_STACKS_ENV);
         }
+    }
+
+    #[test]
+    fn keepalive_defaults_and_overrides() {
+        let defaults = with(None).unwrap();
+        assert_eq!(defaults.keepalive_interval, Duration::from_secs(30));
+        assert_eq!(defaults.keepalive_count, 10);
+        let fast = with_var(crate::heartbeat::KEEPALIVE_INTERVAL_ENV, "0.5").unwrap();
+        assert_eq!(fast.keepalive_interval, Duration::from_millis(500));
+        assert!(with_var(crate::heartbeat::KEEPALIVE_INTERVAL_ENV, "0").is_err());
+        assert!(with_var(crate::heartbeat::KEEPALIVE_COUNT_ENV, "0").is_err());
+    }
+
+    #[test]
+    fn frame_budget_in_mib() {
+        assert_eq!(with(None).unwrap().frame_budget, 512 << 20);
+        let budget = with_var(crate::frame_budget::FRAME_BUDGET_ENV, "8").unwrap();
+        assert_eq!(budget.frame_budget, 8 << 20);
+        assert!(with_var(crate::frame_budget::FRAME_BUDGET_ENV, "0").is_err());
     }
 
     #[test]

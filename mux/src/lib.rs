@@ -19,6 +19,8 @@
 mod blob_store;
 pub mod bootstrap;
 pub mod config;
+mod frame_budget;
+mod heartbeat;
 mod interpreter_lru;
 mod interpreters;
 mod listener;
@@ -27,6 +29,7 @@ pub mod messages;
 mod process_groups;
 pub mod registry;
 mod run_watch;
+mod socket_dir;
 pub mod serve;
 mod stack_dump;
 pub mod status_cli;
@@ -38,7 +41,7 @@ mod worker_session;
 use std::{fmt, path::PathBuf};
 
 /// The command-line synopsis, shown with usage errors.
-pub const USAGE: &str = "usage: ferrogen-mux serve --socket PATH
+pub const USAGE: &str = "usage: ferrogen-mux serve --socket PATH [--watch-pid PID]
        ferrogen-mux status --socket PATH
        ferrogen-mux --version";
 
@@ -55,6 +58,13 @@ pub enum MuxError {
         dir: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// The socket's directory is not a directory of this user's (see `socket_dir::check`).
+    UnsafeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
     },
     /// An I/O operation failed; the string says which.
     Io(String, std::io::Error),
@@ -75,6 +85,12 @@ impl fmt::Display for MuxError {
                  accessible by group or others (use 0700)",
                 dir.display()
             ),
+            MuxError::UnsafeDir { dir, why } => write!(
+                f,
+                "refusing to serve: socket directory {}: {why}; it must be a directory of the \
+                 mux's own user with mode 0700",
+                dir.display()
+            ),
             MuxError::Io(what, err) => write!(f, "{what}: {err}"),
             MuxError::Protocol(err) => write!(f, "protocol error: {err}"),
             MuxError::Remote(msg) => write!(f, "mux error: {msg}"),
@@ -89,7 +105,10 @@ impl MuxError {
     /// 1 for everything else.
     pub fn exit_code(&self) -> u8 {
         match self {
-            MuxError::Usage(_) | MuxError::Config(_) | MuxError::InsecureDir { .. } => 2,
+            MuxError::Usage(_)
+            | MuxError::Config(_)
+            | MuxError::InsecureDir { .. }
+            | MuxError::UnsafeDir { .. } => 2,
             _ => 1,
         }
     }

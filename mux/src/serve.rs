@@ -3,8 +3,8 @@
 
 use std::{
     io::{Read, Write},
-    os::unix::fs::{FileTypeExt, PermissionsExt},
-    path::{Path, PathBuf},
+    os::unix::fs::FileTypeExt,
+    path::Path,
     sync::Arc,
 };
 
@@ -66,21 +66,6 @@ pub fn start(listener: tokio::net::UnixListener, options: MuxOptions) -> Addr<Re
     registry
 }
 
-/// Checks that the socket's directory is private to this user.
-pub fn check_socket_dir(socket: &Path) -> Result<(), MuxError> {
-    let dir = match socket.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let meta = std::fs::metadata(&dir)
-        .map_err(|err| MuxError::Io(format!("socket directory {}", dir.display()), err))?;
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(MuxError::InsecureDir { dir, mode });
-    }
-    Ok(())
-}
-
 /// Binds the listening socket, replacing a stale socket file left by a dead mux.
 fn bind(socket: &Path) -> Result<std::os::unix::net::UnixListener, MuxError> {
     if let Ok(meta) = std::fs::symlink_metadata(socket) {
@@ -136,8 +121,10 @@ pub fn serve(socket: &Path, watch_pid: Option<u32>) -> Result<(), MuxError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
         .map_err(|err| MuxError::Io("prctl(PR_SET_PDEATHSIG)".into(), err.into()))?;
     let config = Config::from_env().map_err(MuxError::Config)?;
+    crate::frame_budget::WORKER_FRAMES.set_limit(config.frame_budget);
+    crate::heartbeat::configure(config.keepalive_interval, config.keepalive_count);
     let debug_log = logging::init();
-    check_socket_dir(socket)?;
+    let socket_dir = crate::socket_dir::SocketDir::claim(socket)?;
     let bootstrap = Bootstrap::load()
         .map_err(|err| MuxError::Io(format!("reading ${}", bootstrap::AGENT_SOURCE_ENV), err))?
         .with_options(bootstrap::AgentOptions::from_env());
@@ -179,7 +166,7 @@ pub fn serve(socket: &Path, watch_pid: Option<u32>) -> Result<(), MuxError> {
         Ok(())
     });
     process_groups::kill_all();
-    let _ = std::fs::remove_file(socket);
+    socket_dir.remove(socket);
     result
 }
 
@@ -190,15 +177,18 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
+    use crate::socket_dir;
 
     #[test]
     fn socket_dir_must_be_private() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let err = check_socket_dir(&dir.path().join("s")).unwrap_err();
+        let err = socket_dir::check(dir.path()).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-        check_socket_dir(&dir.path().join("s")).unwrap();
+        socket_dir::check(dir.path()).unwrap();
     }
 }

@@ -32,12 +32,14 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
     AgentInfo, AgentLog, BecomeKey, ErrorInfo, ErrorKind, Frame, FrameCodec, FrameError, FromAgent,
+    Heartbeat,
     InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, Spawn, Spawned, StatusRow, TargetKey,
     TargetRow, TargetSpec, TargetState, ToAgent, LOGIN_INTERP,
 };
 
 use crate::{
     bootstrap::Bootstrap,
+    heartbeat,
     interpreters::{InFlight, Interpreters, Placement},
     messages::{
         CallEvent, CallReply, Cancel, DescribeTarget, DescribeTransfer, Dispatch, Redispatch,
@@ -157,6 +159,10 @@ pub struct Target {
     interpreters: Interpreters,
     /// Answered when the Target is finished, for [`ShutdownTarget`].
     on_finished: Vec<oneshot::Sender<()>>,
+    /// When the agent last sent anything (see the heartbeat module).
+    last_heard: Instant,
+    /// The last heartbeat's number.
+    heartbeat_seq: u64,
 }
 
 impl Target {
@@ -186,6 +192,8 @@ impl Target {
             since: Instant::now(),
             link: Link::default(),
             on_finished: Vec::new(),
+            last_heard: Instant::now(),
+            heartbeat_seq: 0,
         }
     }
 
@@ -280,6 +288,31 @@ impl Target {
                 self.forward(call, ctx);
             }
         }
+        ctx.run_interval(heartbeat::interval(), |act, ctx| act.heartbeat(ctx));
+    }
+
+    /// Sends the next heartbeat, or declares the agent dead if it has been silent too long.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return;
+        }
+        let silent = self.last_heard.elapsed();
+        if silent >= heartbeat::deadline() {
+            self.link.kill();
+            let reason = format!(
+                "the agent on {} answered nothing for {:.1}s ({} heartbeats of {:.1}s missed)",
+                self.name,
+                silent.as_secs_f64(),
+                heartbeat::count(),
+                heartbeat::interval().as_secs_f64()
+            );
+            warn!(target = %self.name, "{reason}");
+            self.begin_dying(reason, ctx);
+            return;
+        }
+        self.heartbeat_seq += 1;
+        let seq = self.heartbeat_seq;
+        self.transmit(ToAgent::Heartbeat(Heartbeat { seq }), Bytes::new());
     }
 
     /// Sends `call` to its interpreter (the phase is Ready), spawning a become interpreter for
@@ -782,7 +815,10 @@ impl Handler<Dispatch> for Target {
 impl StreamHandler<Result<Frame, FrameError>> for Target {
     fn handle(&mut self, item: Result<Frame, FrameError>, ctx: &mut Self::Context) {
         let msg = match item {
-            Ok(frame) => FromAgent::from_frame(frame),
+            Ok(frame) => {
+                self.last_heard = Instant::now();
+                FromAgent::from_frame(frame)
+            }
             Err(err) => {
                 self.link.stdout_closed = true;
                 self.link.kill();
@@ -804,6 +840,7 @@ impl StreamHandler<Result<Frame, FrameError>> for Target {
                 self.on_transfer_frame(chunk.id, CallEvent::Chunk(chunk, body))
             }
             FromAgent::Log(log) => self.on_log(&log),
+            FromAgent::Heartbeat => {}
             FromAgent::Spawned(spawned) if ready => self.on_interp_spawned(spawned),
             FromAgent::InterpLost(lost) if ready => self.on_interp_lost(lost),
             FromAgent::Stopped(interp) => {

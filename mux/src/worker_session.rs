@@ -23,6 +23,7 @@ use worker_ipc::{
 };
 
 use crate::{
+    frame_budget::{BudgetedCodec, WORKER_FRAMES},
     messages::{
         CallEvent, CallReply, CallSink, Connect, FromWorker, ResetTarget, Status, StoreBlob,
         Submit, ToWorker,
@@ -80,7 +81,10 @@ impl WorkerSession {
     pub fn start(stream: tokio::net::UnixStream, registry: Addr<Registry>) -> Addr<WorkerSession> {
         WorkerSession::create(|ctx| {
             let (read, write) = stream.into_split();
-            WorkerSession::add_stream(FramedRead::new(read, FrameCodec::new()), ctx);
+            WorkerSession::add_stream(
+                FramedRead::new(read, BudgetedCodec::new(&WORKER_FRAMES)),
+                ctx,
+            );
             WorkerSession {
                 session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
                 registry,

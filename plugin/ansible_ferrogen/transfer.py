@@ -10,6 +10,7 @@ temp file in the destination directory that is fsync'd and renamed over the dest
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -26,7 +27,7 @@ SMALL_FILE_LIMIT = 126976
 # How much of a file this process hashes between looks at the mux's acks.
 CHUNK = 1 << 20
 
-# Same naming as the agent's: the writer's pid tells a live transfer's file from a dead one's.
+# Same naming as the agent's: the writer's pid, for people; its lock tells a live writer's file.
 TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
 
 # How often a long transfer reports progress (display.vvv).
@@ -40,14 +41,34 @@ HASH_READ = 16 << 20
 EXTRA_DIGESTS = ('md5',)
 
 
-def pid_alive(pid: int) -> bool:
+def lock_exclusively(fd: int, path: str) -> bool:
+    """Hold fd's lock for as long as this process writes the file (a sweeper takes it only
+    from a dead writer; a pid would say nothing across PID namespaces or hosts sharing the
+    directory). Waits for a sweeper holding it a moment; False if path no longer names fd's
+    file (that sweeper removed it), the caller then starts again. Same rule as the agent's."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.fstat(fd).st_nlink > 0 and os.lstat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
         return False
+
+
+def lock_if_free(path: str) -> int | None:
+    """An fd on path holding its lock, if path is a regular file of ours whose writer is gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return True
-    return True
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.lstat(path).st_ino == info.st_ino:
+                return fd
+    except OSError:
+        pass  # EWOULDBLOCK: its writer lives
+    os.close(fd)
+    return None
 
 
 def sweep_dead_temps(directory: str) -> None:
@@ -57,15 +78,15 @@ def sweep_dead_temps(directory: str) -> None:
     except OSError:
         return
     for entry in entries:
-        match = TEMP_NAME.match(entry.name)
-        if match is None or int(match.group(1)) == os.getpid():
+        if TEMP_NAME.match(entry.name) is None:
             continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not pid_alive(int(match.group(1))):
+        fd = lock_if_free(entry.path)
+        if fd is not None:
+            try:
                 os.unlink(entry.path)
-        except OSError:
-            pass
+            except OSError:
+                pass
+            os.close(fd)
 
 
 class AtomicFile:
@@ -80,9 +101,11 @@ class AtomicFile:
             self.tmp_path = os.path.join(self.directory, f'.ferrogen-{os.getpid()}-{os.urandom(6).hex()}.tmp')
             try:
                 self.fd: int | None = os.open(self.tmp_path, flags, 0o600)
-                break
             except FileExistsError:
                 continue
+            if lock_exclusively(self.fd, self.tmp_path):
+                break
+            os.close(self.fd)
         self.size = 0
         self.digest = hashlib.sha1()
 

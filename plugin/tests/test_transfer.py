@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import socket
@@ -146,12 +147,37 @@ def test_atomic_file_abort_and_dead_writer_sweep(tmp_path):
     stale.write_bytes(b'partial')
     mine_live = tmp_path / f'.ferrogen-{os.getppid()}-00ff.tmp'
     mine_live.write_bytes(b'in use')
+    # A live writer holds its file's lock (a pid alone means nothing across PID namespaces).
+    live_writer = os.open(mine_live, os.O_WRONLY)
+    fcntl.flock(live_writer, fcntl.LOCK_EX)
     with transfer.AtomicFile(str(tmp_path / 'dest')) as sink:
         sink.write(b'data')
         assert not stale.exists()  # swept: its writer is dead
         assert mine_live.exists()
     # Left without commit: the temp file is gone, the destination never appeared.
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine_live.name]
+    os.close(live_writer)
+
+
+def test_a_locked_temp_file_is_kept_whatever_its_pid_says(tmp_path):
+    """A writer in another PID namespace (a container sharing the directory) names its file
+    after a pid that means nothing here, maybe a dead one: its lock says it is alive."""
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    elsewhere = tmp_path / f'.ferrogen-{dead.pid}-00aa.tmp'
+    elsewhere.write_bytes(b'in use elsewhere')
+    writer = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_WRONLY); '
+                               'fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); sys.stdin.read()', str(elsewhere)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        writer.stdout.readline()
+        with transfer.AtomicFile(str(tmp_path / 'dest')):
+            assert elsewhere.exists()
+    finally:
+        writer.stdin.close()
+        writer.wait()
+    with transfer.AtomicFile(str(tmp_path / 'dest2')):
+        assert not elsewhere.exists()  # its writer is gone now
 
 
 def test_fetched_mode_follows_vanilla(tmp_path):

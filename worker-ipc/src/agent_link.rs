@@ -141,6 +141,16 @@ pub enum ToAgent {
     PutEnd(AgentPutEnd),
     /// The worker holds `bytes` of a fetch: the agent may send more.
     Ack(AgentAck),
+    /// Are you there? The agent answers at once with [`FromAgent::Heartbeat`], whatever tasks
+    /// it runs (docs/protocol.md, "Heartbeat").
+    Heartbeat(Heartbeat),
+}
+
+/// `{"type": "heartbeat", "seq": 7}`: the mux's liveness probe, numbered for the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Counts up from 1 on each connection.
+    pub seq: u64,
 }
 
 /// `{"type": "call", "id": 12, "interp": 0, "op": "exec_command", "args": {...}}`.
@@ -333,6 +343,8 @@ pub enum FromAgent {
     },
     /// A log record, forwarded to the mux's log.
     Log(AgentLog),
+    /// The answer to [`ToAgent::Heartbeat`]; any frame counts as a sign of life.
+    Heartbeat,
     /// The answer to [`ToAgent::Spawn`].
     Spawned(Spawned),
     /// A become interpreter exited.
@@ -379,6 +391,7 @@ impl FromAgent {
             FromAgent::Ack(_) => "ack",
             FromAgent::Chunk { .. } => "chunk",
             FromAgent::Log(_) => "log",
+            FromAgent::Heartbeat => "heartbeat",
             FromAgent::Spawned(_) => "spawned",
             FromAgent::InterpLost(_) => "interp_lost",
             FromAgent::Stopped(_) => "stopped",
@@ -412,6 +425,7 @@ impl FromAgent {
                 Err(err) => malformed(err),
             },
             "log" => frame.parse().map_or_else(malformed, FromAgent::Log),
+            "heartbeat" => FromAgent::Heartbeat,
             "spawned" => match frame.parse::<SpawnedFields>() {
                 Ok(fields) => FromAgent::Spawned(Spawned {
                     interp: fields.interp,

@@ -1,7 +1,13 @@
 //! [`BecomeSpec`]: the account a call runs as on its target, [`BecomeKey`]: when two calls
 //! share a become interpreter, and [`Secret`]: a password that never reaches a log.
 
-use std::fmt;
+use std::{
+    fmt,
+    fs::File,
+    io::Read,
+    sync::OnceLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Value};
@@ -28,6 +34,47 @@ impl Secret {
     /// The password, for the one place that must send it (the agent's `spawn` frame).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// How many bytes of random key [`Secret::keyed_digest`] uses: SHA-1's block size.
+const DIGEST_KEY_LEN: usize = 64;
+
+/// This process's random key for [`Secret::keyed_digest`]: a digest from one run says nothing
+/// in another, and no table of common passwords' digests can be made ahead.
+fn digest_key() -> &'static [u8; DIGEST_KEY_LEN] {
+    static KEY: OnceLock<[u8; DIGEST_KEY_LEN]> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let mut key = [0u8; DIGEST_KEY_LEN];
+        if File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut key))
+            .is_err()
+        {
+            // No /dev/urandom: still unique to this process, if guessable.
+            let seed = format!(
+                "{}:{:?}:{:p}",
+                std::process::id(),
+                SystemTime::now().duration_since(UNIX_EPOCH),
+                &key
+            );
+            let first = sha1_smol::Sha1::from(seed.as_bytes()).digest().bytes();
+            key[..first.len()].copy_from_slice(&first);
+        }
+        key
+    })
+}
+
+impl Secret {
+    /// HMAC-SHA1 of the password under this process's random key, in hex: equal for equal
+    /// passwords within one mux, and no way back to the password.
+    pub fn keyed_digest(&self) -> String {
+        let key = digest_key();
+        let pad = |byte: u8| key.iter().map(|k| k ^ byte).collect::<Vec<u8>>();
+        let mut inner = sha1_smol::Sha1::from(pad(0x36));
+        inner.update(self.0.as_bytes());
+        let mut outer = sha1_smol::Sha1::from(pad(0x5c));
+        outer.update(&inner.digest().bytes());
+        outer.digest().to_string()
     }
 }
 
@@ -73,7 +120,7 @@ pub struct BecomeSpec {
     /// Extra flags for the program, as one string the agent parses as the tool would.
     #[serde(default)]
     pub flags: Option<String>,
-    /// The password to answer prompts with; not part of the key, never logged.
+    /// The password to answer prompts with; in the key only as a keyed digest, never logged.
     #[serde(default)]
     pub password: Option<Secret>,
     /// Python interpreter for the become interpreter; `None` = the login one's.
@@ -86,7 +133,9 @@ fn default_user() -> String {
 }
 
 impl BecomeSpec {
-    /// The sharing key: every field but the password.
+    /// The sharing key: every field, the password as its keyed digest. An interpreter that
+    /// one password opened never serves a call with another: that call's password is put
+    /// to the become tool, which refuses a wrong one as it would for vanilla Ansible.
     pub fn key(&self) -> BecomeKey {
         BecomeKey {
             method: self.method.clone(),
@@ -94,6 +143,7 @@ impl BecomeSpec {
             exe: self.exe.clone(),
             flags: self.flags.clone(),
             python: self.python.clone(),
+            password_digest: self.password.as_ref().map(Secret::keyed_digest),
         }
     }
 
@@ -111,7 +161,8 @@ impl BecomeSpec {
     }
 }
 
-/// A [`BecomeSpec`] without its password: one become interpreter per Target and key.
+/// A [`BecomeSpec`] with its password as a keyed digest: one become interpreter per Target
+/// and key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct BecomeKey {
     /// See [`BecomeSpec::method`].
@@ -124,6 +175,9 @@ pub struct BecomeKey {
     pub flags: Option<String>,
     /// See [`BecomeSpec::python`].
     pub python: Option<String>,
+    /// [`Secret::keyed_digest`] of the password; not written out (status, logs).
+    #[serde(skip)]
+    pub password_digest: Option<String>,
 }
 
 /// The account as people say it: `sudo:postgres`.
@@ -145,13 +199,31 @@ mod tests {
     fn password_is_not_in_key_debug_or_serialization() {
         let a = spec(json!({"method": "sudo", "user": "pg", "password": "hunter2"})).unwrap();
         let b = spec(json!({"method": "sudo", "user": "pg", "password": null})).unwrap();
-        assert_eq!(a.key(), b.key());
         assert_eq!(a.key().to_string(), "sudo:pg");
+        assert!(!serde_json::to_string(&a.key()).unwrap().contains("hunter2"));
         assert!(!format!("{a:?}").contains("hunter2"));
         assert!(!format!("{:#?}", a.key()).contains("hunter2"));
         assert!(!serde_json::to_string(&a).unwrap().contains("hunter2"));
         assert_eq!(a.to_agent_json()["password"], "hunter2");
         assert_eq!(b.to_agent_json()["password"], Value::Null);
+    }
+
+    #[test]
+    fn the_password_is_in_the_key_as_a_keyed_digest() {
+        let right = spec(json!({"method": "sudo", "user": "pg", "password": "hunter2"})).unwrap();
+        let again = spec(json!({"method": "sudo", "user": "pg", "password": "hunter2"})).unwrap();
+        let wrong = spec(json!({"method": "sudo", "user": "pg", "password": "hunter3"})).unwrap();
+        let none = spec(json!({"method": "sudo", "user": "pg", "password": null})).unwrap();
+        assert_eq!(right.key(), again.key());
+        assert_ne!(right.key(), wrong.key());
+        assert_ne!(right.key(), none.key());
+        let digest = right.key().password_digest.unwrap();
+        assert_eq!(digest.len(), 40);
+        // Keyed: not the plain SHA-1 of the password.
+        assert_ne!(
+            digest,
+            sha1_smol::Sha1::from("hunter2").digest().to_string()
+        );
     }
 
     #[test]

@@ -188,6 +188,14 @@ pub enum FrameError {
     BadHeader(String),
     /// The header is a JSON object without a string `"type"`.
     MissingType,
+    /// Taking in more of a partial frame would put the bytes that all connections hold in
+    /// partial frames over the receiver's budget.
+    OverBudget {
+        /// What this connection would hold.
+        buffered: usize,
+        /// The budget for all connections together.
+        budget: usize,
+    },
     /// The underlying stream failed.
     Io(io::Error),
 }
@@ -211,6 +219,11 @@ impl fmt::Display for FrameError {
             }
             FrameError::BadHeader(why) => write!(f, "bad frame header: {why}"),
             FrameError::MissingType => f.write_str("frame header has no string \"type\""),
+            FrameError::OverBudget { buffered, budget } => write!(
+                f,
+                "a partial frame of {buffered} bytes would put the partial frames of all \
+                 connections over the budget of {budget} bytes"
+            ),
             FrameError::Io(err) => write!(f, "i/o error: {err}"),
         }
     }

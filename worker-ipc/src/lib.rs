@@ -31,7 +31,7 @@ pub mod target;
 
 pub use agent_link::{
     AgentAck, AgentBlob, AgentCall, AgentChunk, AgentInfo, AgentLog, AgentPutEnd, CallRef,
-    FromAgent, InterpId, InterpLost, InterpRef, LogLevel, Op, Spawn, Spawned, ToAgent,
+    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Spawn, Spawned, ToAgent,
     LOGIN_INTERP,
 };
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};

@@ -447,3 +447,25 @@ def test_a_process_a_module_forks_does_not_answer_for_it(agent, tmp_path, monkey
     module_path.write_text(FORKING_MODULE)
     result = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp').run({})
     assert result['finished'] == 'after the fork ended', result
+
+
+def test_heartbeats_are_answered_at_once_while_a_task_runs(agent):
+    """Issue 20, item 3: the mux tells a stopped or wedged agent from a busy one by its
+    heartbeats; a long task does not delay the answer."""
+    agent.send({'type': 'call', 'id': 70, 'op': 'exec_command', 'args': {'cmd': 'sleep 2; echo slept'}})
+    agent.send({'type': 'heartbeat', 'seq': 5})
+    started = time.monotonic()
+    header, _ = agent.read()
+    assert header == {'type': 'heartbeat', 'seq': 5, 'pid': agent.proc.pid}
+    assert time.monotonic() - started < 1.5, 'the heartbeat waited for the task'
+    header, body = agent.read()
+    assert header['id'] == 70 and body == b'slept\n'
+
+
+def test_a_heartbeat_for_a_become_interpreter_is_answered_by_it(as_user):
+    agent = as_user()
+    assert agent.spawn(3, method='sudo', user='ferrotest')['ok']
+    child_pid = agent.call_in(3, 'ping', {})[0]['result']['pid']
+    agent.send({'type': 'heartbeat', 'seq': 9, 'interp': 3})
+    header, _ = agent.read()
+    assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid}

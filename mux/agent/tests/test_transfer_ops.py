@@ -110,10 +110,18 @@ def test_temp_files_of_dead_writers_are_swept(agent, tmp_path):
     # file and unrelated dot files stay.
     dead = subprocess.Popen([sys.executable, '-c', 'pass'])
     dead.wait()
-    live = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    # A live writer holds its temp file's lock (its pid alone means nothing across PID
+    # namespaces): it names the file after itself, creates and locks it, then says so.
+    live = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys, time\n'
+                             'path = os.path.join(sys.argv[1], ".ferrogen-%d-abcdef.tmp" % os.getpid())\n'
+                             'fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)\n'
+                             'os.write(fd, b"in use")\n'
+                             'fcntl.flock(fd, fcntl.LOCK_EX)\n'
+                             'print(flush=True)\n'
+                             'time.sleep(60)', str(tmp_path)], stdout=subprocess.PIPE)
     try:
+        live.stdout.readline()
         (tmp_path / f'.ferrogen-{dead.pid}-abcdef.tmp').write_bytes(b'partial')
-        (tmp_path / f'.ferrogen-{live.pid}-abcdef.tmp').write_bytes(b'in use')
         (tmp_path / '.ferrogen-notes.tmp').write_bytes(b'not ours')
         header, _ = agent.call('put_file', {'path': str(tmp_path / 'dest')}, b'x')
         assert header['ok']
