@@ -4,7 +4,8 @@
 //! and the mux writes exactly `N` bytes of zlib-compressed agent source to its stdin.
 //!
 //! Debug settings reach the agent the same way as its source, as globals the stub sets before
-//! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above.
+//! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above. So does
+//! `COMPRESS_LINK=1`, when the link is one [`compresses_link`] deflates.
 
 use std::{io::Write, path::Path, sync::Arc};
 
@@ -105,17 +106,23 @@ impl Bootstrap {
     }
 
     /// The Python one-liner that reads and runs the payload.
-    fn stub(&self) -> String {
+    fn stub(&self, compress_link: bool) -> String {
         format!(
-            "import sys,zlib;{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{}{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
             self.options.globals(),
+            if compress_link {
+                "COMPRESS_LINK=1;"
+            } else {
+                ""
+            },
             self.compressed.len()
         )
     }
 
-    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`).
-    pub fn remote_command(&self, python: Option<&str>) -> String {
-        let stub = self.stub();
+    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`);
+    /// `compress_link` as [`compresses_link`] says for its target.
+    pub fn remote_command(&self, python: Option<&str>, compress_link: bool) -> String {
+        let stub = self.stub(compress_link);
         match python {
             Some(python) => format!("{} -c '{stub}'", shell_quote(python)),
             None => format!(
@@ -128,7 +135,7 @@ impl Bootstrap {
 
     /// The argv of the transport process for `spec`.
     pub fn argv(&self, spec: &TargetSpec) -> Vec<String> {
-        let remote = self.remote_command(spec.python.as_deref());
+        let remote = self.remote_command(spec.python.as_deref(), compresses_link(spec));
         match spec.transport {
             Transport::Local => vec!["/bin/sh".into(), "-c".into(), remote],
             Transport::Ssh => {
@@ -161,6 +168,33 @@ impl Bootstrap {
     }
 }
 
+/// Whether the mux and the agent deflate what they send each other (`AgentLinkCodec`): over
+/// ssh, unless ssh compresses the stream itself because the user asked for it (the plugin
+/// passes `-C` only then). A local child's pipes are not worth compressing.
+pub fn compresses_link(spec: &TargetSpec) -> bool {
+    spec.transport == Transport::Ssh && !ssh_compresses(&spec.ssh_args)
+}
+
+/// Whether these ssh options turn ssh's stream compression on: `-C`, alone or among other
+/// flags that take no argument (`-qC`), or `-o Compression=yes`.
+fn ssh_compresses(args: &[String]) -> bool {
+    const FLAGS: &str = "46AaCfGgKkMNnqsTtVvXxYy";
+    args.iter().enumerate().any(|(index, arg)| {
+        let option = match arg.strip_prefix("-o") {
+            Some("") => args.get(index + 1).map(String::as_str),
+            Some(inline) => Some(inline),
+            None => None,
+        };
+        if let Some((name, value)) = option.and_then(|o| o.split_once('=')) {
+            return name.trim().eq_ignore_ascii_case("compression")
+                && value.trim().eq_ignore_ascii_case("yes");
+        }
+        arg.strip_prefix('-').is_some_and(|flags| {
+            flags.contains('C') && flags.chars().all(|flag| FLAGS.contains(flag))
+        })
+    })
+}
+
 /// Quotes `s` for a POSIX shell with single quotes.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -184,7 +218,7 @@ mod tests {
         assert_eq!(out, "print('hi')\n");
         let n = boot.payload().len();
         assert_eq!(
-            boot.remote_command(Some("/opt/py 3/bin/python3")),
+            boot.remote_command(Some("/opt/py 3/bin/python3"), false),
             format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
         );
     }
@@ -197,14 +231,14 @@ mod tests {
         });
         let n = boot.payload().len();
         assert_eq!(
-            boot.remote_command(Some("python3")),
+            boot.remote_command(Some("python3"), false),
             format!("'python3' -c 'import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
         );
     }
 
     #[test]
     fn discovery_tries_candidates_then_fails() {
-        let cmd = Bootstrap::from_source(b"").remote_command(None);
+        let cmd = Bootstrap::from_source(b"").remote_command(None, false);
         assert!(
             cmd.starts_with("for p in python3 /usr/bin/python3 "),
             "{cmd}"
@@ -254,6 +288,41 @@ mod tests {
         assert_eq!(&argv[..expect.len()], &expect);
         assert_eq!(argv.len(), expect.len() + 1);
         assert!(argv[expect.len()].starts_with("'python3' -c "));
+    }
+
+    #[test]
+    fn ssh_link_is_compressed_unless_ssh_compresses() {
+        let boot = Bootstrap::from_source(b"x");
+        let mut spec = TargetSpec::local();
+        assert!(!compresses_link(&spec));
+        assert!(!boot.argv(&spec)[2].contains("COMPRESS_LINK"));
+        spec.transport = Transport::Ssh;
+        spec.host = Some("h".into());
+        assert!(compresses_link(&spec));
+        assert!(boot
+            .argv(&spec)
+            .last()
+            .unwrap()
+            .contains("COMPRESS_LINK=1;SOURCE="));
+        for asked in [
+            &["-C"][..],
+            &["-qC"],
+            &["-o", "Compression=yes"],
+            &["-oCompression=yes"],
+        ] {
+            spec.ssh_args = asked.iter().map(|a| a.to_string()).collect();
+            assert!(!compresses_link(&spec), "{asked:?}");
+            assert!(!boot.argv(&spec).last().unwrap().contains("COMPRESS_LINK"));
+        }
+        for not_asked in [
+            &["-c", "aes128-ctr"][..],
+            &["-o", "Compression=no"],
+            &["-o", "ControlMaster=no"],
+            &["-F", "/dev/null"],
+        ] {
+            spec.ssh_args = not_asked.iter().map(|a| a.to_string()).collect();
+            assert!(compresses_link(&spec), "{not_asked:?}");
+        }
     }
 
     #[test]

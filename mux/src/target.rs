@@ -36,11 +36,11 @@ use tokio::{
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    BecomeKey, BecomeSpec, Frame, FrameCodec, FrameError, TargetKey, TargetSpec, Transport,
+    AgentLinkCodec, BecomeKey, BecomeSpec, Frame, FrameError, TargetKey, TargetSpec, Transport,
 };
 
 use crate::{
-    bootstrap::Bootstrap,
+    bootstrap::{self, Bootstrap},
     interpreter::{self, Interpreter, LoginBlobs, Transmit},
     interpreter_lru::InterpreterLru,
     process_groups,
@@ -222,7 +222,7 @@ pub struct Target {
     /// Transport child pid (= its process group), once spawned.
     pid: Option<u32>,
     /// The agent link's write side (the child's stdin).
-    writer: Option<FramedWrite<Frame, ChildStdin, FrameCodec>>,
+    writer: Option<FramedWrite<Frame, ChildStdin, AgentLinkCodec>>,
     /// The last [`STDERR_TAIL`] bytes of the child's stderr, filled by a reader task.
     stderr: Arc<Mutex<Vec<u8>>>,
     /// The `ready` frame's header (agent pid, python, user...), for status.
@@ -394,8 +394,16 @@ impl Target {
         debug!(target = %self.name, pid = spawned.pid, "transport started");
         self.permit = spawned.permit;
         self.pid = Some(spawned.pid);
-        self.writer = Some(FramedWrite::new(spawned.stdin, FrameCodec::new(), ctx));
-        Target::add_stream(FramedRead::new(spawned.stdout, FrameCodec::new()), ctx);
+        let codec = if bootstrap::compresses_link(&self.spec) {
+            AgentLinkCodec::compressing()
+        } else {
+            AgentLinkCodec::plain()
+        };
+        self.writer = Some(FramedWrite::new(spawned.stdin, codec, ctx));
+        Target::add_stream(
+            FramedRead::new(spawned.stdout, AgentLinkCodec::plain()),
+            ctx,
+        );
         self.send_calls_before_ready(ctx);
     }
 

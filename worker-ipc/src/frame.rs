@@ -188,6 +188,8 @@ pub enum FrameError {
     BadHeader(String),
     /// The header is a JSON object without a string `"type"`.
     MissingType,
+    /// A compressed segment of the agent link is malformed (see [`crate::compression`]).
+    BadSegment(String),
     /// The underlying stream failed.
     Io(io::Error),
 }
@@ -211,6 +213,7 @@ impl fmt::Display for FrameError {
             }
             FrameError::BadHeader(why) => write!(f, "bad frame header: {why}"),
             FrameError::MissingType => f.write_str("frame header has no string \"type\""),
+            FrameError::BadSegment(why) => write!(f, "bad compressed segment: {why}"),
             FrameError::Io(err) => write!(f, "i/o error: {err}"),
         }
     }
@@ -243,6 +246,11 @@ impl FrameCodec {
     /// A codec with nothing pending.
     pub fn new() -> FrameCodec {
         FrameCodec::default()
+    }
+
+    /// Whether a frame's prefix has been read and the rest of it has not.
+    pub(crate) fn in_frame(&self) -> bool {
+        self.pending.is_some()
     }
 }
 

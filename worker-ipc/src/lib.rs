@@ -8,6 +8,8 @@
 //! - [`message`]: typed worker-link messages (`hello`, `call`, `blob`, `reply`, `error`,
 //!   `status`, `reset`, and the file-transfer `chunk`, `put_end`, `ack`);
 //! - [`target`]: [`TargetSpec`], the description of a target connection, and its sharing key;
+//! - [`compression`]: [`AgentLinkCodec`], the agent link's codec, which deflates what crosses
+//!   the network where that pays;
 //! - [`become_spec`]: [`BecomeSpec`], the account a call runs as, its [`BecomeKey`], and the
 //!   redacted [`Secret`] holding its password.
 //!
@@ -17,11 +19,13 @@
 #![deny(missing_docs)]
 
 pub mod become_spec;
+pub mod compression;
 pub mod frame;
 pub mod message;
 pub mod target;
 
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
+pub use compression::AgentLinkCodec;
 pub use frame::{Frame, FrameCodec, FrameError, FramePart};
 pub use message::{
     Ack, Blob, Call, Chunk, Connect, ErrorInfo, ErrorMessage, Hello, HelloReply, PutEnd, Reply,
