@@ -59,7 +59,8 @@ MAX_BODY = 256 * 1024 * 1024
 # Compression of the link to the mux (docs/protocol.md, "Compression on the agent link"): the
 # mux sets COMPRESS_LINK in the stub when it crosses a network and ssh does not compress it;
 # this agent then deflates what it sends where that pays. It always reads compressed segments.
-# The numbers are worker-ipc's (src/compression.rs), whose tests check these lines.
+# The numbers are worker-ipc's (src/compression.rs), whose tests check these lines, but for the
+# level: CPython's zlib at 1 still builds Huffman tables (zlib-rs at 1 does not: the mux uses 2).
 COMPRESS_LINK = bool(globals().get('COMPRESS_LINK'))
 SEGMENT_PREFIX = struct.Struct('>H')
 SEGMENT_FLAG = 0x8000
@@ -67,7 +68,7 @@ SEGMENT_MAX = 0x7fff
 PROBE_MIN_BODY = 4096
 PROBE_SAMPLE = 4096
 PROBE_PERCENT = 90
-LINK_LEVEL = 1
+AGENT_LEVEL = 1
 # Z_PARTIAL_FLUSH, as ssh's compression flushes: a few bits per flush where a sync flush costs
 # four bytes.
 LINK_FLUSH = getattr(zlib, 'Z_PARTIAL_FLUSH', zlib.Z_SYNC_FLUSH)
@@ -105,7 +106,7 @@ class Channel:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_CHUNK)
             except (OSError, ValueError):
                 pass
-        self.deflater = zlib.compressobj(LINK_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
+        self.deflater = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
         self.inflater = zlib.decompressobj(-15)
         self.inflated = bytearray()
 
@@ -166,7 +167,7 @@ def worth_compressing(body):
     size = deflated = 0
     for start in (0, len(body) // 2 - PROBE_SAMPLE // 2, len(body) - PROBE_SAMPLE):
         sample = body[start:start + PROBE_SAMPLE]
-        probe = zlib.compressobj(LINK_LEVEL, zlib.DEFLATED, -15)
+        probe = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15)
         deflated += len(probe.compress(sample)) + len(probe.flush())
         size += len(sample)
     return deflated * 100 < size * PROBE_PERCENT

@@ -14,7 +14,7 @@
 //! Each frame sent compressed is the ordinary encoding of a frame, deflated and flushed
 //! (`Z_PARTIAL_FLUSH`, as ssh's own compression does) before anything else is sent, so a frame
 //! never straddles a raw one. A frame whose body does not shrink goes as it is, byte for byte
-//! what [`FrameCodec`] writes: [`worth_compressing`] tries level 1 on a few samples of it, which
+//! what [`FrameCodec`] writes: [`worth_compressing`] deflates a few samples of it, which
 //! costs about 1% of compressing it all.
 //!
 //! Decompression is bounded: inflated bytes go through a [`FrameCodec`], whose length checks
@@ -42,13 +42,16 @@ pub const PROBE_MIN_BODY: usize = 4096;
 /// larger body is compressed.
 pub const PROBE_SAMPLE: usize = 4096;
 
-/// A body is compressed when its samples, deflated at level 1, come to less than this many
-/// per cent of their size.
+/// A body is compressed when its samples, deflated, come to less than this many per cent of
+/// their size.
 pub const PROBE_PERCENT: usize = 90;
 
-/// The deflate level of the link's streams: level 1 keeps pace with the network for bulk data,
-/// and finds the long repeats of one frame in the next about as well as the higher levels.
-pub const LINK_LEVEL: u32 = 1;
+/// The deflate level of the mux's stream, low to keep pace with the network for bulk data; the
+/// long repeats of one frame in the next are found about as well as at the higher levels. Not
+/// 1: zlib-rs's level 1 codes with fixed Huffman tables only, which leaves base64 text (module
+/// zips) unshrunk. The agent's CPython zlib uses 1, which has dynamic tables; the receiving side
+/// does not depend on either.
+pub const MUX_LEVEL: u32 = 2;
 
 /// Most bytes deflate data can inflate to per byte (RFC 1951's longest match per code).
 pub const INFLATE_RATIO_MAX: usize = 1032;
@@ -57,7 +60,7 @@ pub const INFLATE_RATIO_MAX: usize = 1032;
 const INFLATE_STEP: usize = 64 * 1024;
 
 /// Whether a frame with this body is worth sending compressed: always for a small body, and for
-/// a larger one when level 1 shrinks three samples of it (start, middle, end) below
+/// a larger one when [`MUX_LEVEL`] shrinks three samples of it (start, middle, end) below
 /// [`PROBE_PERCENT`]. `probe` is a scratch compressor, reset here.
 pub fn worth_compressing(body: &[u8], probe: &mut Compress) -> bool {
     if body.len() < PROBE_MIN_BODY {
@@ -108,8 +111,8 @@ impl AgentLinkCodec {
     pub fn compressing() -> AgentLinkCodec {
         AgentLinkCodec {
             deflater: Some((
-                Compress::new(Compression::new(LINK_LEVEL), false),
-                Compress::new(Compression::new(LINK_LEVEL), false),
+                Compress::new(Compression::new(MUX_LEVEL), false),
+                Compress::new(Compression::new(MUX_LEVEL), false),
             )),
             ..AgentLinkCodec::plain()
         }
@@ -414,6 +417,20 @@ mod tests {
         dst.extend_from_slice(&frame);
         let err = decode_all(dst).unwrap_err();
         assert!(err.to_string().contains("inside a compressed one"), "{err}");
+    }
+
+    #[test]
+    fn the_agent_uses_the_same_numbers() {
+        let agent = include_str!("../../mux/agent/agent.py");
+        for line in [
+            format!("SEGMENT_FLAG = {SEGMENT_FLAG:#x}\n"),
+            format!("SEGMENT_MAX = {SEGMENT_MAX:#x}\n"),
+            format!("PROBE_MIN_BODY = {PROBE_MIN_BODY}\n"),
+            format!("PROBE_SAMPLE = {PROBE_SAMPLE}\n"),
+            format!("PROBE_PERCENT = {PROBE_PERCENT}\n"),
+        ] {
+            assert!(agent.contains(&line), "mux/agent/agent.py lacks {line:?}");
+        }
     }
 
     #[test]
