@@ -177,14 +177,18 @@ def bench_small(engine: str, work: Path) -> dict:
     }
 
 
-def timed_ssh(opts: list[str], command: str, stdin: Path | None, stdout: Path | None, runs: int = 3,
+# Runs of each ssh floor; the best one is kept (--floor-runs).
+FLOOR_RUNS = {"runs": 3}
+
+
+def timed_ssh(opts: list[str], command: str, stdin: Path | None, stdout: Path | None,
               alongside=(), cleanup=()) -> float:
     """Seconds for ssh host command to run with stdin from one file and stdout to another (on
     this machine), less ssh's own start-up (ssh host true), with each of alongside run in a
-    thread meanwhile; the best of runs, as a single one varies by a factor of two here. Each of
-    cleanup is removed after each run."""
+    thread meanwhile; the best of FLOOR_RUNS, as a single one varies by a factor of two here.
+    Each of cleanup is removed after each run."""
     best = float("inf")
-    for _ in range(runs):
+    for _ in range(FLOOR_RUNS["runs"]):
         started = time.monotonic()
         subprocess.run(["ssh", *opts, "127.0.0.1", "true"], check=True)
         setup = time.monotonic() - started
@@ -282,7 +286,7 @@ def floor_fetch(big: Path, work: Path, port: int) -> float:
         os.close(fd)
 
     best = float("inf")
-    for _ in range(3):
+    for _ in range(FLOOR_RUNS["runs"]):
         started = time.monotonic()
         subprocess.run(["ssh", *ssh_opts(port, False), "127.0.0.1", "true"], check=True)
         setup = time.monotonic() - started
@@ -422,8 +426,10 @@ def main() -> int:
     ap.add_argument("--scenarios", default="small-100,random-400M,text-400M,loop-bytes")
     ap.add_argument("--compare", action="append", default=[], metavar="LABEL=CHECKOUT",
                     help="loop-bytes: also measure this built ferrogen checkout")
+    ap.add_argument("--floor-runs", type=int, default=3, help="runs of each ssh floor (the best is kept)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    FLOOR_RUNS["runs"] = args.floor_runs
     engines = [e for e in args.engines.split(",") if e]
     scenarios = [s for s in args.scenarios.split(",") if s]
     bench.set_child_subreaper(1)
