@@ -1,6 +1,6 @@
 """A/B of one large copy between ferrogen checkouts (issue 4), on the same sshd.
 
-Alternates runs of bench/playbooks/transfer_big.yml (a 200 MB incompressible file, ssh without
+Alternates runs of bench/playbooks/transfer_big.yml (a 400 MB incompressible file, ssh without
 -C) between versions, each with its own plugin and mux, and prints per version the copy task's
 duration (median and best) and the stream's alone (the mux's "put done" line). Alternating
 keeps a drifting machine from favouring one version. With --unchanged the destination already

@@ -6,21 +6,26 @@ Scenarios:
   26 ms round trip (``../shared/tools/latency-proxy PORT 2222 13``). The same playbook with one
   file is the baseline: ``(wall(100) - wall(1)) / 99`` is the cost of one more file, shown in
   round trips (``/ 0.026 s``). Bytes on the wire come from the proxy's stats file.
-- ``copy-200M``: one 200 MB file (incompressible) copied over the direct connection; the copy
-  task's own duration (``callback_plugins/task_times.py``) gives the throughput. In the same run
-  ``ssh host 'cat > file'`` moves the same file, with and without ``-C`` (best of 3). Each engine runs twice:
-  with its default ssh options (Ansible's default ``ssh_args`` carry ``-C``, Mitogen compresses
-  by default) and without compression; with ``-C``, ssh's zlib, not the engine, sets the pace on
-  a fast link. As ``ssh cat`` is timed less ssh's own start-up, each engine's copy is also shown
-  less its fixed cost: the same copy task moving a 128 KiB file (a streamed one for ferrogen) in
-  its own run, which pays the connection, the module builds, the stat and the copy module.
-  A floor row times ssh doing only the work a copy cannot skip, with no engine: the target
-  checks the SHA-1 of what it receives and fsyncs it while the controller computes the SHA-1
-  and MD5 that Ansible's copy action and module report (``floor_ssh``).
+- ``random-400M`` and ``text-400M``: one 400 MB file, incompressible (``os.urandom``) or text (the
+  Python sources of this venv, over and over), copied to the target and fetched back, for each
+  engine with its defaults (vanilla: Ansible's default ``ssh_args``, ``-C`` among them; Mitogen:
+  its own compression; ferrogen: its own compression of the agent link, without ``-C``). The
+  task's own duration (``callback_plugins/task_times.py``) gives the throughput; "net" is the
+  400 MB over that duration less the same task moving a 128 KiB file in a run of its own (the
+  run's fixed cost: connection, module builds, stat, copy module). In the same run the floor is
+  measured the same way without Ansible: ``ssh host 'cat > file'`` and ``ssh host cat file``, with
+  and without ``-C`` (best of 3), and ssh doing only the work a transfer cannot skip (``floor_put``,
+  ``floor_fetch``: SHA-1 on both sides, fsync on the receiving one, MD5 of a put's source). The
+  text runs, floors included, go through a latency-proxy without delay, which counts the bytes
+  on the wire; the incompressible ones go straight to the sshd.
+- ``loop-bytes``: bytes on the wire per loop item, ``(loop-500 - loop-100) / 400`` from bench.py's
+  runs through a proxy, for this checkout's ferrogen and for each ``--compare LABEL=CHECKOUT``
+  (a built ferrogen checkout: ``--compare main=../main`` measures main's code in the same run).
 
 Run through bench/run.sh's environment, e.g.::
 
-    .state/bench-venv/bin/python bench/transfer.py [--engines vanilla,mitogen,ferrogen] [--runs 1]
+    .state/bench-venv/bin/python bench/transfer.py [--engines vanilla,mitogen,ferrogen] \\
+        [--scenarios small-100,random-400M,text-400M,loop-bytes] [--compare main=../main] [--json FILE]
 
 The benchmark is not run by the test suite.
 """
@@ -54,7 +59,7 @@ SSH_KEY = STATE / "id_ed25519"
 SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
 ONE_WAY_DELAY_MS = 13
 ROUND_TRIP = 2 * ONE_WAY_DELAY_MS / 1000
-BIG_SIZE = 200 * 1000 * 1000
+BIG_SIZE = 400 * 1000 * 1000
 FIXED_COST_SIZE = 128 * 1024
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
             "-i", str(SSH_KEY), "-p", str(SSH_PORT), "-l", "root"]  # fmt: skip
@@ -80,10 +85,10 @@ def inventory(path: Path, port: int) -> Path:
 class Proxy:
     """latency-proxy for one run; bytes() sums its stats file once it has stopped."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, delay_ms: int = ONE_WAY_DELAY_MS):
         self.port = free_port()
-        self.stats = tmp / "proxy-stats"
-        self.proc = subprocess.Popen([str(PROXY), str(self.port), str(SSH_PORT), str(ONE_WAY_DELAY_MS), str(self.stats)])
+        self.stats = Path(tempfile.mkdtemp(dir=tmp)) / "proxy-stats"
+        self.proc = subprocess.Popen([str(PROXY), str(self.port), str(SSH_PORT), str(delay_ms), str(self.stats)])
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             try:
@@ -172,35 +177,52 @@ def bench_small(engine: str, work: Path) -> dict:
     }
 
 
-def timed_ssh(big: Path, opts: list[str], command: str, dest: str, runs: int = 3, alongside=()) -> float:
-    """Seconds for ssh host command to take big on its stdin and write dest (on this machine),
-    less ssh's own start-up (ssh host true), with each of alongside run in a thread meanwhile;
-    the best of runs, as a single one varies by a factor of two here."""
+# Runs of each ssh floor; the best one is kept (--floor-runs).
+FLOOR_RUNS = {"runs": 3}
+
+
+def timed_ssh(opts: list[str], command: str, stdin: Path | None, stdout: Path | None,
+              alongside=(), cleanup=()) -> float:
+    """Seconds for ssh host command to run with stdin from one file and stdout to another (on
+    this machine), less ssh's own start-up (ssh host true), with each of alongside run in a
+    thread meanwhile; the best of FLOOR_RUNS, as a single one varies by a factor of two here.
+    Each of cleanup is removed after each run."""
     best = float("inf")
-    for _ in range(runs):
+    for _ in range(FLOOR_RUNS["runs"]):
         started = time.monotonic()
         subprocess.run(["ssh", *opts, "127.0.0.1", "true"], check=True)
         setup = time.monotonic() - started
-        with open(big, "rb") as stdin:
+        with open(stdin or os.devnull, "rb") as src, open(stdout or os.devnull, "wb") as dst:
             started = time.monotonic()
             threads = [threading.Thread(target=work) for work in alongside]
             for thread in threads:
                 thread.start()
-            subprocess.run(["ssh", *opts, "127.0.0.1", command], stdin=stdin, check=True)
+            subprocess.run(["ssh", *opts, "127.0.0.1", command], stdin=src, stdout=dst, check=True)
             for thread in threads:
                 thread.join()
             best = min(best, max(time.monotonic() - started - setup, 1e-6))
-        os.unlink(dest)
+        for path in (*cleanup, *([stdout] if stdout else [])):
+            if os.path.exists(path):
+                os.unlink(path)
     return best
 
 
-def raw_ssh(big: Path, compress: bool) -> float:
+def ssh_opts(port: int, compress: bool) -> list[str]:
+    return (["-C"] if compress else []) + [*SSH_OPTS[:-4], "-p", str(port), "-l", "root"]
+
+
+def raw_put(big: Path, port: int, compress: bool) -> float:
     """Seconds for ssh host 'cat > file' to move big (timed_ssh)."""
     dest = f"/tmp/ferrogen-bench-raw-{os.getpid()}"
-    return timed_ssh(big, (["-C"] if compress else []) + SSH_OPTS, f"cat > {dest}", dest)
+    return timed_ssh(ssh_opts(port, compress), f"cat > {dest}", big, None, cleanup=[dest])
 
 
-# The receiving end of floor_ssh: what the agent must do with a put's bytes besides writing
+def raw_fetch(big: Path, work: Path, port: int, compress: bool) -> float:
+    """Seconds for ssh host cat big to bring it back into a file (timed_ssh)."""
+    return timed_ssh(ssh_opts(port, compress), f"cat {big}", None, work / "raw-fetched")
+
+
+# The receiving end of floor_put: what the agent must do with a put's bytes besides writing
 # them (check their SHA-1, fsync), with the agent's pipe size, in the target's Python.
 FLOOR_RECEIVER = """
 import fcntl, hashlib, os, sys
@@ -218,6 +240,18 @@ while data := os.read(0, 1 << 20):
 os.fsync(fd)
 """
 
+# The sending end of floor_fetch: what the agent must do besides reading the file (its SHA-1).
+FLOOR_SENDER = """
+import hashlib, os, sys
+digest = hashlib.sha1()
+fd = os.open(sys.argv[1], os.O_RDONLY)
+while data := os.read(fd, 1 << 20):
+    digest.update(data)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+"""
+
 
 def hash_file(path: Path, name: str) -> None:
     digest = hashlib.new(name)
@@ -226,61 +260,189 @@ def hash_file(path: Path, name: str) -> None:
             digest.update(data)
 
 
-def floor_ssh(big: Path) -> float:
+def floor_put(big: Path, port: int) -> float:
     """Seconds for ssh alone to do the work a copy cannot skip (no Ansible, no engine, no
     framing): the target checks the SHA-1 of what it receives and fsyncs it, while the controller
     hashes the source with SHA-1 (the action's checksum) and MD5 (the copy module's md5sum)
     (timed_ssh). It bounds what any engine can reach on this machine."""
     dest = f"/tmp/ferrogen-bench-floor-{os.getpid()}"
     hashing = [lambda name=name: hash_file(big, name) for name in ("sha1", "md5")]
-    return timed_ssh(big, SSH_OPTS, f"/usr/bin/python3 -c {shlex.quote(FLOOR_RECEIVER)} {dest}", dest,
-                     alongside=hashing)  # fmt: skip
+    return timed_ssh(ssh_opts(port, False), f"/usr/bin/python3 -c {shlex.quote(FLOOR_RECEIVER)} {dest}", big, None,
+                     alongside=hashing, cleanup=[dest])  # fmt: skip
 
 
-def copy_task_secs(engine: str, work: Path, src: Path, compress: bool, label: str) -> dict:
-    """One run of transfer_big.yml copying src; "secs" is the copy task's own duration."""
+def floor_fetch(big: Path, work: Path, port: int) -> float:
+    """Seconds for ssh alone to do the work a fetch cannot skip: the target reads the file and
+    hashes it (SHA-1), the controller writes what arrives, hashes it (SHA-1) and fsyncs it."""
+    dest = work / "floor-fetched"
+
+    def receive(proc: subprocess.Popen) -> None:
+        digest = hashlib.sha1()
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        while data := proc.stdout.read(1 << 20):
+            digest.update(data)
+            os.write(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+
+    best = float("inf")
+    for _ in range(FLOOR_RUNS["runs"]):
+        started = time.monotonic()
+        subprocess.run(["ssh", *ssh_opts(port, False), "127.0.0.1", "true"], check=True)
+        setup = time.monotonic() - started
+        started = time.monotonic()
+        proc = subprocess.Popen(["ssh", *ssh_opts(port, False), "127.0.0.1",
+                                 f"/usr/bin/python3 -c {shlex.quote(FLOOR_SENDER)} {big}"], stdout=subprocess.PIPE)  # fmt: skip
+        receive(proc)
+        proc.wait()
+        best = min(best, max(time.monotonic() - started - setup, 1e-6))
+        os.unlink(dest)
+    return best
+
+
+def transfer_task_secs(engine: str, work: Path, op: str, src: Path, port: int, label: str) -> dict:
+    """One run of transfer_big.yml (op copy) or transfer_fetch.yml (op fetch) moving src;
+    "secs" is the transfer task's own duration."""
     tmp = Path(tempfile.mkdtemp(prefix=f"tbig-{engine}-", dir=work))
     dest = f"/tmp/ferrogen-bench-big-{engine}-{os.getpid()}"
-    inv = inventory(tmp / "inventory.ini", SSH_PORT)
-    log = bench.LOG_DIR / f"transfer-{label}-{engine}{'' if compress else '-plain'}.log"
+    inv = inventory(tmp / "inventory.ini", port)
+    log = bench.LOG_DIR / f"transfer-{label}-{op}-{engine}.log"
+    playbook, task = {"copy": ("transfer_big.yml", "copy big file"), "fetch": ("transfer_fetch.yml", "fetch big file")}[op]
     try:
-        result = run_playbook(engine, "transfer_big.yml", inv, ["-e", f"src={src}", "-e", f"dest={dest}"], log, tmp,
-                              compress)  # fmt: skip
+        result = run_playbook(engine, playbook, inv, ["-e", f"src={src}", "-e", f"dest={dest}"], log, tmp)
     finally:
         if os.path.exists(dest):
             os.unlink(dest)
-    result["secs"] = result["tasks"].get("copy big file")
+    result["secs"] = result["tasks"].get(task)
     return result
 
 
-def bench_big(engine: str, work: Path, big: Path, fixed_cost_file: Path, compress: bool) -> dict:
-    result = copy_task_secs(engine, work, big, compress, "big")
-    fixed = copy_task_secs(engine, work, fixed_cost_file, compress, "fixed-cost")
+def bench_big(engine: str, work: Path, op: str, big: Path, fixed_cost_file: Path, label: str, text: bool) -> dict:
+    """op of big by engine, timed, less its fixed cost; through a counting proxy for text."""
+    proxy = Proxy(work, delay_ms=0) if text else None
+    try:
+        result = transfer_task_secs(engine, work, op, big, proxy.port if proxy else SSH_PORT, label)
+    finally:
+        wire = proxy.stop() if proxy else None
+    fixed = transfer_task_secs(engine, work, op, fixed_cost_file, SSH_PORT, f"{label}-fixed-cost")
     secs = result["secs"]
-    result["copy_s"] = secs
-    result["mb_s"] = BIG_SIZE / secs / 1e6 if secs else None
-    result["fixed_s"] = fixed["secs"]
+    result.update({"secs": secs, "mb_s": BIG_SIZE / secs / 1e6 if secs else None, "fixed_s": fixed["secs"],
+                   "wire_bytes": sum(wire) if wire else None})  # fmt: skip
     net = secs - fixed["secs"] if secs and fixed["secs"] and fixed["rc"] == 0 else None
     result["net_mb_s"] = BIG_SIZE / net / 1e6 if net and net > 0 else None
+    result["rc"] = result["rc"] or fixed["rc"]
     return result
+
+
+def text_file(path: Path) -> None:
+    """BIG_SIZE bytes of text: this venv's Python sources, over and over."""
+    sources = sorted(Path(sys.prefix).rglob("*.py"))
+    written = 0
+    with open(path, "wb") as out:
+        while written < BIG_SIZE:
+            for source in sources:
+                data = source.read_bytes()[: BIG_SIZE - written]
+                out.write(data)
+                written += len(data)
+                if written >= BIG_SIZE:
+                    break
+
+
+def proxied_ssh(work: Path, measure) -> tuple[float, int]:
+    """measure(port) through a counting proxy: (seconds, bytes on the wire)."""
+    proxy = Proxy(work, delay_ms=0)
+    try:
+        secs = measure(proxy.port)
+    finally:
+        wire = proxy.stop()
+    return secs, sum(wire)
+
+
+def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: list[str]) -> None:
+    """The random-400M or text-400M scenario: floors, then each engine's copy and fetch."""
+    text = kind == "text-400M"
+    big = work / f"{kind}.bin"
+    if text:
+        text_file(big)
+    else:
+        with open(big, "wb") as out:
+            for _ in range(BIG_SIZE // 1_000_000):
+                out.write(os.urandom(1_000_000))
+    fixed_cost_file = work / "fixed-cost.bin"
+    fixed_cost_file.write_bytes(os.urandom(FIXED_COST_SIZE))
+    floors = {}
+    for name, measure in {
+        "ssh 'cat > file'": lambda port: raw_put(big, port, compress=False),
+        "ssh -C 'cat > file'": lambda port: raw_put(big, port, compress=True),
+        "floor put: ssh + SHA-1 x2, MD5, fsync": lambda port: floor_put(big, port),
+        "ssh cat file": lambda port: raw_fetch(big, work, port, compress=False),
+        "ssh -C cat file": lambda port: raw_fetch(big, work, port, compress=True),
+        "floor fetch: ssh + SHA-1 x2, fsync": lambda port: floor_fetch(big, work, port),
+    }.items():
+        secs, wire = proxied_ssh(work, measure) if text else (measure(SSH_PORT), None)
+        floors[name] = {"secs": secs, "mb_s": BIG_SIZE / secs / 1e6, "wire_bytes": wire}
+        print(f"  {kind} {name}: {floors[name]}", file=sys.stderr, flush=True)
+    results[kind] = {"floors": floors}
+    lines += ["", f"{kind:38} {'s':>7} {'MB/s':>7} {'fixed s':>8} {'net MB/s':>9} {'vs floor':>9} {'wire MB':>8}"]
+    for name, floor in floors.items():
+        wire = f"{floor['wire_bytes'] / 1e6:8.1f}" if floor["wire_bytes"] else f"{'-':>8}"
+        lines.append(f"  {name:36} {floor['secs']:7.2f} {floor['mb_s']:7.1f} {'':8} {'':9} {'':9} {wire}")
+    for op, floor_name in (("copy", "floor put: ssh + SHA-1 x2, MD5, fsync"), ("fetch", "floor fetch: ssh + SHA-1 x2, fsync")):
+        for engine in engines:
+            r = bench_big(engine, work, op, big, fixed_cost_file, kind, text)
+            results[kind][f"{engine} {op}"] = r
+            print(f"  {kind} {engine} {op}: {r}", file=sys.stderr, flush=True)
+            if r["rc"] != 0 or not r["mb_s"]:
+                lines.append(f"  {engine + ' ' + op:36} FAILED (see {r['log']})")
+                continue
+            net = (f"{r['net_mb_s']:9.1f} {r['net_mb_s'] / floors[floor_name]['mb_s']:9.0%}" if r["net_mb_s"]
+                   else f"{'-':>9} {'-':>9}")  # fmt: skip
+            wire = f"{r['wire_bytes'] / 1e6:8.1f}" if r["wire_bytes"] else f"{'-':>8}"
+            lines.append(f"  {engine + ' ' + op:36} {r['secs']:7.2f} {r['mb_s']:7.1f} {r['fixed_s']:8.2f} {net} {wire}")
+    big.unlink()
+
+
+def bench_loop_bytes(versions: dict[str, dict[str, str]], results: dict, lines: list[str]) -> None:
+    """Bytes on the wire per loop item for each ferrogen version, from runs through a proxy."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    results["loop-bytes"] = {}
+    lines += ["", f"loop-bytes (ferrogen)  {'loop-100 B':>11} {'loop-500 B':>11} {'B/item':>7}"]
+    for label, env in versions.items():
+        wire = {}
+        for scenario in ("loop-100", "loop-500"):
+            log = bench.LOG_DIR / f"transfer-{scenario}-{label}.log"
+            r = bench.run_once("ferrogen", scenario, playbook_bin, log, None, env)
+            wire[scenario] = r["bytes"] if r["rc"] == 0 else None
+        per_item = (wire["loop-500"] - wire["loop-100"]) / 400 if all(wire.values()) else None
+        results["loop-bytes"][label] = wire | {"bytes_per_item": per_item}
+        print(f"  loop-bytes {label}: {results['loop-bytes'][label]}", file=sys.stderr, flush=True)
+        shown = [f"{v:11d}" if v else f"{'FAILED':>11}" for v in wire.values()]
+        lines.append(f"  {label:20} {' '.join(shown)} {per_item:7.1f}" if per_item else f"  {label:20} FAILED")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engines", default=",".join(bench.ENGINES))
-    ap.add_argument("--scenarios", default="small-100,copy-200M")
+    ap.add_argument("--scenarios", default="small-100,random-400M,text-400M,loop-bytes")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=CHECKOUT",
+                    help="loop-bytes: also measure this built ferrogen checkout")
+    ap.add_argument("--floor-runs", type=int, default=3, help="runs of each ssh floor (the best is kept)")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
+    FLOOR_RUNS["runs"] = args.floor_runs
     engines = [e for e in args.engines.split(",") if e]
     scenarios = [s for s in args.scenarios.split(",") if s]
+    bench.set_child_subreaper(1)
     bench.LOG_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-transfer-"))
     results: dict = {"round_trip_s": ROUND_TRIP}
     lines = []
     try:
+        if "loop-bytes" in scenarios:
+            bench_loop_bytes({**bench.versions_from(args.compare), "this": {}}, results, lines)
         if "small-100" in scenarios:
             results["small-100"] = {}
-            lines += [f"small-100 (26 ms round trip)  {'wall 100':>9} {'wall 1':>8} {'RT/file':>8} {'wire KB/file':>13}"]
+            lines += ["", f"small-100 (26 ms round trip)  {'wall 100':>9} {'wall 1':>8} {'RT/file':>8} {'wire KB/file':>13}"]
             for engine in engines:
                 r = bench_small(engine, work)
                 results["small-100"][engine] = r
@@ -290,37 +452,9 @@ def main() -> int:
             mitogen, ferrogen = results["small-100"].get("mitogen"), results["small-100"].get("ferrogen")
             if mitogen and ferrogen:
                 lines.append(f"  ferrogen / mitogen wall (100 files): {ferrogen['wall_100'] / mitogen['wall_100']:.2f}x")
-        if "copy-200M" in scenarios:
-            big = work / "big.bin"
-            with open(big, "wb") as out:
-                for _ in range(BIG_SIZE // 1_000_000):
-                    out.write(os.urandom(1_000_000))
-            fixed_cost_file = work / "fixed-cost.bin"
-            fixed_cost_file.write_bytes(os.urandom(FIXED_COST_SIZE))
-            raw = {"plain": raw_ssh(big, compress=False), "compressed": raw_ssh(big, compress=True)}
-            floor = floor_ssh(big)
-            results["copy-200M"] = {"ssh_cat_s": raw, "floor_s": floor}
-            lines += ["", f"copy-200M                     {'copy s':>9} {'MB/s':>8} {'vs ssh':>8} {'vs ssh -C':>10}"
-                          f" {'fixed s':>8} {'net MB/s':>9} {'net vs ssh':>11}"]
-            for name, secs in raw.items():
-                lines.append(f"  ssh 'cat > file' ({name:10}) {secs:9.2f} {BIG_SIZE / secs / 1e6:8.1f}")
-            lines.append(f"  ssh + SHA-1, MD5, fsync     {floor:9.2f} {BIG_SIZE / floor / 1e6:8.1f} "
-                         f"{raw['plain'] / floor:7.0%}   (the floor: see floor_ssh)")
-            for compress in (True, False):
-                for engine in engines:
-                    r = bench_big(engine, work, big, fixed_cost_file, compress)
-                    label = f"{engine} ({'ssh -C' if compress else 'no -C'})"
-                    results["copy-200M"][label] = r
-                    print(f"  copy-200M {label}: {r}", file=sys.stderr, flush=True)
-                    if r["rc"] != 0 or not r["mb_s"]:
-                        lines.append(f"  {label:27} FAILED (see {r['log']})")
-                        continue
-                    plain, compressed = (BIG_SIZE / raw[k] / 1e6 for k in ("plain", "compressed"))
-                    same_ssh = compressed if compress else plain
-                    net = (f"{r['fixed_s']:8.2f} {r['net_mb_s']:9.1f} {r['net_mb_s'] / same_ssh:10.0%}"
-                           if r["net_mb_s"] else "       -         -           -")  # fmt: skip
-                    lines.append(f"  {label:27} {r['copy_s']:9.2f} {r['mb_s']:8.1f} {r['mb_s'] / plain:7.0%} "
-                                 f"{r['mb_s'] / compressed:9.0%} {net}")  # fmt: skip
+        for kind in ("random-400M", "text-400M"):
+            if kind in scenarios:
+                bench_file(kind, engines, work, results, lines)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n".join(lines))

@@ -39,6 +39,7 @@ import time
 import traceback
 import tty
 import zipfile
+import zlib
 
 # The compressed agent source, as the bootstrap stub read it from stdin (the stub runs this
 # file in its own namespace); become children are started with the same bytes.
@@ -73,6 +74,23 @@ NOT_FOUND = 'not_found'
 
 FRAME_PREFIX = struct.Struct('>II')
 
+# Compression of the link to the mux (docs/protocol.md, "Compression on the agent link"): the
+# mux sets COMPRESS_LINK in the stub when it crosses a network and ssh does not compress it;
+# this agent then deflates what it sends where that pays. It always reads compressed segments.
+# The numbers are worker-ipc's (src/compression.rs), whose tests check these lines, but for the
+# level: CPython's zlib at 1 still builds Huffman tables (zlib-rs at 1 does not: the mux uses 2).
+COMPRESS_LINK = bool(globals().get('COMPRESS_LINK'))
+SEGMENT_PREFIX = struct.Struct('>H')
+SEGMENT_FLAG = 0x8000
+SEGMENT_MAX = 0x7fff
+PROBE_MIN_BODY = 4096
+PROBE_SAMPLE = 4096
+PROBE_PERCENT = 90
+AGENT_LEVEL = 1
+# Z_PARTIAL_FLUSH, as ssh's compression flushes: a few bits per flush where a sync flush costs
+# four bytes.
+LINK_FLUSH = getattr(zlib, 'Z_PARTIAL_FLUSH', zlib.Z_SYNC_FLUSH)
+
 # Top-level packages of module zips, as prefixes of dotted names: ansible's own and collections'.
 ZIP_PACKAGE_ROOTS = ('ansible.', 'ansible_collections.')
 
@@ -106,13 +124,71 @@ class Channel:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_CHUNK)
             except (OSError, ValueError):
                 pass
+        self.deflater = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
+        self.inflater = zlib.decompressobj(-15)
+        self.inflated = bytearray()
 
     def send(self, header, body=b''):
-        write_all(self.wfd, encode_frame(header, body))
+        data = encode_frame(header, body)
+        if self.deflater is not None and worth_compressing(body):
+            data = segments(self.deflater.compress(data) + self.deflater.flush(LINK_FLUSH))
+        write_all(self.wfd, data)
 
     def read_available(self):
         """Read what the pipe holds; return the complete frames, or None at end of stream."""
-        return read_frames(self.rfd, self.inbuf)
+        if not read_raw(self.rfd, self.inbuf):
+            return None
+        frames = []
+        inbuf = self.inbuf
+        while inbuf:
+            if not inbuf[0] & 0x80:
+                if self.inflated:
+                    raise ValueError('a plain frame inside a compressed one')
+                frame = take_frame(inbuf)
+                if frame is None:
+                    break
+                frames.append(frame)
+                continue
+            if len(inbuf) < SEGMENT_PREFIX.size:
+                break
+            size = SEGMENT_PREFIX.unpack_from(inbuf)[0] & SEGMENT_MAX
+            if not size:
+                raise ValueError('empty compressed segment')
+            end = SEGMENT_PREFIX.size + size
+            if len(inbuf) < end:
+                break
+            # At most 1032 bytes per byte of deflate data; take_frame checks each frame's
+            # lengths as soon as its prefix is inflated.
+            self.inflated += self.inflater.decompress(bytes(inbuf[SEGMENT_PREFIX.size:end]))
+            del inbuf[:end]
+            frame = take_frame(self.inflated)
+            while frame is not None:
+                frames.append(frame)
+                frame = take_frame(self.inflated)
+        return frames
+
+
+def segments(deflated):
+    """Deflate data cut into segments of at most SEGMENT_MAX bytes, each behind its prefix."""
+    pieces = []
+    for start in range(0, len(deflated), SEGMENT_MAX):
+        piece = deflated[start:start + SEGMENT_MAX]
+        pieces += (SEGMENT_PREFIX.pack(SEGMENT_FLAG | len(piece)), piece)
+    return b''.join(pieces)
+
+
+def worth_compressing(body):
+    """Whether a frame with this body is sent compressed: always for a small one (its header
+    repeats an earlier one's), and for a larger one when level 1 shrinks three samples of it."""
+    if len(body) < PROBE_MIN_BODY:
+        return True
+    size = deflated = 0
+    for start in (0, len(body) // 2 - PROBE_SAMPLE // 2, len(body) - PROBE_SAMPLE):
+        sample = body[start:start + PROBE_SAMPLE]
+        probe = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15)
+        deflated += len(probe.compress(sample)) + len(probe.flush())
+        size += len(sample)
+    return deflated * 100 < size * PROBE_PERCENT
 
 
 def early_input():
@@ -226,22 +302,31 @@ def read_frames(fd, inbuf):
     if not read_raw(fd, inbuf):
         return None
     frames = []
-    while len(inbuf) >= FRAME_PREFIX.size:
-        header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
-        if header_len > MAX_HEADER or body_len > MAX_BODY:
-            raise ValueError('frame too large: header %d body %d' % (header_len, body_len))
-        end = FRAME_PREFIX.size + header_len + body_len
-        if len(inbuf) < end:
-            break
-        start = FRAME_PREFIX.size
-        # One copy of the body (a slice of the bytearray would make two); the view must be
-        # released before the bytearray shrinks.
-        with memoryview(inbuf) as view:
-            header = json.loads(bytes(view[start:start + header_len]).decode('utf-8'))
-            body = bytes(view[start + header_len:end])
-        del inbuf[:end]
-        frames.append((header, body))
+    frame = take_frame(inbuf)
+    while frame is not None:
+        frames.append(frame)
+        frame = take_frame(inbuf)
     return frames
+
+
+def take_frame(inbuf):
+    """Take the first frame out of inbuf as (header, body), or None if it is not complete."""
+    if len(inbuf) < FRAME_PREFIX.size:
+        return None
+    header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
+    if header_len > MAX_HEADER or body_len > MAX_BODY:
+        raise ValueError('frame too large: header %d body %d' % (header_len, body_len))
+    end = FRAME_PREFIX.size + header_len + body_len
+    if len(inbuf) < end:
+        return None
+    start = FRAME_PREFIX.size
+    # One copy of the body (a slice of the bytearray would make two); the view must be
+    # released before the bytearray shrinks.
+    with memoryview(inbuf) as view:
+        header = json.loads(bytes(view[start:start + header_len]).decode('utf-8'))
+        body = bytes(view[start + header_len:end])
+    del inbuf[:end]
+    return header, body
 
 
 def encode_frame(header, body=b''):

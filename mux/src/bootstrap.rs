@@ -7,9 +7,12 @@
 //! the version needed and the one found, in syntax that Python 2 still runs.
 //!
 //! Debug settings reach the agent the same way as its source, as globals the stub sets before
-//! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above.
+//! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above. So does
+//! `COMPRESS_LINK=1`, when the link is one [`compresses_link`] deflates.
 
 use std::{io::Write, path::Path, sync::Arc};
+
+use worker_ipc::{TargetSpec, Transport};
 
 use flate2::{write::ZlibEncoder, Compression};
 
@@ -121,18 +124,24 @@ impl Bootstrap {
     }
 
     /// The Python one-liner that reads and runs the payload.
-    fn stub(&self) -> String {
+    fn stub(&self, compress_link: bool) -> String {
         format!(
-            "import sys,zlib;{};{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{};{}{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
             python_guard(),
             self.options.globals(),
+            if compress_link {
+                "COMPRESS_LINK=1;"
+            } else {
+                ""
+            },
             self.compressed.len()
         )
     }
 
-    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`).
-    pub fn remote_command(&self, python: Option<&str>) -> String {
-        let stub = self.stub();
+    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`);
+    /// `compress_link` as [`compresses_link`] says for its target.
+    pub fn remote_command(&self, python: Option<&str>, compress_link: bool) -> String {
+        let stub = self.stub(compress_link);
         match python {
             Some(python) => format!("{} -c '{stub}'", shell_quote(python)),
             None => format!(
@@ -142,6 +151,33 @@ impl Bootstrap {
             ),
         }
     }
+}
+
+/// Whether the mux and the agent deflate what they send each other (`AgentLinkCodec`): over
+/// ssh, unless ssh compresses the stream itself because the user asked for it (the plugin
+/// passes `-C` only then). A local child's pipes are not worth compressing.
+pub fn compresses_link(spec: &TargetSpec) -> bool {
+    spec.transport == Transport::Ssh && !ssh_compresses(&spec.ssh_args)
+}
+
+/// Whether these ssh options turn ssh's stream compression on: `-C`, alone or among other
+/// flags that take no argument (`-qC`), or `-o Compression=yes`.
+fn ssh_compresses(args: &[String]) -> bool {
+    const FLAGS: &str = "46AaCfGgKkMNnqsTtVvXxYy";
+    args.iter().enumerate().any(|(index, arg)| {
+        let option = match arg.strip_prefix("-o") {
+            Some("") => args.get(index + 1).map(String::as_str),
+            Some(inline) => Some(inline),
+            None => None,
+        };
+        if let Some((name, value)) = option.and_then(|o| o.split_once('=')) {
+            return name.trim().eq_ignore_ascii_case("compression")
+                && value.trim().eq_ignore_ascii_case("yes");
+        }
+        arg.strip_prefix('-').is_some_and(|flags| {
+            flags.contains('C') && flags.chars().all(|flag| FLAGS.contains(flag))
+        })
+    })
 }
 
 /// Quotes `s` for a POSIX shell with single quotes.
@@ -167,7 +203,7 @@ mod tests {
         assert_eq!(out, "print('hi')\n");
         let n = boot.payload().len();
         assert_eq!(
-            boot.remote_command(Some("/opt/py 3/bin/python3")),
+            boot.remote_command(Some("/opt/py 3/bin/python3"), false),
             format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;{};SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
         );
     }
@@ -180,14 +216,14 @@ mod tests {
         });
         let n = boot.payload().len();
         assert_eq!(
-            boot.remote_command(Some("python3")),
+            boot.remote_command(Some("python3"), false),
             format!("'python3' -c 'import sys,zlib;{};ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
         );
     }
 
     #[test]
     fn discovery_tries_candidates_then_fails() {
-        let cmd = Bootstrap::from_source(b"").remote_command(None);
+        let cmd = Bootstrap::from_source(b"").remote_command(None, false);
         assert!(
             cmd.starts_with("for p in python3 /usr/bin/python3 "),
             "{cmd}"
@@ -196,5 +232,37 @@ mod tests {
             cmd.ends_with("no python3 found on target\" >&2; exit 127"),
             "{cmd}"
         );
+    }
+
+    #[test]
+    fn ssh_link_is_compressed_unless_ssh_compresses() {
+        let boot = Bootstrap::from_source(b"x");
+        let mut spec = TargetSpec::local();
+        assert!(!compresses_link(&spec));
+        assert!(!boot.remote_command(None, false).contains("COMPRESS_LINK"));
+        assert!(boot
+            .remote_command(Some("python3"), true)
+            .contains("COMPRESS_LINK=1;SOURCE="));
+        spec.transport = Transport::Ssh;
+        spec.host = Some("h".into());
+        assert!(compresses_link(&spec));
+        for asked in [
+            &["-C"][..],
+            &["-qC"],
+            &["-o", "Compression=yes"],
+            &["-oCompression=yes"],
+        ] {
+            spec.ssh_args = asked.iter().map(|a| a.to_string()).collect();
+            assert!(!compresses_link(&spec), "{asked:?}");
+        }
+        for not_asked in [
+            &["-c", "aes128-ctr"][..],
+            &["-o", "Compression=no"],
+            &["-o", "ControlMaster=no"],
+            &["-F", "/dev/null"],
+        ] {
+            spec.ssh_args = not_asked.iter().map(|a| a.to_string()).collect();
+            assert!(compresses_link(&spec), "{not_asked:?}");
+        }
     }
 }

@@ -486,6 +486,7 @@ mod tests {
             exe: None,
             flags: None,
             python: None,
+            password_digest: None,
         }
     }
 

@@ -179,7 +179,6 @@ fn signal(kind: tokio::signal::unix::SignalKind) -> Result<tokio::signal::unix::
 mod tests {
     use std::os::unix::fs::PermissionsExt;
 
-    use super::*;
     use crate::socket_dir;
 
     #[test]

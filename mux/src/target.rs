@@ -31,14 +31,13 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    AgentInfo, AgentLog, BecomeKey, ErrorInfo, ErrorKind, Frame, FrameCodec, FrameError, FromAgent,
-    Heartbeat,
-    InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, Spawn, Spawned, StatusRow, TargetKey,
-    TargetRow, TargetSpec, TargetState, ToAgent, LOGIN_INTERP,
+    AgentInfo, AgentLinkCodec, AgentLog, BecomeKey, ErrorInfo, ErrorKind, Frame, FrameError,
+    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, Spawn, Spawned,
+    StatusRow, TargetKey, TargetRow, TargetSpec, TargetState, ToAgent, LOGIN_INTERP,
 };
 
 use crate::{
-    bootstrap::Bootstrap,
+    bootstrap::{self, Bootstrap},
     heartbeat,
     interpreters::{InFlight, Interpreters, Placement},
     messages::{
@@ -98,7 +97,7 @@ struct Link {
     /// Transport child pid (= its process group), once spawned.
     pid: Option<u32>,
     /// The agent link's write side (the child's stdin).
-    writer: Option<FramedWrite<Frame, AgentWriter, FrameCodec>>,
+    writer: Option<FramedWrite<Frame, AgentWriter, AgentLinkCodec>>,
     /// The transport's stderr, for messages.
     stderr: StderrTail,
     /// How the transport ended, once known.
@@ -228,8 +227,16 @@ impl Target {
         };
         *held = permit;
         debug!(target = %self.name, pid = ?started.pid, "transport started");
-        self.link.writer = Some(FramedWrite::new(started.stdin, FrameCodec::new(), ctx));
-        Target::add_stream(FramedRead::new(started.stdout, FrameCodec::new()), ctx);
+        let codec = if bootstrap::compresses_link(&self.spec) {
+            AgentLinkCodec::compressing()
+        } else {
+            AgentLinkCodec::plain()
+        };
+        self.link.writer = Some(FramedWrite::new(started.stdin, codec, ctx));
+        Target::add_stream(
+            FramedRead::new(started.stdout, AgentLinkCodec::plain()),
+            ctx,
+        );
         let exit = started.exit;
         ctx.spawn(
             async move {

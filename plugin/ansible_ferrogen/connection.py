@@ -47,6 +47,18 @@ PYTHON_INTERPRETER_OPTION = {
     'vars': [{'name': 'ansible_python_interpreter'}],
 }
 
+# Mitogen's switch for ssh's stream compression. ferrogen compresses the link itself where that
+# pays (docs/protocol.md, "Compression on the agent link"), so ssh's -C is passed only when this
+# is true, or when the user put -C in ssh options they set themselves.
+SSH_COMPRESSION_OPTION = {
+    'description': [
+        "Whether ssh compresses the connection's stream (C(-C)).",
+        "Unset: only where C(-C) is in ssh options the user set; Ansible's default ssh_args lose theirs.",
+    ],
+    'type': 'boolean',
+    'vars': [{'name': 'mitogen_ssh_compression'}],
+}
+
 
 # libyaml, where PyYAML has it: the borrowed documentation is parsed and written on every run's
 # critical path, ten times faster than in pure Python.
@@ -54,7 +66,7 @@ YAML_LOADER = getattr(yaml, 'CSafeLoader', yaml.SafeLoader)
 YAML_DUMPER = getattr(yaml, 'CSafeDumper', yaml.SafeDumper)
 
 
-def borrow_documentation(vanilla: str, name: str, short_description: str) -> str:
+def borrow_documentation(vanilla: str, name: str, short_description: str, extra_options: dict | None = None) -> str:
     """Reuse a built-in plugin's options so every variable users already set keeps working."""
     doc = yaml.load(vanilla, Loader=YAML_LOADER)  # noqa: S506 - a safe loader
     doc['name'] = name
@@ -63,6 +75,7 @@ def borrow_documentation(vanilla: str, name: str, short_description: str) -> str
     doc['author'] = 'ferrogen developers'
     doc.setdefault('options', {})['python_interpreter'] = PYTHON_INTERPRETER_OPTION
     doc['options']['inventory_name'] = INVENTORY_NAME_OPTION
+    doc['options'].update(extra_options or {})
     return yaml.dump(doc, Dumper=YAML_DUMPER, sort_keys=False)
 
 
@@ -495,12 +508,25 @@ class SshConnection(Connection):
         # Vanilla ssh adds -tt to commands without stdin: stderr merges into stdout, \n becomes \r\n.
         return bool(self.get_option('use_tty'))
 
-    def build_target_spec(self) -> dict:
+    def ssh_options(self) -> list[str]:
+        """ssh_args, ssh_common_args and ssh_extra_args, with -C only where the user asked for
+        ssh's compression: mitogen_ssh_compression true, or -C in an option they set (Ansible's
+        default ssh_args carry one). The mux compresses the link itself otherwise."""
         ssh_args = []
         for option in ('ssh_args', 'ssh_common_args', 'ssh_extra_args'):
-            value = self.get_option(option)
-            if value:
-                ssh_args.extend(shlex.split(value))
+            # An ansible-core without origins keeps every -C, as vanilla ssh would.
+            value, origin = (self.get_option_and_origin(option) if hasattr(self, 'get_option_and_origin')
+                             else (self.get_option(option), None))
+            words = shlex.split(value) if value else []
+            ssh_args.extend(word for word in words if word != '-C' or origin != 'default')
+        compression = self.get_option('ssh_compression')
+        if compression is False:
+            ssh_args = [word for word in ssh_args if word != '-C']
+        elif compression and '-C' not in ssh_args:
+            ssh_args.append('-C')
+        return drop_control_options(ssh_args)
+
+    def build_target_spec(self) -> dict:
         port = self.get_option('port')
         return {
             'transport': 'ssh',
@@ -510,7 +536,7 @@ class SshConnection(Connection):
             'identity_file': os.path.expanduser(self.get_option('private_key_file'))
             if self.get_option('private_key_file') else None,
             'ssh_executable': self.get_option('ssh_executable') or 'ssh',
-            'ssh_args': drop_control_options(ssh_args),
+            'ssh_args': self.ssh_options(),
             'host_key_checking': bool(self.get_option('host_key_checking')),
             'timeout': int(self.get_option('timeout') or 10),
             'python': self.python_interpreter(),

@@ -37,3 +37,26 @@ def test_target_spec_follows_new_options():
     assert connection.target_spec() is connection.target_spec()
     connection.set_options(var_options={'ansible_host': '127.0.0.1', 'ansible_port': 2202})
     assert connection.target_spec()['port'] == 2202
+
+
+def ssh_args_for(var_options: dict) -> list[str]:
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader
+
+    from ansible_ferrogen.strategy import CONNECTION_DIR
+
+    connection_loader.add_directory(CONNECTION_DIR)
+    connection = connection_loader.get('mitogen_ssh', PlayContext())
+    connection.set_options(var_options={'ansible_host': '127.0.0.1', **var_options})
+    return connection.target_spec()['ssh_args']
+
+
+def test_ssh_compression_only_where_the_user_asks_for_it():
+    """Ansible's default ssh_args lose their -C (the mux compresses the link itself); -C stays
+    where the user put it, and mitogen_ssh_compression decides above both."""
+    assert '-C' not in ssh_args_for({})
+    assert ssh_args_for({'mitogen_ssh_compression': True}).count('-C') == 1
+    assert ssh_args_for({'ansible_ssh_args': '-C -o ServerAliveInterval=5'}) == ['-C', '-o', 'ServerAliveInterval=5']
+    assert ssh_args_for({'ansible_ssh_extra_args': '-C'}) == ['-C']
+    assert ssh_args_for({'ansible_ssh_extra_args': '-C', 'mitogen_ssh_compression': False}) == []
+    assert ssh_args_for({'ansible_ssh_args': '-C', 'mitogen_ssh_compression': True}) == ['-C']

@@ -196,6 +196,8 @@ pub enum FrameError {
         /// The budget for all connections together.
         budget: usize,
     },
+    /// A compressed segment of the agent link is malformed (see [`crate::compression`]).
+    BadSegment(String),
     /// The underlying stream failed.
     Io(io::Error),
 }
@@ -224,6 +226,7 @@ impl fmt::Display for FrameError {
                 "a partial frame of {buffered} bytes would put the partial frames of all \
                  connections over the budget of {budget} bytes"
             ),
+            FrameError::BadSegment(why) => write!(f, "bad compressed segment: {why}"),
             FrameError::Io(err) => write!(f, "i/o error: {err}"),
         }
     }
@@ -256,6 +259,11 @@ impl FrameCodec {
     /// A codec with nothing pending.
     pub fn new() -> FrameCodec {
         FrameCodec::default()
+    }
+
+    /// Whether a frame's prefix has been read and the rest of it has not.
+    pub(crate) fn in_frame(&self) -> bool {
+        self.pending.is_some()
     }
 }
 

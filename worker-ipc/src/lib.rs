@@ -8,6 +8,8 @@
 //! - [`message`]: typed worker-link messages (`hello`, `call`, `blob`, `reply`, `error`,
 //!   `status`, `reset`, and the file-transfer `chunk`, `put_end`, `ack`);
 //! - [`target`]: [`TargetSpec`], the description of a target connection, and its sharing key;
+//! - [`compression`]: [`AgentLinkCodec`], the agent link's codec, which deflates what crosses
+//!   the network where that pays;
 //! - [`become_spec`]: [`BecomeSpec`], the account a call runs as, its [`BecomeKey`], and the
 //!   redacted [`Secret`] holding its password.
 //!
@@ -23,6 +25,7 @@
 
 pub mod agent_link;
 pub mod become_spec;
+pub mod compression;
 pub mod error_kind;
 pub mod frame;
 pub mod message;
@@ -35,6 +38,7 @@ pub use agent_link::{
     LOGIN_INTERP,
 };
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
+pub use compression::AgentLinkCodec;
 pub use error_kind::ErrorKind;
 pub use frame::{Frame, FrameCodec, FrameError, FramePart};
 pub use message::{

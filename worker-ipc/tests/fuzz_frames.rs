@@ -52,7 +52,10 @@ fn check_error(err: FrameError) -> String {
         FrameError::TooLarge { len, .. } => {
             assert!(*len == 0 || *len > MAX_BODY.min(MAX_HEADER) as u64)
         }
-        FrameError::BadHeader(_) | FrameError::MissingType | FrameError::Io(_) => {}
+        FrameError::BadHeader(_)
+        | FrameError::MissingType
+        | FrameError::BadSegment(_)
+        | FrameError::Io(_) => {}
         FrameError::OverBudget { .. } => panic!("the plain codec has no budget: {err}"),
     }
     let text = err.to_string();

@@ -186,8 +186,13 @@ pub async fn start(
     name: &str,
     timeout: Duration,
 ) -> Result<Started, String> {
-    let argv = kind_of(spec.transport)
-        .command_line(spec, bootstrap.remote_command(spec.python.as_deref()));
+    let argv = kind_of(spec.transport).command_line(
+        spec,
+        bootstrap.remote_command(
+            spec.python.as_deref(),
+            crate::bootstrap::compresses_link(spec),
+        ),
+    );
     debug!(target = %name, ?argv, "connecting");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])

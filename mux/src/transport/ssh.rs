@@ -65,7 +65,7 @@ mod tests {
         spec.host_key_checking = false;
         spec.timeout = 7.0;
         spec.python = Some("python3".into());
-        let argv = Ssh.command_line(&spec, boot.remote_command(spec.python.as_deref()));
+        let argv = Ssh.command_line(&spec, boot.remote_command(spec.python.as_deref(), false));
         let expect = [
             "ssh",
             "-o",

@@ -9,10 +9,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..',
 
 from ansible.plugins.connection.ssh import DOCUMENTATION as _SSH_DOCUMENTATION  # noqa: E402
 
-from ansible_ferrogen.connection import SshConnection, borrow_documentation  # noqa: E402
+from ansible_ferrogen.connection import SSH_COMPRESSION_OPTION, SshConnection, borrow_documentation  # noqa: E402
 
 DOCUMENTATION = borrow_documentation(_SSH_DOCUMENTATION, 'mitogen_ssh',
-                                     'connect via ssh through ferrogen-mux (one ssh per target)')
+                                     'connect via ssh through ferrogen-mux (one ssh per target)',
+                                     {'ssh_compression': SSH_COMPRESSION_OPTION})
 
 
 class Connection(SshConnection):

@@ -1,0 +1,120 @@
+"""The agent's side of the agent link's compression (docs/protocol.md, "Compression on the agent
+link"): started with COMPRESS_LINK, it deflates what shrinks and sends the rest as it is, and it
+reads the mux's compressed segments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+
+import pytest
+from test_agent import PREFIX, AgentProcess
+from test_transfer_ops import CHUNK, fetch_all, put_stream
+
+SEGMENT = struct.Struct('>H')
+
+
+class CompressingLink(AgentProcess):
+    """The mux's end of a compressed link: deflates what it sends, and records for each frame it
+    reads whether it came compressed."""
+
+    def __init__(self, **kwargs):
+        self.deflater = zlib.compressobj(2, zlib.DEFLATED, -15)
+        self.inflater = zlib.decompressobj(-15)
+        self.inflated = bytearray()
+        self.arrived = []
+        super().__init__(settings='COMPRESS_LINK=1;', **kwargs)
+
+    def read(self):
+        while True:
+            frame = self.take_inflated()
+            if frame:
+                self.arrived.append((frame[0]['type'], 'compressed'))
+                return frame
+            first = self.proc.stdout.peek(1)[:1]
+            if not first[0] & 0x80:
+                header_len, body_len = PREFIX.unpack(self.proc.stdout.read(PREFIX.size))
+                frame = json.loads(self.proc.stdout.read(header_len)), self.proc.stdout.read(body_len)
+                self.arrived.append((frame[0]['type'], 'plain'))
+                return frame
+            size = SEGMENT.unpack(self.proc.stdout.read(SEGMENT.size))[0] & 0x7fff
+            self.inflated += self.inflater.decompress(self.proc.stdout.read(size))
+
+    def take_inflated(self):
+        if len(self.inflated) < PREFIX.size:
+            return None
+        header_len, body_len = PREFIX.unpack_from(self.inflated)
+        end = PREFIX.size + header_len + body_len
+        if len(self.inflated) < end:
+            return None
+        frame = json.loads(self.inflated[PREFIX.size:PREFIX.size + header_len]), bytes(self.inflated[PREFIX.size + header_len:end])
+        del self.inflated[:end]
+        return frame
+
+    def send(self, header, body=b''):
+        encoded = json.dumps(header).encode()
+        data = self.deflater.compress(PREFIX.pack(len(encoded), len(body)) + encoded + body)
+        data += self.deflater.flush(zlib.Z_PARTIAL_FLUSH)
+        for start in range(0, len(data), 0x7fff):
+            piece = data[start:start + 0x7fff]
+            self.proc.stdin.write(SEGMENT.pack(0x8000 | len(piece)) + piece)
+        self.proc.stdin.flush()
+
+
+@pytest.fixture
+def link():
+    process = CompressingLink()
+    yield process
+    if process.proc.poll() is None:
+        process.close()
+
+
+def text(size):
+    lines = (b'%08d the agent link deflates what shrinks %d\n' % (n, n * 7919) for n in range(size // 20))
+    return b''.join(lines)[:size]
+
+
+def test_fetched_text_comes_compressed_and_random_bytes_as_they_are(link, tmp_path):
+    for name, data in (('random', os.urandom(3 * CHUNK)), ('text', text(3 * CHUNK))):
+        source = tmp_path / name
+        source.write_bytes(data)
+        link.arrived.clear()
+        header, got = fetch_all(link, source)
+        assert got == data and header['result']['sha1'] == hashlib.sha1(data).hexdigest()
+        chunks = {how for kind, how in link.arrived if kind == 'chunk'}
+        assert chunks == {'plain' if name == 'random' else 'compressed'}, link.arrived
+        # Small frames (the reply) are always compressed.
+        assert ('reply', 'compressed') in link.arrived, link.arrived
+
+
+def test_compressed_puts_arrive_whole(link, tmp_path):
+    assert link.ready['type'] == 'ready'
+    for name, data in (('random', os.urandom(2 * CHUNK + 7)), ('text', text(2 * CHUNK + 7))):
+        header = put_stream(link, tmp_path / name, data)
+        assert header['ok'], header
+        assert (tmp_path / name).read_bytes() == data
+    header, _ = link.call('put_file', {'path': str(tmp_path / 'small')}, b'small file\n' * 1000)
+    assert header['result']['size'] == 11000
+
+
+def test_an_agent_without_the_setting_sends_plain_frames_but_reads_segments(tmp_path):
+    class PlainAgentLink(CompressingLink):
+        def __init__(self):
+            self.deflater = zlib.compressobj(2, zlib.DEFLATED, -15)
+            self.inflater = zlib.decompressobj(-15)
+            self.inflated = bytearray()
+            self.arrived = []
+            AgentProcess.__init__(self)
+
+    link = PlainAgentLink()
+    try:
+        source = tmp_path / 'text'
+        source.write_bytes(text(2 * CHUNK))
+        _, got = fetch_all(link, source)
+        assert got == source.read_bytes()
+        assert {how for _, how in link.arrived} == {'plain'}, link.arrived
+    finally:
+        link.close()
