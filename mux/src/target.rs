@@ -56,6 +56,10 @@ const STDERR_TAIL: usize = 4096;
 /// of its output before killing its process group.
 const DYING_GRACE: Duration = Duration::from_secs(2);
 
+/// The transport's exit as [`describe_status`] words it when the remote shell could not
+/// find the command it was given: the interpreter.
+const COMMAND_NOT_FOUND: &str = "exit status 127";
+
 /// How long a finished Target keeps redirecting stray calls before it stops.
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -808,10 +812,13 @@ impl Target {
                 "connection_lost",
                 format!("connection to {who} lost: {detail}"),
             )
+        } else if self.lacks_python() {
+            ("no_interpreter", format!("no Python on {who}: {detail}"))
         } else {
             ("unreachable", format!("cannot connect to {who}: {detail}"))
         };
-        if !self.queue.is_empty() || !self.in_flight.is_empty() {
+        // Without Python the worker goes on over plain ssh: nothing for the user to see.
+        if kind != "no_interpreter" && (!self.queue.is_empty() || !self.in_flight.is_empty()) {
             warn!(target = %self.name, "{message}");
         } else {
             debug!(target = %self.name, "{message}");
@@ -838,6 +845,16 @@ impl Target {
         // Stay alive a moment so calls the Registry sent before it processed TargetGone
         // are redispatched rather than dropped with the mailbox.
         ctx.run_later(LINGER, |_, ctx| ctx.stop());
+    }
+
+    /// Whether ssh connected and the remote shell found no interpreter to run (the bootstrap
+    /// command's status 127): the worker may still run commands over a plain shell
+    /// (docs/protocol.md, "no_interpreter"). Locally there is no such channel.
+    fn lacks_python(&self) -> bool {
+        self.spec.transport == Transport::Ssh
+            && !self.was_ready
+            && !self.killed_by_mux
+            && self.exit.as_deref() == Some(COMMAND_NOT_FOUND)
     }
 
     /// What ended the connection, for the messages of the calls it fails: which process
