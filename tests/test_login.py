@@ -69,7 +69,8 @@ def env_lines(run: helpers.PlaybookRun, task: str) -> list[str]:
 
 def test_pam_env_changes_show_as_in_a_fresh_login(isolated_host, tmp_path):
     """A play adds, changes and removes variables in /etc/environment and ~/.pam_environment;
-    later tasks (as root, raw, through su and sudo) see what vanilla's fresh sessions see."""
+    later tasks (as root, raw, through su and sudo) see what vanilla's fresh sessions see; so do
+    root's groups after a task added it to one."""
     host = isolated_host()
     runs = {}
     for ferrogen in (True, False):
@@ -91,6 +92,10 @@ def test_pam_env_changes_show_as_in_a_fresh_login(isolated_host, tmp_path):
     assert "FERRO_ENV_ADDED=from the task" in outcome(runs[True].task("isolated", "after as root, task environment"))[
         "stdout"]
     assert "FERRO_ENV_ADDED=new" in env_lines(runs[False], "after through su")
+    # A root login's next session has the group a task added it to (the first run made it).
+    assert env_lines(runs[True], "groups before") == ["root"]
+    assert env_lines(runs[True], "groups after") == env_lines(runs[False], "groups after") == [
+        "root", "ferro_login_group"]
 
 
 def test_raw_installs_python_then_the_agent_runs_the_rest(isolated_host, tmp_path):
