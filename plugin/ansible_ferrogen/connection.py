@@ -518,7 +518,14 @@ class SshConnection(Connection):
         channel.set_become_plugin(self.become)
         self._shell_channel = channel
 
+    def reset(self) -> None:
+        """Also end the plain ssh's own master connection, as vanilla's reset does."""
+        super().reset()
+        if self._shell_channel is not None:
+            self._shell_channel.reset()
+
     def put_file(self, in_path: str, out_path: str) -> None:
+        """Through the mux; over plain ssh (scp/sftp, as vanilla) on a target without Python."""
         if self._shell_channel is None:
             try:
                 return super().put_file(in_path, out_path)
@@ -527,6 +534,7 @@ class SshConnection(Connection):
         return self._shell_channel.put_file(in_path, out_path)
 
     def fetch_file(self, in_path: str, out_path: str) -> None:
+        """Through the mux; over plain ssh (scp/sftp, as vanilla) on a target without Python."""
         if self._shell_channel is None:
             try:
                 return super().fetch_file(in_path, out_path)
