@@ -52,6 +52,13 @@ SOURCE = globals().get('SOURCE')
 ROUTER_DEBUG = bool(globals().get('ROUTER_DEBUG'))
 LOG_LEVEL = globals().get('LOG_LEVEL') or 'info'
 
+# The PAM service whose session started this interpreter, set by a become child's stub (the
+# become method); a login interpreter finds it out (login_service). A become child that kept
+# its caller's environment (su) also gets the files that environment came from, as (path,
+# syntax) pairs.
+LOGIN_SERVICE = globals().get('LOGIN_SERVICE')
+INHERITED_ENV_FILES = globals().get('INHERITED_ENV_FILES') or []
+
 # -- Names and limits shared with the mux (docs/protocol.md) ---------------------------------
 # worker-ipc's tests/python_names.rs reads this block and fails when it differs from the Rust
 # side (ErrorKind, the limits in worker-ipc/src/lib.rs); ops are this file's `op_<name>` methods.
@@ -818,7 +825,7 @@ def become_argv(spec, python, stub):
 class BecomeChild:
     """An agent running as another account, started through sudo/su/doas and relayed by us."""
 
-    def __init__(self, interp, spec, source, timeout, use_tty=False):
+    def __init__(self, interp, spec, source, timeout, use_tty=False, env_files=()):
         self.interp = interp
         self.spec = spec
         self.timeout = timeout
@@ -839,8 +846,9 @@ class BecomeChild:
         self.held = []
         # The stub says when authentication is over, so that nothing but the password is on
         # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
-        stub = ('import os,sys,zlib;os.write(1,%r);%sSOURCE=sys.stdin.buffer.read(%d);'
-                'exec(zlib.decompress(SOURCE))' % (GO_MARKER, debug_settings(), len(source)))
+        stub = ('import os,sys,zlib;os.write(1,%r);%sLOGIN_SERVICE=%r;INHERITED_ENV_FILES=%r;'
+                'SOURCE=sys.stdin.buffer.read(%d);exec(zlib.decompress(SOURCE))'
+                % (GO_MARKER, debug_settings(), spec.get('method') or 'sudo', list(env_files), len(source)))
         argv = become_argv(spec, spec.get('python') or python_for_any_account(), stub)
         if self.use_tty:
             # The password goes in on a terminal: stdin and stderr are a pty in raw mode, so it
@@ -994,6 +1002,251 @@ class OutputTooLarge(Exception):
     def __init__(self, size):
         super().__init__('the task wrote %d bytes of output, more than the %d bytes (%d MiB) a reply can '
                          'carry; redirect it to a file on the target instead' % (size, MAX_BODY, MAX_BODY >> 20))
+
+
+# -- what a fresh login would see ---------------------------------------------------------------
+#
+# Vanilla Ansible starts a new session for every task (a fresh ssh login, a fresh sudo or su),
+# so a task sees what earlier tasks changed in the files PAM's pam_env reads at session start,
+# and a resolver configured from the current resolv.conf. A persistent interpreter read them
+# once; LoginState brings it up to date before each task (the spec's "Process Environment
+# Emulation").
+
+PAM_CONFIG_DIR = '/etc/pam.d'
+# pam_env(8)'s defaults for the files it reads.
+PAM_ENV_CONFFILE = '/etc/security/pam_env.conf'
+PAM_ENV_ENVFILE = '/etc/environment'
+PAM_ENV_USER_ENVFILE = '.pam_environment'
+RESOLV_CONF = '/etc/resolv.conf'
+GROUP_FILE = '/etc/group'
+# The process name of an sshd session: the parent of a login interpreter started over ssh.
+SSHD_PROCESS_NAMES = ('sshd', 'sshd-session')
+ENV_KEY = re.compile(r'[A-Za-z0-9_]+$')
+CONF_VALUE = re.compile(r'(DEFAULT|OVERRIDE)=("(?:[^"\\]|\\.)*"|\S*)')
+CONF_EXPANSION = re.compile(r'\$\{([^}]*)\}|@\{([^}]*)\}')
+
+
+def login_service():
+    """The PAM service of the session this interpreter runs in: the become tool's for a become
+    child, `sshd` for a login over ssh, None otherwise (a local connection has no login)."""
+    if LOGIN_SERVICE:
+        return LOGIN_SERVICE
+    try:
+        with open('/proc/%d/comm' % os.getppid()) as comm:
+            parent = comm.read().strip()
+    except OSError:
+        return None
+    return 'sshd' if parent in SSHD_PROCESS_NAMES else None
+
+
+def pam_env_sources(service, home, depth=0):
+    """The files pam_env reads in a session of `service`, in its order, as (path, syntax):
+    'env' for KEY=VAL files (/etc/environment), 'conf' for pam_env.conf's syntax. Found in
+    /etc/pam.d/<service> and the files it includes."""
+    try:
+        with open(os.path.join(PAM_CONFIG_DIR, service)) as config:
+            lines = config.read().splitlines()
+    except OSError:
+        return []
+    sources = []
+    for line in lines:
+        words = line.split('#', 1)[0].split()
+        if len(words) == 2 and words[0] == '@include' and depth < 8:
+            sources.extend(pam_env_sources(words[1], home, depth + 1))
+            continue
+        if len(words) < 3 or words[0].lstrip('-') not in ('auth', 'session'):
+            continue
+        rest = words[1:]
+        # The control field: a word, or a bracketed list that may hold spaces.
+        while rest and rest[0].startswith('[') and not rest[0].endswith(']'):
+            rest = [rest[0] + ' ' + rest[1]] + rest[2:] if len(rest) > 1 else []
+        if len(rest) < 2:
+            continue
+        control, module, args = rest[0], rest[1], rest[2:]
+        if control in ('include', 'substack') and depth < 8:
+            sources.extend(pam_env_sources(module, home, depth + 1))
+        elif os.path.basename(module) == 'pam_env.so':
+            sources.extend(pam_env_files(args, home))
+    unique = []
+    for source in sources:
+        if source not in unique:
+            unique.append(source)
+    return unique
+
+
+def pam_env_files(args, home):
+    """The files one pam_env line reads, in pam_env's order, from its arguments."""
+    options = dict(arg.split('=', 1) if '=' in arg else (arg, '') for arg in args)
+    files = [(options.get('conffile', PAM_ENV_CONFFILE), 'conf')]
+    if options.get('readenv', '1') != '0':
+        files.append((options.get('envfile', PAM_ENV_ENVFILE), 'env'))
+    if options.get('user_readenv', '0') != '0' and home:
+        files.append((os.path.join(home, options.get('user_envfile', PAM_ENV_USER_ENVFILE)), 'conf'))
+    return files
+
+
+def parse_environment_file(text):
+    """A KEY=VAL file as pam_env reads it: [(key, value)], value None to unset. An optional
+    `export `; `#` ends the line; one pair of quotes around the value goes."""
+    entries = []
+    for line in text.splitlines():
+        line = line.lstrip()
+        if line.startswith('export '):
+            line = line[len('export '):]
+        line = line.split('#', 1)[0]
+        key, has_value, value = line.partition('=')
+        if not key or not ENV_KEY.match(key):
+            continue
+        if has_value and value[:1] in ('"', "'"):
+            value = value[1:-1] if len(value) > 1 and value[-1] in ('"', "'") else value[1:]
+        entries.append((key, value if has_value else None))
+    return entries
+
+
+def parse_pam_env_conf(text, known, home, shell):
+    """pam_env.conf's syntax, `KEY [DEFAULT=value] [OVERRIDE=value]` with `${VAR}`, `@{HOME}`
+    and `@{SHELL}` expanded (`known` gives variables already set), or `KEY=VAL`: [(key, value)],
+    value None to unset."""
+    entries = []
+    for line in text.replace('\\\n', ' ').splitlines():
+        line = line.split('#', 1)[0].strip()
+        key, _, rest = line.partition(' ')
+        if '=' in key:
+            entries.extend(parse_environment_file(line))
+            continue
+        if not key or not ENV_KEY.match(key):
+            continue
+        values = {}
+        for name, value in CONF_VALUE.findall(rest):
+            if value.startswith('"'):
+                value = value[1:-1]
+
+            def expand(match):
+                if match.group(1) is not None:
+                    return dict(entries).get(match.group(1)) or known.get(match.group(1)) or ''
+                return {'HOME': home, 'SHELL': shell}.get(match.group(2), '')
+
+            values[name] = CONF_EXPANSION.sub(expand, value)
+        entries.append((key, values.get('OVERRIDE') or values.get('DEFAULT') or None))
+    return entries
+
+
+def file_stamp(path):
+    """What tells a changed file from an unchanged one (None: no such file)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns
+
+
+def reload_resolver():
+    """res_init(3): the resolver rereads resolv.conf (glibc rereads it by itself only since
+    2.26; other C libraries never do)."""
+    import ctypes
+    import ctypes.util
+    for library in (None, ctypes.util.find_library('resolv')):
+        try:
+            libc = ctypes.CDLL(library)
+        except OSError:
+            continue
+        for name in ('__res_init', 'res_init'):
+            function = getattr(libc, name, None)
+            if function is not None:
+                return function() == 0
+    return False
+
+
+class LoginState:
+    """The state a new session would set up that this interpreter set up once: pam_env's
+    variables, the resolver, (for root) the supplementary groups. refresh() applies what
+    changed since, before a task."""
+
+    def __init__(self, service):
+        entry = pwd.getpwuid(os.geteuid())
+        self.account, self.home, self.shell = entry.pw_name, entry.pw_dir, entry.pw_shell
+        self.sources = []
+        for source in INHERITED_ENV_FILES + (pam_env_sources(service, self.home) if service else []):
+            if tuple(source) not in self.sources:
+                self.sources.append(tuple(source))
+        self.env_stamps = [file_stamp(path) for path, _ in self.sources]
+        self.env_values = self.read_env_files()
+        self.resolv_stamp = file_stamp(RESOLV_CONF)
+        self.group_stamp = file_stamp(GROUP_FILE) if os.geteuid() == 0 else None
+
+    def inherited_by(self, spec):
+        """The files a become child's environment comes from through this one: all of them
+        where the tool keeps the caller's environment (su without a login shell); none where it
+        starts a clean one (sudo, doas, su -l)."""
+        flags = set(shlex.split(spec.get('flags') or ''))
+        if spec.get('method') == 'su' and not flags & {'-', '-l', '--login'}:
+            return self.sources
+        return []
+
+    def read_env_files(self):
+        """key -> value (None: unset) as the session's pam_env would set them now."""
+        values = {}
+        for path, syntax in self.sources:
+            try:
+                with open(path, encoding='utf-8', errors='surrogateescape') as handle:
+                    text = handle.read()
+            except OSError:
+                continue
+            if syntax == 'env':
+                entries = parse_environment_file(text)
+            else:
+                entries = parse_pam_env_conf(text, dict(os.environ, **{k: v for k, v in values.items() if v}),
+                                             self.home, self.shell)
+            values.update(entries)
+        return values
+
+    def refresh(self):
+        """Apply what changed since the last call; a description of each change made."""
+        changes = []
+        stamps = [file_stamp(path) for path, _ in self.sources]
+        if stamps != self.env_stamps:
+            self.env_stamps = stamps
+            values = self.read_env_files()
+            changes.extend(apply_env_changes(self.env_values, values, os.environ))
+            self.env_values = values
+        stamp = file_stamp(RESOLV_CONF)
+        if stamp != self.resolv_stamp:
+            self.resolv_stamp = stamp
+            changes.append('%s changed: resolver reloaded (%s)'
+                           % (RESOLV_CONF, 'ok' if reload_resolver() else 'res_init unavailable'))
+        if self.group_stamp is not None:
+            stamp = file_stamp(GROUP_FILE)
+            if stamp != self.group_stamp:
+                self.group_stamp = stamp
+                try:
+                    os.initgroups(self.account, os.getgid())
+                    changes.append('%s changed: groups now %s' % (GROUP_FILE, os.getgroups()))
+                except (OSError, KeyError) as exc:
+                    changes.append('%s changed: groups not reloaded: %s' % (GROUP_FILE, exc))
+        return changes
+
+
+def apply_env_changes(old, new, environ):
+    """Bring `environ` from pam_env's old values to its new ones where that is safe (the spec,
+    "/etc/environment"): a key is set where the environment lacks it or still holds the file's
+    old value, and removed where it still holds the file's old value; a key that something
+    else changed after pam_env ran (a profile, the task's environment) keeps its value."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if before == after:
+            continue
+        current = environ.get(key)
+        if current is not None and current != before:
+            continue
+        if after is None:
+            if current is not None:
+                del environ[key]
+                changes.append('environment: %s removed' % (key,))
+        else:
+            environ[key] = after
+            changes.append('environment: %s set' % (key,))
+    return changes
 
 
 class Task:
@@ -1150,6 +1403,7 @@ class Agent:
         self.received_digests = ReceivedDigests()
         # Task temp dirs made by make_dir and not removed yet.
         self.task_dirs = set()
+        self.login_state = LoginState(login_service())
         self.selector = selectors.DefaultSelector()
         self.wakeup_r, wakeup_w = os.pipe()
         os.set_blocking(self.wakeup_r, False)
@@ -1301,7 +1555,9 @@ class Agent:
         try:
             if SOURCE is None:
                 raise RuntimeError('this agent was not started by the bootstrap stub')
-            child = BecomeChild(interp, spec, SOURCE, timeout, use_tty)
+            # The child inherits this interpreter's environment: bring it up to date first.
+            self.refresh_login_state()
+            child = BecomeChild(interp, spec, SOURCE, timeout, use_tty, self.login_state.inherited_by(spec))
         except Exception as exc:
             self.channel.send({'type': 'spawned', 'interp': interp, 'ok': False,
                                'error': {'kind': BECOME_FAILED, 'message': str(exc)}})
@@ -1746,8 +2002,16 @@ class Agent:
             self.generation += 1
         return self.compiled_modules[key]
 
+    def refresh_login_state(self):
+        """What a fresh login would see, before a task or a become child (LoginState); a spare
+        forked with the old state is not used."""
+        for change in self.login_state.refresh():
+            self.log('debug', change)
+            self.generation += 1
+
     def start_task(self, call_id, op, args, stdin, emulate_tty, then=(), before=None):
         self.ensure_temp_dir()
+        self.refresh_login_state()
         self.spare_wanted = True
         process = self.take_spare()
         digests = self.received_digests.entries if op == 'run_module' else {}

@@ -55,6 +55,10 @@ const DYING_GRACE: Duration = Duration::from_secs(2);
 /// After the process group was killed, how long to wait for the reaper's report.
 const KILL_GRACE: Duration = Duration::from_millis(500);
 
+/// The remote shell's exit status when it could not find the command it was given: the
+/// interpreter.
+const COMMAND_NOT_FOUND: i32 = 127;
+
 /// How long a finished Target keeps redirecting stray calls before it stops.
 const LINGER: Duration = Duration::from_millis(500);
 
@@ -609,6 +613,11 @@ impl Target {
                 ErrorKind::ConnectionLost,
                 format!("connection to {who} lost: {detail}"),
             )
+        } else if self.lacks_python() {
+            (
+                ErrorKind::NoInterpreter,
+                format!("no Python on {who}: {detail}"),
+            )
         } else {
             (
                 ErrorKind::Unreachable,
@@ -616,7 +625,8 @@ impl Target {
             )
         };
         let calls = self.interpreters.take_all_calls();
-        if !queue.is_empty() || !calls.is_empty() {
+        // Without Python the worker goes on over plain ssh: nothing for the user to see.
+        if kind != ErrorKind::NoInterpreter && (!queue.is_empty() || !calls.is_empty()) {
             warn!(target = %self.name, "{message}");
         } else {
             debug!(target = %self.name, "{message}");
@@ -641,6 +651,15 @@ impl Target {
         // Stay alive a moment so calls the Registry sent before it processed TargetGone
         // are redispatched rather than dropped with the mailbox.
         ctx.run_later(LINGER, |_, ctx| ctx.stop());
+    }
+
+    /// Whether ssh connected and the remote shell found no interpreter to run (the bootstrap
+    /// command's status 127, before `ready`): the worker may still run commands over a plain
+    /// shell (docs/protocol.md, "no_interpreter"). Locally there is no such channel.
+    fn lacks_python(&self) -> bool {
+        self.spec.transport == worker_ipc::Transport::Ssh
+            && !self.link.killed_by_mux
+            && self.link.exit == Some(TransportExit::Exited(COMMAND_NOT_FOUND))
     }
 
     /// What ended the connection, for the messages of the calls it fails: which process

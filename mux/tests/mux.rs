@@ -451,6 +451,27 @@ fn missing_python_is_unreachable_with_its_message() {
     assert!(message.contains("exit status 127"), "{message}");
 }
 
+#[test]
+fn ssh_target_without_python_is_no_interpreter() {
+    // ssh itself works; the remote shell cannot find the interpreter, as on a host with none.
+    let dir = tempfile::tempdir().unwrap();
+    let ssh = dir.path().join("ssh");
+    std::fs::write(
+        &ssh,
+        "#!/bin/sh\necho 'sh: 1: /usr/bin/python3: not found' >&2\nexit 127\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mux = Mux::start();
+    let mut client = mux.client();
+    let target = json!({"transport": "ssh", "host": "bare", "ssh_executable": ssh,
+                        "python": "/usr/bin/python3", "timeout": 5, "name": "bare"});
+    let reply = client.call(target, "ping", json!({}), &[], b"");
+    assert_eq!(error_kind(&reply), "no_interpreter", "{:?}", reply.header);
+    let message = reply.header["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/usr/bin/python3: not found"), "{message}");
+}
+
 /// A stand-in agent that never sends `ready`.
 const SLEEPY_AGENT: &str =
     "import sys, time\nsys.stderr.write('sleepy agent\\n')\nsys.stderr.flush()\ntime.sleep(60)\n";

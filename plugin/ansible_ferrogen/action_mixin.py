@@ -36,7 +36,8 @@ TEMP_DIR_PREFIX = 'ansible-tmp-'
 
 def _ours(action: ActionBase) -> bool:
     connection = action._connection
-    return isinstance(connection, Connection) and connection.task_temp_dirs_in_interpreter()
+    return (isinstance(connection, Connection) and connection.task_temp_dirs_in_interpreter()
+            and connection.has_interpreter())
 
 
 def _task_temp_dir(action: ActionBase) -> str | None:

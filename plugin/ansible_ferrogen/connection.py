@@ -132,6 +132,10 @@ def split_output(result: dict, body: bytes) -> tuple[int, bytes, bytes]:
     return result['rc'], body[:split], body[split:]
 
 
+class NoInterpreter(AnsibleConnectionFailure):
+    """The target has no Python to run the agent; ssh itself works (kind `no_interpreter`)."""
+
+
 class Captured(Exception):
     """Stops a module call in capture mode, carrying the call it would have made."""
 
@@ -166,6 +170,10 @@ class Connection(ConnectionBase):
     _capturing = False
     # speculation.py: work for the worker while the next module call runs on the target.
     while_next_module_runs = None
+    # A plain channel to a target that turned out to have no Python (open_shell_channel):
+    # every operation of this task then goes through it, as without ferrogen. The next task
+    # asks the mux again, so a Python installed meanwhile is used at once.
+    _shell_channel = None
 
     def __init__(self, *args, **kwargs):
         # Once per process; a worker forked by our strategy inherits the strategy's check.
@@ -302,6 +310,8 @@ class Connection(ConnectionBase):
         try:
             return request(MuxClient.get(), target, account)
         except MuxError as exc:
+            if exc.kind == frames.NO_INTERPRETER:
+                raise NoInterpreter(str(exc)) from exc
             if exc.kind in UNREACHABLE_KINDS:
                 raise AnsibleConnectionFailure(str(exc)) from exc
             if exc.kind == frames.NOT_FOUND:
@@ -318,6 +328,8 @@ class Connection(ConnectionBase):
         cwd = getattr(self, 'cwd', None)
         payload = self._parse_payload(in_data, cmd) if in_data else None
         call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become) if payload else None
+        if self._shell_channel is not None and not self._capturing:
+            return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
         if self._capturing:
             if call is None:
                 raise NotCaptured(cmd)
@@ -332,8 +344,12 @@ class Connection(ConnectionBase):
                 return ready
             display.vvv(f'ferrogen: run {payload.args["module_fqn"]} in the persistent interpreter', host=self._host())
             while_waiting, self.while_next_module_runs = self.while_next_module_runs, None
-            result, body = self._call('run_module', call.args, blobs=call.blobs, as_become=as_become,
-                                      while_waiting=while_waiting)
+            try:
+                result, body = self._call('run_module', call.args, blobs=call.blobs, as_become=as_become,
+                                          while_waiting=while_waiting)
+            except NoInterpreter as exc:
+                self.open_shell_channel(exc)
+                return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
         else:
             display.vvv(f'ferrogen: exec {cmd}', host=self._host())
             if in_data:
@@ -341,8 +357,40 @@ class Connection(ConnectionBase):
             args = {'cmd': cmd, 'emulate_tty': self.wants_tty() and not in_data and sudoable}
             if cwd:
                 args['cwd'] = to_text(cwd)
-            result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
+            try:
+                result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
+            except NoInterpreter as exc:
+                self.open_shell_channel(exc)
+                return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
         return split_output(result, body)
+
+    def open_shell_channel(self, exc: NoInterpreter) -> None:
+        """Set _shell_channel up for a target without Python; only a transport with a plain
+        shell channel (ssh) has one."""
+        raise exc
+
+    def exec_over_shell_channel(self, cmd: str, in_data: bytes | None, sudoable: bool,
+                                as_become: bool) -> tuple[int, bytes, bytes]:
+        """Run the command as vanilla Ansible would, over the plain channel: results and
+        failures are vanilla's (a module fails as it does without Python)."""
+        if as_become:
+            # Our become plugin hands commands through unchanged (set_become_plugin); the plain
+            # channel needs them wrapped by the plugin's own method.
+            cmd = type(self.become).build_become_command(self.become, cmd, self._shell)
+        return self._shell_channel.exec_command(cmd, in_data=module_cache.expand(in_data) if in_data else in_data,
+                                                sudoable=sudoable)
+
+    def has_interpreter(self) -> bool:
+        """Whether the target runs our agent (False: it has no Python). Answered by the call
+        that the first helper of an action makes anyway (interpreter_info)."""
+        if self._shell_channel is not None:
+            return False
+        try:
+            self.interpreter_info()
+        except NoInterpreter as exc:
+            self.open_shell_channel(exc)
+            return False
+        return True
 
     def _parse_payload(self, in_data: bytes, cmd: str) -> ansiballz.ModulePayload | None:
         """ansiballz.parse, answered from capture when the action sends a payload built then
@@ -507,6 +555,45 @@ class SshConnection(Connection):
     def wants_tty(self) -> bool:
         # Vanilla ssh adds -tt to commands without stdin: stderr merges into stdout, \n becomes \r\n.
         return bool(self.get_option('use_tty'))
+
+    def open_shell_channel(self, exc: NoInterpreter) -> None:
+        """Ansible's own ssh plugin, set up as this connection is (options, shell, become)."""
+        if self._shell_channel is not None:
+            return
+        display.vvv(f'ferrogen: running this task over plain ssh: {exc}', host=self._host())
+        from ansible.plugins.loader import connection_loader
+
+        # The loader's own method: the strategy redirects `ssh` to us on the loader instance.
+        channel, _ = type(connection_loader).get_with_context(connection_loader, 'ansible.builtin.ssh',
+                                                              self._play_context, shell=self._shell)
+        channel.set_options(direct={name: value for name, value in self.get_options().items()
+                                    if name in channel.option_definitions})
+        channel.set_become_plugin(self.become)
+        self._shell_channel = channel
+
+    def reset(self) -> None:
+        """Also end the plain ssh's own master connection, as vanilla's reset does."""
+        super().reset()
+        if self._shell_channel is not None:
+            self._shell_channel.reset()
+
+    def put_file(self, in_path: str, out_path: str) -> None:
+        """Through the mux; over plain ssh (scp/sftp, as vanilla) on a target without Python."""
+        if self._shell_channel is None:
+            try:
+                return super().put_file(in_path, out_path)
+            except NoInterpreter as exc:
+                self.open_shell_channel(exc)
+        return self._shell_channel.put_file(in_path, out_path)
+
+    def fetch_file(self, in_path: str, out_path: str) -> None:
+        """Through the mux; over plain ssh (scp/sftp, as vanilla) on a target without Python."""
+        if self._shell_channel is None:
+            try:
+                return super().fetch_file(in_path, out_path)
+            except NoInterpreter as exc:
+                self.open_shell_channel(exc)
+        return self._shell_channel.fetch_file(in_path, out_path)
 
     def ssh_options(self) -> list[str]:
         """ssh_args, ssh_common_args and ssh_extra_args, with -C only where the user asked for

@@ -15,6 +15,7 @@ MAX_BODY = 256 * 1024 * 1024
 # Error kinds of failed calls the worker acts on.
 CONNECTION_LOST = 'connection_lost'
 MISSING_BLOB = 'missing_blob'
+NO_INTERPRETER = 'no_interpreter'
 NOT_FOUND = 'not_found'
 UNREACHABLE = 'unreachable'
 # -- end of the names and limits shared with the mux -----------------------------------------

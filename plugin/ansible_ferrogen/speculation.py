@@ -121,6 +121,8 @@ def prepare_copy(action, plan: CopyPlan, task_vars, follow) -> None:
     """Upload the file, and run stat and then copy or file as the action will, in one round
     trip."""
     connection = action._connection
+    if not connection.has_interpreter():
+        return  # nothing runs ahead over a plain shell channel
     stat_call = connection.capture(lambda: action._execute_remote_stat(
         plan.dest_file, all_vars=task_vars, follow=follow, checksum=True))
     branches = [({'kind': 'stat_shows_other_content', 'sha1': plan.sha1}, connection.capture(

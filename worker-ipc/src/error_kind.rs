@@ -34,13 +34,16 @@ pub enum ErrorKind {
     BecomeFailed,
     /// A streamed transfer was cancelled on the agent.
     Cancelled,
+    /// ssh connected, but the remote shell found no Python to run the agent: the worker runs
+    /// the task's operations over plain ssh instead (docs/protocol.md, "no_interpreter").
+    NoInterpreter,
     /// A kind this crate does not name, kept as it was written.
     Other(String),
 }
 
 impl ErrorKind {
     /// Every kind this crate names, in the order of docs/protocol.md.
-    pub const KNOWN: [ErrorKind; 10] = [
+    pub const KNOWN: [ErrorKind; 11] = [
         ErrorKind::Unreachable,
         ErrorKind::ConnectionLost,
         ErrorKind::MissingBlob,
@@ -51,6 +54,7 @@ impl ErrorKind {
         ErrorKind::AgentError,
         ErrorKind::BecomeFailed,
         ErrorKind::Cancelled,
+        ErrorKind::NoInterpreter,
     ];
 
     /// The kind as it is written on the wire.
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::AgentError => "agent_error",
             ErrorKind::BecomeFailed => "become_failed",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::NoInterpreter => "no_interpreter",
             ErrorKind::Other(kind) => kind,
         }
     }

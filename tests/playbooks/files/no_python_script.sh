@@ -1,0 +1,4 @@
+#!/bin/sh
+echo "script args: $*"
+echo "script err" >&2
+exit 4
