@@ -13,7 +13,8 @@ worker and no signal sent to the worker's process group reaches it. `serve --wat
 exit as soon as the top-level process does, however that ends. Between the two forks sits a
 small shell that waits for the mux and, if the run is still going, writes its exit status to
 `exit-<pid>` (workers name it in the error of the calls it took down); once the run is over, it
-removes the directory.
+removes the directory. A run whose last mux died before it ended leaves its directory behind;
+the next start of a mux, of any run of the same user, removes it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import fcntl
 import multiprocessing
 import os
+import shutil
 import socket
 import stat
 import tempfile
@@ -86,6 +88,24 @@ def run_dir(pid: int | None = None) -> str:
     return os.path.join(tempfile.gettempdir(), f'{RUN_DIR_PREFIX}{os.getuid()}-{pid}-{_start_time(pid)}')
 
 
+def sweep_ended_runs() -> None:
+    """Remove this user's run directories whose ansible-playbook process is gone (its pid is
+    free or now another process's: the start time tells)."""
+    root = tempfile.gettempdir()
+    prefix = f'{RUN_DIR_PREFIX}{os.getuid()}-'
+    with contextlib.suppress(OSError):
+        for name in os.listdir(root):
+            pid, _, started = name[len(prefix):].partition('-')
+            if not name.startswith(prefix) or not pid.isdigit() or not started.isdigit():
+                continue
+            if _start_time(int(pid)) == started:
+                continue  # that run goes on
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def socket_path() -> str:
     """Where this run's mux listens (or will)."""
     return os.path.join(run_dir(), SOCKET_NAME)
@@ -138,6 +158,7 @@ def _run_stderr(pid: int) -> int:
 
 
 def _start(path: str, directory: str) -> None:
+    sweep_ended_runs()
     binary = mux_process.find_binary()
     mux_process.check_version(binary)
     mux_process.check_settings(os.environ)

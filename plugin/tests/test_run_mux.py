@@ -30,6 +30,19 @@ def test_the_run_dir_is_named_after_the_run_and_private(private_tmp):
     run_mux._private_dir(str(path))  # an existing private dir of ours is fine
 
 
+def test_run_dirs_of_ended_runs_are_swept_and_live_ones_kept(private_tmp):
+    live = Path(run_mux.run_dir())
+    ended = private_tmp / f"ferrogen-run-{os.getuid()}-{os.getpid()}-1"  # this pid, another start time
+    gone = private_tmp / f"ferrogen-run-{os.getuid()}-999999999-5"
+    unrelated = private_tmp / "ferrogen-run-notes"
+    for path in (live, ended, gone, unrelated):
+        path.mkdir(mode=0o700)
+        (path / "exit-1").write_text("137\n")
+    run_mux.sweep_ended_runs()
+    assert live.exists() and unrelated.exists()
+    assert not ended.exists() and not gone.exists()
+
+
 @pytest.mark.parametrize("kind", ["link", "shared"])
 def test_a_run_dir_that_is_a_link_or_shared_is_refused(private_tmp, kind):
     path = Path(run_mux.run_dir())

@@ -25,9 +25,10 @@ DOCUMENTATION = """
 """
 
 from ansible_ferrogen import connection_only  # noqa: E402
-from ansible_ferrogen.connection import LocalConnection  # noqa: E402
+from ansible_ferrogen.connection import LocalConnection, reuse_builtin_options  # noqa: E402
 
 connection_only.install()
+reuse_builtin_options('ferrogen.mux.local', 'local')
 
 
 class Connection(LocalConnection):
