@@ -1712,12 +1712,12 @@ class Agent:
         if not header.pop('cached', False):
             self.store_blob(digest, body)
             return body
-        path = self.blobs.get(digest)
-        if path is None:
+        fd = self.blob_fds.get(digest)
+        if fd is None:
             self.log('error', 'blob %s was sent as cached but this agent does not hold it' % digest)
             return None
-        with open(path, 'rb') as handle:
-            return base64.b64encode(handle.read())
+        # From the descriptor kept on it: the temp dir may have been removed meanwhile.
+        return base64.b64encode(os.pread(fd, os.fstat(fd).st_size, 0))
 
     def store_blob(self, digest, data):
         """Keep a module zip. It arrives as the base64 text Ansible embeds in its payload, so

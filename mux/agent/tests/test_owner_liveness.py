@@ -121,3 +121,29 @@ def test_an_agent_whose_temp_dir_vanished_recreates_it_and_carries_on(agent, tmp
     header, body = agent.call('exec_command', {'cmd': 'echo ok'})
     assert header['ok'] and body == b'ok\n'
     assert agent.proc.poll() is None, sys.stderr
+
+
+def test_a_cached_blob_reaches_a_become_interpreter_after_the_temp_dir_vanished():
+    """The login agent keeps a descriptor on each blob it relayed, and relays a `cached` one
+    from it: the temp dir it was written to may be gone."""
+    import base64
+    import glob
+
+    from test_agent import BecomeAgent
+
+    agent = BecomeAgent()
+    try:
+        for interp in (1, 2):
+            assert agent.spawn(interp, method='sudo', user='ferrotest')['ok']
+        data = base64.b64encode(os.urandom(1000))
+        digest = hashlib.sha1(data).hexdigest()
+        agent.send({'type': 'blob', 'hash': digest, 'interp': 1}, data)
+        shutil.rmtree(agent.ready['tmpdir'])
+        agent.send({'type': 'blob', 'hash': digest, 'interp': 2, 'cached': True})
+        second = agent.call_in(2, 'ping', {})[0]['result']['pid']
+        [kept] = glob.glob(f'/home/ferrotest/.ansible/tmp/ferrogen-{second}-*/{digest}.zip')
+        with open(kept, 'rb') as handle:
+            assert handle.read() == base64.b64decode(data)
+        assert agent.proc.poll() is None
+    finally:
+        agent.close()
