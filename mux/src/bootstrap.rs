@@ -18,9 +18,16 @@ const EMBEDDED_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent.py
 /// Meant for tests of the mux against stand-in agents.
 pub const AGENT_SOURCE_ENV: &str = "FERROGEN_AGENT_SOURCE";
 
-/// Interpreters tried in order when the TargetSpec names none.
-const PYTHON_CANDIDATES: &str =
-    "python3 /usr/bin/python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+/// Interpreters tried in order when the TargetSpec names none: ansible-core's own discovery
+/// order (`INTERPRETER_PYTHON_FALLBACK`) first, so that the interpreter is the one Ansible
+/// discovers and builds its modules' command lines for.
+const PYTHON_CANDIDATES: &str = "python3.13 python3.12 python3.11 python3.10 python3.9 python3.8 \
+     /usr/bin/python3 python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+
+/// Interpreters tried in order when the one the TargetSpec names is missing: any will do,
+/// since modules built for the missing one run through the shell; the system's first.
+const FALLBACK_CANDIDATES: &str =
+    "/usr/bin/python3 python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
 
 /// Settings for the agent, set as globals by the bootstrap stub; the agent reads them with
 /// `globals().get(NAME)` (as it reads `SOURCE`) and hands them on to its become children.
@@ -104,31 +111,45 @@ impl Bootstrap {
         &self.compressed
     }
 
-    /// The Python one-liner that reads and runs the payload.
-    fn stub(&self) -> String {
+    /// The Python one-liner that reads and runs the payload. `temp_dirs` go in hex-encoded
+    /// JSON (`TEMP_DIRS`), which needs no quoting inside the stub's single quotes.
+    fn stub(&self, temp_dirs: &[String]) -> String {
+        let temp_dirs = if temp_dirs.is_empty() {
+            String::new()
+        } else {
+            let json = serde_json::to_vec(temp_dirs).unwrap_or_default();
+            let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
+            format!("TEMP_DIRS=\"{hex}\";")
+        };
         format!(
-            "import sys,zlib;{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{}{temp_dirs}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
             self.options.globals(),
             self.compressed.len()
         )
     }
 
-    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`).
-    pub fn remote_command(&self, python: Option<&str>) -> String {
-        let stub = self.stub();
+    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`); the shell
+    /// `exec`s the interpreter. A named interpreter the target lacks falls back to discovery:
+    /// commands, transfers and `raw` work as they do under vanilla Ansible, and modules meant
+    /// for the missing interpreter go through the shell, which fails them as vanilla's does.
+    /// `temp_dirs` are where the agent puts its temp dir first ([`TargetSpec::temp_dirs`]).
+    pub fn remote_command(&self, python: Option<&str>, temp_dirs: &[String]) -> String {
+        let stub = self.stub(temp_dirs);
         match python {
-            Some(python) => format!("{} -c '{stub}'", shell_quote(python)),
-            None => format!(
-                "for p in {PYTHON_CANDIDATES}; do command -v \"$p\" >/dev/null 2>&1 && \
-                 exec \"$p\" -c '{stub}'; done; \
-                 echo \"ferrogen: no python3 found on target\" >&2; exit 127"
-            ),
+            Some(python) => {
+                let python = shell_quote(python);
+                format!(
+                    "command -v {python} >/dev/null 2>&1 && exec {python} -c '{stub}'; {}",
+                    discovery(FALLBACK_CANDIDATES, &stub)
+                )
+            }
+            None => discovery(PYTHON_CANDIDATES, &stub),
         }
     }
 
     /// The argv of the transport process for `spec`.
     pub fn argv(&self, spec: &TargetSpec) -> Vec<String> {
-        let remote = self.remote_command(spec.python.as_deref());
+        let remote = self.remote_command(spec.python.as_deref(), &spec.temp_dirs);
         match spec.transport {
             Transport::Local => vec!["/bin/sh".into(), "-c".into(), remote],
             Transport::Ssh => {
@@ -161,6 +182,18 @@ impl Bootstrap {
     }
 }
 
+/// The shell loop that execs the first of `candidates` that exists and starts. A script (a
+/// pyenv shim, which exists for versions that are not selected) is tried first; a binary is
+/// not, which would cost a Python start-up.
+fn discovery(candidates: &str, stub: &str) -> String {
+    format!(
+        "for p in {candidates}; do f=$(command -v \"$p\") || continue; \
+         case $(head -c2 \"$f\" 2>/dev/null) in '#!') \"$f\" -S -c '' >/dev/null 2>&1 || continue;; esac; \
+         exec \"$p\" -c '{stub}'; done; \
+         echo \"ferrogen: no python3 found on target\" >&2; exit 127"
+    )
+}
+
 /// Quotes `s` for a POSIX shell with single quotes.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -183,9 +216,14 @@ mod tests {
             .unwrap();
         assert_eq!(out, "print('hi')\n");
         let n = boot.payload().len();
+        let stub = format!(
+            "import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))"
+        );
+        let discovery = discovery(FALLBACK_CANDIDATES, &stub);
+        assert!(discovery.starts_with("for p in /usr/bin/python3 python3 "));
         assert_eq!(
-            boot.remote_command(Some("/opt/py 3/bin/python3")),
-            format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+            boot.remote_command(Some("/opt/py 3/bin/python3"), &[]),
+            format!("command -v '/opt/py 3/bin/python3' >/dev/null 2>&1 && exec '/opt/py 3/bin/python3' -c 'import sys,zlib;SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'; {discovery}")
         );
     }
 
@@ -196,17 +234,21 @@ mod tests {
             forward_debug: true,
         });
         let n = boot.payload().len();
+        let stub = format!("import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))");
+        let discovery = discovery(FALLBACK_CANDIDATES, &stub);
         assert_eq!(
-            boot.remote_command(Some("python3")),
-            format!("'python3' -c 'import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'")
+            boot.remote_command(Some("python3"), &[]),
+            format!("command -v 'python3' >/dev/null 2>&1 && exec 'python3' -c 'import sys,zlib;ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'; {discovery}")
         );
     }
 
     #[test]
     fn discovery_tries_candidates_then_fails() {
-        let cmd = Bootstrap::from_source(b"").remote_command(None);
+        let cmd = Bootstrap::from_source(b"").remote_command(None, &[]);
         assert!(
-            cmd.starts_with("for p in python3 /usr/bin/python3 "),
+            cmd.starts_with(
+                "for p in python3.13 python3.12 python3.11 python3.10 python3.9 python3.8 /usr/bin/python3 python3 "
+            ),
             "{cmd}"
         );
         assert!(
@@ -253,7 +295,22 @@ mod tests {
         ];
         assert_eq!(&argv[..expect.len()], &expect);
         assert_eq!(argv.len(), expect.len() + 1);
-        assert!(argv[expect.len()].starts_with("'python3' -c "));
+        assert!(argv[expect.len()]
+            .starts_with("command -v 'python3' >/dev/null 2>&1 && exec 'python3' -c "));
+    }
+
+    #[test]
+    fn temp_dirs_reach_the_stub_as_hex_json() {
+        let boot = Bootstrap::from_source(b"x");
+        let cmd = boot.remote_command(Some("python3"), &["~/it's".into()]);
+        let hex: String = br#"["~/it's"]"#.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            cmd.contains(&format!("TEMP_DIRS=\"{hex}\";SOURCE=")),
+            "{cmd}"
+        );
+        assert!(!boot
+            .remote_command(Some("python3"), &[])
+            .contains("TEMP_DIRS"));
     }
 
     #[test]

@@ -480,10 +480,16 @@ impl Target {
         // The password rides in this frame and nowhere else; the log line names the
         // account only.
         debug!(target = %self.name, interp = id, account = %key, "spawning become interpreter");
-        let frame = Frame::new("spawn")
+        let mut frame = Frame::new("spawn")
             .with("interp", id)
             .with("become", become_spec.to_agent_json())
             .with("timeout", self.spec.timeout);
+        // The local connection's tasks start in the playbook's directory: the become tool is
+        // started there, as vanilla's local plugin starts it, so that an account that may
+        // not enter it still runs there.
+        if let Some(cwd) = call.args.get("cwd").filter(|cwd| cwd.is_string()) {
+            frame = frame.with("cwd", cwd.clone());
+        }
         self.transmit(frame);
         self.accounts
             .insert(key.clone(), Account { id, spawning: true });

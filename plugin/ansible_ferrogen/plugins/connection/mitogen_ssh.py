@@ -8,8 +8,9 @@ import sys
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..')))
 
 from ansible.plugins.connection.ssh import DOCUMENTATION as _SSH_DOCUMENTATION  # noqa: E402
+from ansible.plugins.connection.ssh import Connection as _SshConnection  # noqa: E402
 
-from ansible_ferrogen.connection import SshConnection, borrow_documentation  # noqa: E402
+from ansible_ferrogen.connection import SshConnection, borrow_documentation, keep_vanilla_attributes  # noqa: E402
 
 DOCUMENTATION = borrow_documentation(_SSH_DOCUMENTATION, 'mitogen_ssh',
                                      'connect via ssh through ferrogen-mux (one ssh per target)')
@@ -17,3 +18,6 @@ DOCUMENTATION = borrow_documentation(_SSH_DOCUMENTATION, 'mitogen_ssh',
 
 class Connection(SshConnection):
     """ssh through ferrogen-mux"""
+
+
+keep_vanilla_attributes(Connection, _SshConnection)
