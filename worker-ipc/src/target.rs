@@ -49,8 +49,9 @@ pub struct TargetSpec {
     pub python: Option<String>,
     /// Where the interpreter's private temp dir may go, tried first and in order (`remote_tmp`,
     /// then `system_tmpdirs`; `~` and `$VAR` expanded on the target, as the account that
-    /// runs there); the agent's own fallbacks follow.
-    #[serde(default)]
+    /// runs there); the agent's own fallbacks follow. Left out when empty, so a spec without
+    /// it encodes as it always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temp_dirs: Vec<String>,
     /// Inventory name, for logs only: not part of the key.
     #[serde(default)]
