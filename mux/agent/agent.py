@@ -77,6 +77,7 @@ CANCELLED = 'cancelled'
 CONNECTION_LOST = 'connection_lost'
 MISSING_BLOB = 'missing_blob'
 NOT_FOUND = 'not_found'
+OTHER_INTERPRETER = 'other_interpreter'
 # -- end of the names and limits shared with the mux -----------------------------------------
 
 FRAME_PREFIX = struct.Struct('>II')
@@ -104,9 +105,13 @@ ZIP_PACKAGE_ROOTS = ('ansible.', 'ansible_collections.')
 # How many streamed uploads' digests the interpreter keeps for modules that hash them again.
 RECEIVED_DIGESTS_KEPT = 32
 
-# Where the private temp dir may live, in the order Ansible's remote_tmp and Python's
-# tempfile would try them.
+# Where the private temp dir may live when the controller names nowhere: Ansible's default
+# remote_tmp and system_tmpdirs.
 TEMP_DIR_CANDIDATES = ('~/.ansible/tmp', '/var/tmp', '/tmp')
+
+# Where the controller says the temp dir goes first (remote_tmp, then system_tmpdirs, as the
+# task's settings give them; `~` and `$VAR` are expanded here): hex-encoded JSON set by the stub.
+TEMP_DIRS = globals().get('TEMP_DIRS')
 
 
 class Channel:
@@ -212,6 +217,22 @@ def early_input():
 def debug_settings():
     """This agent's debug settings as stub statements, for the become children it starts."""
     return ('ROUTER_DEBUG=1;' if ROUTER_DEBUG else '') + ('LOG_LEVEL="debug";' if LOG_LEVEL == 'debug' else '')
+
+
+def temp_dir_settings():
+    """The controller's temp dir settings as a stub statement, for the become children this
+    agent starts: each expands `~` to its own account's home, as vanilla's remote_tmp does."""
+    return 'TEMP_DIRS="%s";' % TEMP_DIRS if TEMP_DIRS and re.fullmatch('[0-9a-f]+', TEMP_DIRS) else ''
+
+
+def configured_temp_dirs():
+    """The temp dir settings the controller sent, or the defaults where it sent none."""
+    if TEMP_DIRS:
+        try:
+            return [str(path) for path in json.loads(bytes.fromhex(TEMP_DIRS).decode('utf-8'))]
+        except (ValueError, TypeError):
+            pass
+    return list(TEMP_DIR_CANDIDATES)
 
 
 class DebugFile:
@@ -366,13 +387,19 @@ def scratch_file(directory):
 
 
 def choose_temp_dir():
-    """Create this interpreter's private temp dir in the first usable, executable location;
+    """Create this interpreter's private temp dir in the first writable location on a
+    filesystem that allows exec, in the order of the spec (Temporary Files): remote_tmp,
+    system_tmpdirs, TMPDIR, TEMP, TMP, /tmp, /var/tmp, /usr/tmp, the working directory;
     return (path, fd of its owner lock)."""
-    candidates = [os.path.expanduser(c) for c in TEMP_DIR_CANDIDATES]
+    candidates = [os.path.expandvars(os.path.expanduser(c)) for c in configured_temp_dirs()]
     for name in ('TMPDIR', 'TEMP', 'TMP'):
         if os.environ.get(name):
             candidates.append(os.environ[name])
-    candidates += ['/usr/tmp', os.getcwd()]
+    candidates += ['/tmp', '/var/tmp', '/usr/tmp']
+    try:
+        candidates.append(os.getcwd())
+    except OSError:
+        pass
     for base in candidates:
         try:
             os.makedirs(base, mode=0o700, exist_ok=True)
@@ -787,6 +814,16 @@ def python_for_any_account():
     return sys.executable
 
 
+def become_python(spec):
+    """The Python a become account's interpreter runs: the task's, unless that is a path
+    other accounts cannot run; then one they can (modules built for the task's Python then
+    run through the shell, failing or not as they would under vanilla Ansible)."""
+    python = spec.get('python')
+    if python and (not python.startswith('/') or runnable_by_anyone(python)):
+        return python
+    return python_for_any_account()
+
+
 def runnable_by_anyone(path):
     """Whether every directory on the way to `path`, and what it links to, lets others in."""
     try:
@@ -825,9 +862,10 @@ def become_argv(spec, python, stub):
 class BecomeChild:
     """An agent running as another account, started through sudo/su/doas and relayed by us."""
 
-    def __init__(self, interp, spec, source, timeout, use_tty=False, env_files=()):
+    def __init__(self, interp, spec, source, timeout, use_tty=False, env_files=(), cwd=None):
         self.interp = interp
         self.spec = spec
+        self.cwd = cwd
         self.timeout = timeout
         # A terminal is given only where the tool needs one: to type a password, or when
         # sudoers says requiretty (found out by a first attempt without one).
@@ -846,10 +884,11 @@ class BecomeChild:
         self.held = []
         # The stub says when authentication is over, so that nothing but the password is on
         # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
-        stub = ('import os,sys,zlib;os.write(1,%r);%sLOGIN_SERVICE=%r;INHERITED_ENV_FILES=%r;'
+        stub = ('import os,sys,zlib;os.write(1,%r);%s%sLOGIN_SERVICE=%r;INHERITED_ENV_FILES=%r;'
                 'SOURCE=sys.stdin.buffer.read(%d);exec(zlib.decompress(SOURCE))'
-                % (GO_MARKER, debug_settings(), spec.get('method') or 'sudo', list(env_files), len(source)))
-        argv = become_argv(spec, spec.get('python') or python_for_any_account(), stub)
+                % (GO_MARKER, debug_settings(), temp_dir_settings(), spec.get('method') or 'sudo',
+                   list(env_files), len(source)))
+        argv = become_argv(spec, become_python(spec), stub)
         if self.use_tty:
             # The password goes in on a terminal: stdin and stderr are a pty in raw mode, so it
             # carries the protocol unaltered once the agent runs. Echo is off, so the password
@@ -872,6 +911,7 @@ class BecomeChild:
                 os.dup2(child_stdout, 1)
                 os.dup2(child_stderr, 2)
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+                enter_task_directory(cwd)
                 os.execvp(argv[0], argv)
             except BaseException as exc:
                 os.write(2, ('cannot run %s: %s\n' % (argv[0], exc)).encode())
@@ -1378,6 +1418,7 @@ class Agent:
         self.channel = Channel()
         self.debug_file = DebugFile()
         self.tmpdir, self.tmpdir_lock = choose_temp_dir()
+        self.interpreter_names = names_of_this_interpreter()
         self.blobs = {}
         # A read fd on each blob's file, to put it back if the temp dir vanishes.
         self.blob_fds = {}
@@ -1548,16 +1589,18 @@ class Agent:
     # -- become interpreters ---------------------------------------------------------------
 
     def spawn(self, header):
-        self.start_child(header['interp'], header.get('become') or {}, header.get('timeout'))
+        self.start_child(header['interp'], header.get('become') or {}, header.get('timeout'),
+                         cwd=header.get('cwd'))
 
-    def start_child(self, interp, spec, timeout, use_tty=False, held=()):
-        """Start become interpreter `interp`; `held` are frames already sent for it."""
+    def start_child(self, interp, spec, timeout, use_tty=False, held=(), cwd=None):
+        """Start become interpreter `interp` (its tool started in `cwd`, if given); `held` are
+        frames already sent for it."""
         try:
             if SOURCE is None:
                 raise RuntimeError('this agent was not started by the bootstrap stub')
             # The child inherits this interpreter's environment: bring it up to date first.
             self.refresh_login_state()
-            child = BecomeChild(interp, spec, SOURCE, timeout, use_tty, self.login_state.inherited_by(spec))
+            child = BecomeChild(interp, spec, SOURCE, timeout, use_tty, self.login_state.inherited_by(spec), cwd)
         except Exception as exc:
             self.channel.send({'type': 'spawned', 'interp': interp, 'ok': False,
                                'error': {'kind': BECOME_FAILED, 'message': str(exc)}})
@@ -1682,7 +1725,8 @@ class Agent:
             child.read_tty()
             if not child.use_tty and TTY_REQUIRED in child.prompt_excerpt():
                 child.close_fds()
-                self.start_child(child.interp, child.spec, child.timeout, use_tty=True, held=child.held)
+                self.start_child(child.interp, child.spec, child.timeout, use_tty=True, held=child.held,
+                                 cwd=child.cwd)
                 return
             code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
             self.fail_spawn(child, 'could not become %s (exit status %d): %s'
@@ -1778,6 +1822,13 @@ class Agent:
         first of those modules whose condition the first module's result meets runs right after
         it, in the same call: the controller needs one round trip where it would have waited
         twice (docs/protocol.md, "Continuations")."""
+        interpreter = args.get('interpreter')
+        if interpreter and interpreter not in self.interpreter_names:
+            # Another Python (one the login account could not start, or a discovered one
+            # this is not): the controller runs the module through the shell, as vanilla would.
+            self.reply_error(call_id, OTHER_INTERPRETER, 'the module runs under %s; this interpreter is %s'
+                             % (interpreter, sys.executable))
+            return
         then = args.get('then') or []
         if then:
             args = dict(args)
@@ -1813,8 +1864,7 @@ class Agent:
 
             def exec_command():
                 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-                if cwd:
-                    os.chdir(cwd)
+                enter_task_directory(cwd)
                 os.execv(shell, [shell, '-c', args['cmd']])
 
             return exec_command
@@ -1823,8 +1873,9 @@ class Agent:
 
         def run_module():
             os.environ.update(args.get('env') or {})
-            if cwd:
-                os.chdir(cwd)
+            enter_task_directory(cwd)
+            leave_unreachable_directory()
+            apply_rlimit_nofile(args.get('rlimit_nofile'))
             run_module_in_child(zip_path, args, compiled, digests)
 
         return run_module
@@ -2364,6 +2415,58 @@ def module_utils_in_zip(members):
     names = [module_name_of(member) for member in members
              if member.startswith('ansible/module_utils/') and member.endswith('.py')]
     return sorted(names, key=lambda name: (name.count('.'), name))
+
+
+def names_of_this_interpreter():
+    """The paths a command may name this interpreter by: its executable, and the name it was
+    started as (`python3`, as the bootstrap ran it)."""
+    names = {sys.executable}
+    try:
+        with open('/proc/self/cmdline', 'rb') as handle:
+            names.add(handle.read().split(b'\0', 1)[0].decode('utf-8', 'surrogateescape'))
+    except OSError:
+        pass
+    return names
+
+
+def enter_task_directory(cwd):
+    """Start the task in the directory the controller names (the local connection's playbook
+    directory), as vanilla's local plugin starts its shell there. An account that may not
+    enter it (a become account, the playbook in a 0700 directory) stays where its interpreter
+    was started, as that account's process under vanilla stays where the tool left it."""
+    if not cwd:
+        return
+    try:
+        os.chdir(cwd)
+    except OSError:
+        pass
+
+
+def leave_unreachable_directory():
+    """AnsiballZ's wrapper: a module whose working directory cannot even be named goes to
+    the account's home, else to /."""
+    try:
+        os.getcwd()
+    except OSError:
+        try:
+            os.chdir(os.path.expanduser('~'))
+        except OSError:
+            os.chdir('/')
+
+
+def apply_rlimit_nofile(limit):
+    """AnsiballZ's wrapper: ansible_python_module_rlimit_nofile raises (or lowers) the soft
+    limit on open files, within the hard limit, before the module runs."""
+    if not limit:
+        return
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, limit)
+    if wanted != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except ValueError:
+            pass
 
 
 def run_module_in_child(zip_path, args, compiled, digests):

@@ -23,9 +23,16 @@ const EMBEDDED_AGENT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/agent.py
 /// Meant for tests of the mux against stand-in agents.
 pub const AGENT_SOURCE_ENV: &str = "FERROGEN_AGENT_SOURCE";
 
-/// Interpreters tried in order when the TargetSpec names none.
-const PYTHON_CANDIDATES: &str =
-    "python3 /usr/bin/python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+/// Interpreters tried in order when the TargetSpec names none: ansible-core's own discovery
+/// order (`INTERPRETER_PYTHON_FALLBACK`) first, so that the interpreter is the one Ansible
+/// discovers and builds its modules' command lines for.
+const PYTHON_CANDIDATES: &str = "python3.13 python3.12 python3.11 python3.10 python3.9 python3.8 \
+     /usr/bin/python3 python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
+
+/// Interpreters tried in order when the one the TargetSpec names is missing: any will do,
+/// since modules built for the missing one run through the shell; the system's first.
+const FALLBACK_CANDIDATES: &str =
+    "/usr/bin/python3 python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
 
 /// The oldest Python the agent runs on (mux/agent/agent.py says so too; the agent's tests run it
 /// on every Python the machine has from this one on).
@@ -123,10 +130,18 @@ impl Bootstrap {
         &self.compressed
     }
 
-    /// The Python one-liner that reads and runs the payload.
-    fn stub(&self, compress_link: bool) -> String {
+    /// The Python one-liner that reads and runs the payload. `temp_dirs` go in hex-encoded
+    /// JSON (`TEMP_DIRS`), which needs no quoting inside the stub's single quotes.
+    fn stub(&self, temp_dirs: &[String], compress_link: bool) -> String {
+        let temp_dirs = if temp_dirs.is_empty() {
+            String::new()
+        } else {
+            let json = serde_json::to_vec(temp_dirs).unwrap_or_default();
+            let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
+            format!("TEMP_DIRS=\"{hex}\";")
+        };
         format!(
-            "import sys,zlib;{};{}{}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{};{}{}{temp_dirs}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
             python_guard(),
             self.options.globals(),
             if compress_link {
@@ -138,17 +153,28 @@ impl Bootstrap {
         )
     }
 
-    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`);
+    /// The shell command run on the target (by ssh's remote shell or `/bin/sh -c`); the shell
+    /// `exec`s the interpreter. A named interpreter the target lacks falls back to discovery:
+    /// commands, transfers and `raw` work as they do under vanilla Ansible, and modules meant
+    /// for the missing interpreter go through the shell, which fails them as vanilla's does.
+    /// `temp_dirs` are where the agent puts its temp dir first ([`TargetSpec::temp_dirs`]);
     /// `compress_link` as [`compresses_link`] says for its target.
-    pub fn remote_command(&self, python: Option<&str>, compress_link: bool) -> String {
-        let stub = self.stub(compress_link);
+    pub fn remote_command(
+        &self,
+        python: Option<&str>,
+        temp_dirs: &[String],
+        compress_link: bool,
+    ) -> String {
+        let stub = self.stub(temp_dirs, compress_link);
         match python {
-            Some(python) => format!("{} -c '{stub}'", shell_quote(python)),
-            None => format!(
-                "for p in {PYTHON_CANDIDATES}; do command -v \"$p\" >/dev/null 2>&1 && \
-                 exec \"$p\" -c '{stub}'; done; \
-                 echo \"ferrogen: no python3 found on target\" >&2; exit 127"
-            ),
+            Some(python) => {
+                let python = shell_quote(python);
+                format!(
+                    "command -v {python} >/dev/null 2>&1 && exec {python} -c '{stub}'; {}",
+                    discovery(FALLBACK_CANDIDATES, &stub)
+                )
+            }
+            None => discovery(PYTHON_CANDIDATES, &stub),
         }
     }
 }
@@ -180,6 +206,18 @@ fn ssh_compresses(args: &[String]) -> bool {
     })
 }
 
+/// The shell loop that execs the first of `candidates` that exists and starts. A script (a
+/// pyenv shim, which exists for versions that are not selected) is tried first; a binary is
+/// not, which would cost a Python start-up.
+fn discovery(candidates: &str, stub: &str) -> String {
+    format!(
+        "for p in {candidates}; do f=$(command -v \"$p\") || continue; \
+         case $(head -c2 \"$f\" 2>/dev/null) in '#!') \"$f\" -S -c '' >/dev/null 2>&1 || continue;; esac; \
+         exec \"$p\" -c '{stub}'; done; \
+         echo \"ferrogen: no python3 found on target\" >&2; exit 127"
+    )
+}
+
 /// Quotes `s` for a POSIX shell with single quotes.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -202,9 +240,15 @@ mod tests {
             .unwrap();
         assert_eq!(out, "print('hi')\n");
         let n = boot.payload().len();
+        let stub = format!(
+            "import sys,zlib;{};SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))",
+            python_guard()
+        );
+        let discovery = discovery(FALLBACK_CANDIDATES, &stub);
+        assert!(discovery.starts_with("for p in /usr/bin/python3 python3 "));
         assert_eq!(
-            boot.remote_command(Some("/opt/py 3/bin/python3"), false),
-            format!("'/opt/py 3/bin/python3' -c 'import sys,zlib;{};SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
+            boot.remote_command(Some("/opt/py 3/bin/python3"), &[], false),
+            format!("command -v '/opt/py 3/bin/python3' >/dev/null 2>&1 && exec '/opt/py 3/bin/python3' -c 'import sys,zlib;{};SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'; {discovery}", python_guard())
         );
     }
 
@@ -215,17 +259,21 @@ mod tests {
             forward_debug: true,
         });
         let n = boot.payload().len();
+        let stub = format!("import sys,zlib;{};ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))", python_guard());
+        let discovery = discovery(FALLBACK_CANDIDATES, &stub);
         assert_eq!(
-            boot.remote_command(Some("python3"), false),
-            format!("'python3' -c 'import sys,zlib;{};ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'", python_guard())
+            boot.remote_command(Some("python3"), &[], false),
+            format!("command -v 'python3' >/dev/null 2>&1 && exec 'python3' -c 'import sys,zlib;{};ROUTER_DEBUG=1;LOG_LEVEL=\"debug\";SOURCE=sys.stdin.buffer.read({n});exec(zlib.decompress(SOURCE))'; {discovery}", python_guard())
         );
     }
 
     #[test]
     fn discovery_tries_candidates_then_fails() {
-        let cmd = Bootstrap::from_source(b"").remote_command(None, false);
+        let cmd = Bootstrap::from_source(b"").remote_command(None, &[], false);
         assert!(
-            cmd.starts_with("for p in python3 /usr/bin/python3 "),
+            cmd.starts_with(
+                "for p in python3.13 python3.12 python3.11 python3.10 python3.9 python3.8 /usr/bin/python3 python3 "
+            ),
             "{cmd}"
         );
         assert!(
@@ -239,9 +287,11 @@ mod tests {
         let boot = Bootstrap::from_source(b"x");
         let mut spec = TargetSpec::local();
         assert!(!compresses_link(&spec));
-        assert!(!boot.remote_command(None, false).contains("COMPRESS_LINK"));
+        assert!(!boot
+            .remote_command(None, &[], false)
+            .contains("COMPRESS_LINK"));
         assert!(boot
-            .remote_command(Some("python3"), true)
+            .remote_command(Some("python3"), &[], true)
             .contains("COMPRESS_LINK=1;SOURCE="));
         spec.transport = Transport::Ssh;
         spec.host = Some("h".into());
@@ -264,5 +314,19 @@ mod tests {
             spec.ssh_args = not_asked.iter().map(|a| a.to_string()).collect();
             assert!(compresses_link(&spec), "{not_asked:?}");
         }
+    }
+
+    #[test]
+    fn temp_dirs_reach_the_stub_as_hex_json() {
+        let boot = Bootstrap::from_source(b"x");
+        let cmd = boot.remote_command(Some("python3"), &["~/it's".into()], false);
+        let hex: String = br#"["~/it's"]"#.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            cmd.contains(&format!("TEMP_DIRS=\"{hex}\";SOURCE=")),
+            "{cmd}"
+        );
+        assert!(!boot
+            .remote_command(Some("python3"), &[], false)
+            .contains("TEMP_DIRS"));
     }
 }

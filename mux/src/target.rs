@@ -372,11 +372,20 @@ impl Target {
         // The password rides in this frame and nowhere else; the log line names the
         // account only.
         debug!(target = %self.name, interp = id, account = %key, "spawning become interpreter");
+        // The local connection's tasks start in the playbook's directory: the become tool is
+        // started there, as vanilla's local plugin starts it, so that an account that may
+        // not enter it still runs there.
+        let cwd = call
+            .args
+            .get("cwd")
+            .and_then(|cwd| cwd.as_str())
+            .map(str::to_owned);
         self.transmit(
             ToAgent::Spawn(Spawn {
                 interp: id,
                 become_spec,
                 timeout: self.spec.timeout,
+                cwd,
             }),
             Bytes::new(),
         );

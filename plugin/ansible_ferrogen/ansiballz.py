@@ -29,6 +29,8 @@ class ModulePayload:
     zip_data: bytes
     zip_hash: str
     args: dict
+    # The interpreter the command names (ansible_python_interpreter, or the discovered one).
+    interpreter: str = ''
 
 
 def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
@@ -41,9 +43,10 @@ def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
     start = in_data.rfind(CALL_MARKER)
     if start < 0:
         return None
-    environment = _environment_from_command(cmd)
-    if environment is None:
+    command = _environment_from_command(cmd)
+    if command is None:
         return None
+    environment, interpreter = command
     call_start = start + len(CALL_MARKER) - len(b'_ansiballz_main(')
     zip_start = in_data.find(ZIP_ARGUMENT, call_start)
     zip_end = in_data.find(b"'", zip_start + len(ZIP_ARGUMENT)) if zip_start >= 0 else -1
@@ -62,6 +65,8 @@ def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
             'params': values['params'],
             'profile': values['profile'],
             'extensions': values.get('extensions') or {},
+            # ansible_python_module_rlimit_nofile; 0 leaves the limit alone.
+            'rlimit_nofile': values.get('rlimit_nofile') or 0,
             'env': environment,
         }
     except (SyntaxError, ValueError, KeyError, AttributeError, UnicodeDecodeError):
@@ -72,13 +77,16 @@ def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
     else:
         digest = hashlib.sha1(zip_data).hexdigest()
     args['zip'] = digest
-    return ModulePayload(zip_data=zip_data, zip_hash=digest, args=args)
+    # The agent runs the module only if it is that interpreter (else: other_interpreter).
+    args['interpreter'] = interpreter
+    return ModulePayload(zip_data=zip_data, zip_hash=digest, args=args, interpreter=interpreter)
 
 
-def _environment_from_command(cmd: str) -> dict[str, str] | None:
+def _environment_from_command(cmd: str) -> tuple[dict[str, str], str] | None:
     """Ansible puts the task's environment in front of the interpreter:
-    `/bin/sh -c 'LANG=C FOO=bar /usr/bin/python3 && sleep 0'`. Return it, or None if the
-    command has another shape (become, a custom executable)."""
+    `/bin/sh -c 'LANG=C FOO=bar /usr/bin/python3 && sleep 0'`. Return it and the interpreter,
+    or None if the command has another shape (become, a custom executable, an interpreter
+    with arguments)."""
     try:
         words = shlex.split(cmd)
         if len(words) == 3 and words[1] == '-c':
@@ -94,5 +102,5 @@ def _environment_from_command(cmd: str) -> dict[str, str] | None:
         rest = words[index + 1:]
         if rest not in ([], ['&&', 'sleep', '0']):
             return None
-        return environment
+        return environment, word
     return None

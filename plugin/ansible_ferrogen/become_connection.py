@@ -55,9 +55,6 @@ class BecomeConnection(LocalConnection):
     """A local connection whose every call runs as ansible_user through `method`."""
 
     method = 'sudo'
-    # Another account, not the controller's: Ansible must use that account's remote_tmp,
-    # not the controller's local temp dir.
-    _remote_is_local = False
 
     def become_account(self) -> dict:
         flags = self.get_option('become_flags') or ''

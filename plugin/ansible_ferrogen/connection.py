@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 
 import yaml
@@ -59,6 +60,9 @@ SSH_COMPRESSION_OPTION = {
     'vars': [{'name': 'mitogen_ssh_compression'}],
 }
 
+
+# An interpreter setting that names a program rather than a command line.
+PLAIN_PATH = re.compile(r'[A-Za-z0-9_./+@%:,-]+')
 
 # libyaml, where PyYAML has it: the borrowed documentation is parsed and written on every run's
 # critical path, ten times faster than in pure Python.
@@ -123,6 +127,34 @@ def inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip('/') + '/')
 
 
+def keep_vanilla_attributes(ours: type, vanilla: type) -> None:
+    """Give `ours` every attribute of the built-in plugin class it replaces that it lacks.
+    Other plugins reach the replaced class through the loader and call its class-level
+    helpers (the network connections call ssh's `_create_control_path`)."""
+    for klass in reversed(vanilla.__mro__):
+        if klass in ConnectionBase.__mro__:
+            continue
+        for name, value in vars(klass).items():
+            if not hasattr(ours, name):
+                setattr(ours, name, value)
+
+
+def ssh_options(args: list[str]) -> dict[str, str]:
+    """The -o options among ssh arguments, by lower-case name; the first of a name wins, as
+    in ssh."""
+    options: dict[str, str] = {}
+    for index, arg in enumerate(args):
+        option = None
+        if arg == '-o' and index + 1 < len(args):
+            option = args[index + 1]
+        elif arg.startswith('-o') and len(arg) > 2:
+            option = arg[2:]
+        if option is not None:
+            name, _, value = option.replace(' ', '=', 1).partition('=')
+            options.setdefault(name.strip().lower(), value.strip())
+    return options
+
+
 def drop_control_options(args: list[str]) -> list[str]:
     """Remove -o ControlMaster/ControlPersist/ControlPath, in both -o X=y and -oX=y forms."""
     kept = []
@@ -151,6 +183,10 @@ def split_output(result: dict, body: bytes) -> tuple[int, bytes, bytes]:
 
 class NoInterpreter(AnsibleConnectionFailure):
     """The target has no Python to run the agent; ssh itself works (kind `no_interpreter`)."""
+
+
+class OtherInterpreter(AnsibleError):
+    """The module is meant for another Python than the persistent interpreter."""
 
 
 class Captured(Exception):
@@ -231,6 +267,10 @@ class Connection(ConnectionBase):
         """Whether a plain command would have had a terminal under the vanilla plugin."""
         return False
 
+    def emulates_tty(self, in_data: bytes | None, sudoable: bool) -> bool:
+        """Whether this command runs as if on the terminal the vanilla plugin would give it."""
+        return self.wants_tty() and not in_data and sudoable
+
     def target_spec(self) -> dict:
         """The TargetSpec (docs/protocol.md) that names this host's connection in the mux;
         worked out once per set of options, since one action makes several calls."""
@@ -266,10 +306,25 @@ class Connection(ConnectionBase):
             return None
 
     def python_interpreter(self) -> str | None:
+        """The Python to start the persistent interpreter with; None: discover one, in
+        Ansible's order. An interpreter with arguments or a shell expression is no path to
+        start: modules then run through the shell, as vanilla runs them."""
         value = self.get_option('python_interpreter')
-        if not value or str(value).startswith('auto'):
+        if not value or str(value).startswith('auto') or not PLAIN_PATH.fullmatch(str(value)):
             return None
         return str(value)
+
+    def temp_dirs(self) -> list[str]:
+        """Where the interpreter's own temp dir goes first: remote_tmp, then system_tmpdirs, as
+        the task's shell options give them (ansible_remote_tmp, ANSIBLE_REMOTE_TMP, ...)."""
+        dirs = []
+        for option in ('remote_tmp', 'system_tmpdirs'):
+            try:
+                value = self._shell.get_option(option)
+            except (AttributeError, KeyError, AnsibleError):
+                continue
+            dirs.extend([value] if isinstance(value, str) else list(value or []))
+        return [str(path) for path in dirs if path]
 
     def task_temp_dirs_in_interpreter(self) -> bool:
         """Whether action_mixin may put task temp dirs in the login interpreter's own temp
@@ -333,6 +388,8 @@ class Connection(ConnectionBase):
                 raise AnsibleConnectionFailure(str(exc)) from exc
             if exc.kind == frames.NOT_FOUND:
                 raise AnsibleFileNotFound(str(exc)) from exc
+            if exc.kind == frames.OTHER_INTERPRETER:
+                raise OtherInterpreter(str(exc)) from exc
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
         except transfer.StreamError as exc:
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
@@ -367,19 +424,26 @@ class Connection(ConnectionBase):
             except NoInterpreter as exc:
                 self.open_shell_channel(exc)
                 return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
+            except OtherInterpreter as exc:
+                display.vvv(f'ferrogen: {exc}: through the shell', host=self._host())
+                result, body = self._exec_shell(cmd, in_data, sudoable, as_become, cwd)
         else:
-            display.vvv(f'ferrogen: exec {cmd}', host=self._host())
-            if in_data:
-                in_data = module_cache.expand(in_data)
-            args = {'cmd': cmd, 'emulate_tty': self.wants_tty() and not in_data and sudoable}
-            if cwd:
-                args['cwd'] = to_text(cwd)
             try:
-                result, body = self._call('exec_command', args, in_data or b'', as_become=as_become)
+                result, body = self._exec_shell(cmd, in_data, sudoable, as_become, cwd)
             except NoInterpreter as exc:
                 self.open_shell_channel(exc)
                 return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
         return split_output(result, body)
+
+    def _exec_shell(self, cmd: str, in_data: bytes | None, sudoable: bool, as_become: bool, cwd):
+        """Run cmd with the account's shell, as the vanilla plugins run every command."""
+        display.vvv(f'ferrogen: exec {cmd}', host=self._host())
+        if in_data:
+            in_data = module_cache.expand(in_data)
+        args = {'cmd': cmd, 'emulate_tty': self.emulates_tty(in_data, sudoable)}
+        if cwd:
+            args['cwd'] = to_text(cwd)
+        return self._call('exec_command', args, in_data or b'', as_become=as_become)
 
     def open_shell_channel(self, exc: NoInterpreter) -> None:
         """Set _shell_channel up for a target without Python; only a transport with a plain
@@ -441,7 +505,10 @@ class Connection(ConnectionBase):
             blobs.update(call.blobs)
         args = dict(first.args, then=[{'if': condition, 'args': call.args} for condition, call in branches])
         display.vvv(f'ferrogen: run {first.args["module_fqn"]}, then the module it calls for', host=self._host())
-        result, body = self._call('run_module', args, blobs=blobs, as_become=first.as_become)
+        try:
+            result, body = self._call('run_module', args, blobs=blobs, as_become=first.as_become)
+        except OtherInterpreter:
+            return  # nothing ran: the action's own calls go through the shell
         then = result.get('then') or {}
         ran = then.get('ran')
         first_len = len(body) if ran is None else result['body_len']
@@ -573,6 +640,30 @@ class SshConnection(Connection):
         # Vanilla ssh adds -tt to commands without stdin: stderr merges into stdout, \n becomes \r\n.
         return bool(self.get_option('use_tty'))
 
+    def _exec_shell(self, cmd: str, in_data: bytes | None, sudoable: bool, as_become: bool, cwd):
+        result, body = super()._exec_shell(cmd, in_data, sudoable, as_become, cwd)
+        if self.emulates_tty(in_data, sudoable):
+            body += self.closing_notice()
+        return result, body
+
+    def closing_notice(self) -> bytes:
+        """What ssh prints on stderr when a session with a terminal ends, and vanilla's
+        exec_command returns: "Shared connection to H closed." through a ControlPersist master
+        (Ansible's default ssh_args), else "Connection to H closed."; nothing when ssh is
+        told to be quiet."""
+        args = []
+        for option in ('ssh_args', 'ssh_common_args', 'ssh_extra_args'):
+            value = self.get_option(option)
+            if value:
+                args.extend(shlex.split(value))
+        options = ssh_options(args)
+        if '-q' in args or options.get('loglevel', '').upper() in ('QUIET', 'FATAL', 'ERROR'):
+            return b''
+        shared = (options.get('controlmaster', 'no').lower() not in ('no', 'false')
+                  and options.get('controlpersist', 'no').lower() not in ('no', 'false'))
+        host = self.get_option('host') or self._play_context.remote_addr
+        return f'{"Shared connection" if shared else "Connection"} to {host} closed.\r\n'.encode()
+
     def open_shell_channel(self, exc: NoInterpreter) -> None:
         """Ansible's own ssh plugin, set up as this connection is (options, shell, become)."""
         if self._shell_channel is not None:
@@ -644,6 +735,7 @@ class SshConnection(Connection):
             'host_key_checking': bool(self.get_option('host_key_checking')),
             'timeout': int(self.get_option('timeout') or 10),
             'python': self.python_interpreter(),
+            'temp_dirs': self.temp_dirs(),
             'name': self.inventory_name() or self._play_context.remote_addr,
         }
 
@@ -651,8 +743,9 @@ class SshConnection(Connection):
 class LocalConnection(Connection):
     """Connection to a persistent interpreter on the controller itself."""
 
+    # Not _remote_is_local: the built-in local plugin is not either (only network connections
+    # are), so modules run under ansible_python_interpreter and temp dirs go under remote_tmp.
     transport = 'local'
-    _remote_is_local = True
 
     def fetched_file_mode(self, remote_mode: int | None) -> int:
         """As shutil.copyfile (the vanilla local plugin) creates it."""
@@ -670,5 +763,6 @@ class LocalConnection(Connection):
             'host_key_checking': False,
             'timeout': 30,
             'python': self.python_interpreter(),
+            'temp_dirs': self.temp_dirs(),
             'name': self.inventory_name() or 'localhost',
         }

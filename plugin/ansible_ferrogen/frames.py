@@ -17,6 +17,7 @@ CONNECTION_LOST = 'connection_lost'
 MISSING_BLOB = 'missing_blob'
 NO_INTERPRETER = 'no_interpreter'
 NOT_FOUND = 'not_found'
+OTHER_INTERPRETER = 'other_interpreter'
 UNREACHABLE = 'unreachable'
 # -- end of the names and limits shared with the mux -----------------------------------------
 

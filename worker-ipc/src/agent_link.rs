@@ -205,6 +205,10 @@ pub struct Spawn {
     pub become_spec: BecomeSpec,
     /// Seconds the agent gives the become tool to start the interpreter.
     pub timeout: f64,
+    /// Where the become tool starts: the local connection's tasks start in the playbook's
+    /// directory, as vanilla's local plugin starts its become tool there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
 /// Writes a [`BecomeSpec`] with its password, which its own `Serialize` redacts.
@@ -498,6 +502,7 @@ mod tests {
             serde_json::from_value(json!({"method": "sudo", "user": "pg", "password": "pw"}))
                 .unwrap();
         let spawn = ToAgent::Spawn(Spawn {
+            cwd: None,
             interp: 1,
             become_spec,
             timeout: 10.0,

@@ -37,13 +37,16 @@ pub enum ErrorKind {
     /// ssh connected, but the remote shell found no Python to run the agent: the worker runs
     /// the task's operations over plain ssh instead (docs/protocol.md, "no_interpreter").
     NoInterpreter,
+    /// The module was built for another Python than the persistent interpreter: the worker
+    /// runs it through the shell, as vanilla Ansible would.
+    OtherInterpreter,
     /// A kind this crate does not name, kept as it was written.
     Other(String),
 }
 
 impl ErrorKind {
     /// Every kind this crate names, in the order of docs/protocol.md.
-    pub const KNOWN: [ErrorKind; 11] = [
+    pub const KNOWN: [ErrorKind; 12] = [
         ErrorKind::Unreachable,
         ErrorKind::ConnectionLost,
         ErrorKind::MissingBlob,
@@ -55,6 +58,7 @@ impl ErrorKind {
         ErrorKind::BecomeFailed,
         ErrorKind::Cancelled,
         ErrorKind::NoInterpreter,
+        ErrorKind::OtherInterpreter,
     ];
 
     /// The kind as it is written on the wire.
@@ -71,6 +75,7 @@ impl ErrorKind {
             ErrorKind::BecomeFailed => "become_failed",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::NoInterpreter => "no_interpreter",
+            ErrorKind::OtherInterpreter => "other_interpreter",
             ErrorKind::Other(kind) => kind,
         }
     }

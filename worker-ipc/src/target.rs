@@ -47,6 +47,12 @@ pub struct TargetSpec {
     /// Python interpreter on the target; `None` means discover one.
     #[serde(default)]
     pub python: Option<String>,
+    /// Where the interpreter's private temp dir may go, tried first and in order (`remote_tmp`,
+    /// then `system_tmpdirs`; `~` and `$VAR` expanded on the target, as the account that
+    /// runs there); the agent's own fallbacks follow. Left out when empty, so a spec without
+    /// it encodes as it always did.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temp_dirs: Vec<String>,
     /// Inventory name, for logs only: not part of the key.
     #[serde(default)]
     pub name: Option<String>,
@@ -78,6 +84,7 @@ impl TargetSpec {
             host_key_checking: true,
             timeout: default_timeout(),
             python: None,
+            temp_dirs: Vec::new(),
             name: None,
         }
     }
@@ -96,6 +103,7 @@ impl TargetSpec {
             host_key_checking: self.host_key_checking,
             timeout_bits: self.timeout.to_bits(),
             python: self.python.clone(),
+            temp_dirs: self.temp_dirs.clone(),
         }
     }
 }
@@ -124,6 +132,8 @@ pub struct TargetKey {
     pub timeout_bits: u64,
     /// See [`TargetSpec::python`].
     pub python: Option<String>,
+    /// See [`TargetSpec::temp_dirs`].
+    pub temp_dirs: Vec<String>,
 }
 
 /// A short human summary: `user@host:port`, `host`, or `local`.

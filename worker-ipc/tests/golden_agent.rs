@@ -51,6 +51,7 @@ fn to_agent() -> Vec<(&'static str, ToAgent, &'static [u8])> {
         (
             "to_spawn",
             ToAgent::Spawn(Spawn {
+                cwd: None,
                 interp: 3,
                 become_spec,
                 timeout: 10.0,

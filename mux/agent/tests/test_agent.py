@@ -469,3 +469,29 @@ def test_a_heartbeat_for_a_become_interpreter_is_answered_by_it(as_user):
     agent.send({'type': 'heartbeat', 'seq': 9, 'interp': 3})
     header, _ = agent.read()
     assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid}
+
+
+LIMIT_MODULE = """
+import os
+import resource
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={})
+module.exit_json(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0], cwd=os.getcwd())
+"""
+
+
+def test_a_module_runs_with_the_wrappers_open_files_limit_and_only_in_its_interpreter(agent, tmp_path, monkeypatch):
+    """rlimit_nofile sets the soft limit as AnsiballZ's wrapper does; a module built for
+    another interpreter is refused, so that the controller runs it through the shell."""
+    from module_payloads import ModuleRunner
+
+    module_path = tmp_path / 'ferrogen_limit.py'
+    module_path.write_text(LIMIT_MODULE)
+    runner = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp')
+    payload = runner.payload({})
+    agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
+    header, body = agent.call('run_module', dict(payload.args, rlimit_nofile=777, interpreter=sys.executable))
+    assert json.loads(body[:header['result']['stdout_len']])['nofile'] == 777, body
+    header, _ = agent.call('run_module', dict(payload.args, interpreter='/bogus/path'))
+    assert header['error']['kind'] == 'other_interpreter', header

@@ -30,7 +30,8 @@ mod tests {
     #[test]
     fn local_runs_sh() {
         let spec = TargetSpec::local();
-        let remote = Bootstrap::from_source(b"x").remote_command(spec.python.as_deref(), false);
+        let remote =
+            Bootstrap::from_source(b"x").remote_command(spec.python.as_deref(), &[], false);
         let argv = Local.command_line(&spec, remote);
         assert_eq!(&argv[..2], &["/bin/sh", "-c"]);
     }

@@ -190,6 +190,7 @@ pub async fn start(
         spec,
         bootstrap.remote_command(
             spec.python.as_deref(),
+            &spec.temp_dirs,
             crate::bootstrap::compresses_link(spec),
         ),
     );

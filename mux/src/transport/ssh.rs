@@ -65,7 +65,10 @@ mod tests {
         spec.host_key_checking = false;
         spec.timeout = 7.0;
         spec.python = Some("python3".into());
-        let argv = Ssh.command_line(&spec, boot.remote_command(spec.python.as_deref(), false));
+        let argv = Ssh.command_line(
+            &spec,
+            boot.remote_command(spec.python.as_deref(), &[], false),
+        );
         let expect = [
             "ssh",
             "-o",
@@ -90,6 +93,7 @@ mod tests {
         ];
         assert_eq!(&argv[..expect.len()], &expect);
         assert_eq!(argv.len(), expect.len() + 1);
-        assert!(argv[expect.len()].starts_with("'python3' -c "));
+        assert!(argv[expect.len()]
+            .starts_with("command -v 'python3' >/dev/null 2>&1 && exec 'python3' -c "));
     }
 }
