@@ -440,15 +440,19 @@ fn connect_brings_a_target_up_before_its_first_call() {
 }
 
 #[test]
-fn missing_python_is_unreachable_with_its_message() {
+fn a_missing_named_python_falls_back_to_the_systems() {
+    // As vanilla Ansible: commands still run (modules built for the missing interpreter are
+    // refused by the agent and go through the shell, which fails them as vanilla's does).
     let mux = Mux::start();
     let mut client = mux.client();
     let target = json!({"transport": "local", "python": "/nonexistent/python3"});
     let reply = client.call(target, "ping", json!({}), &[], b"");
-    assert_eq!(error_kind(&reply), "unreachable");
-    let message = reply.header["error"]["message"].as_str().unwrap();
-    assert!(message.contains("/nonexistent/python3"), "{message}");
-    assert!(message.contains("exit status 127"), "{message}");
+    assert!(reply.header.get("error").is_none(), "{:?}", reply.header);
+    assert!(
+        reply.header["result"]["pid"].as_u64().is_some(),
+        "{:?}",
+        reply.header
+    );
 }
 
 #[test]
@@ -489,7 +493,9 @@ fn ping_with_standin_agent(source: &str, timeout: u64) -> Frame {
     let agent = write_agent(&dir, source);
     let mux = Mux::start_with(&[("FERROGEN_AGENT_SOURCE", &agent)]);
     let mut client = mux.client();
-    let target = json!({"transport": "local", "timeout": timeout});
+    // A named interpreter: discovery may try (slow) pyenv shims first, which is not what
+    // these tests time.
+    let target = json!({"transport": "local", "python": "python3", "timeout": timeout});
     client.call(target, "ping", json!({}), &[], b"")
 }
 
