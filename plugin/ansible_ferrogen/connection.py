@@ -60,6 +60,9 @@ SSH_COMPRESSION_OPTION = {
     'vars': [{'name': 'mitogen_ssh_compression'}],
 }
 
+# The options ferrogen's ssh plugins have beyond ansible.builtin.ssh's.
+SSH_EXTRA_OPTIONS = {'ssh_compression': SSH_COMPRESSION_OPTION}
+
 
 # An interpreter setting that names a program rather than a command line.
 PLAIN_PATH = re.compile(r'[A-Za-z0-9_./+@%:,-]+')
@@ -83,7 +86,7 @@ def borrow_documentation(vanilla: str, name: str, short_description: str, extra_
     return yaml.dump(doc, Dumper=YAML_DUMPER, sort_keys=False)
 
 
-def options_fragment(vanilla: str) -> str:
+def options_fragment(vanilla: str, extra_options: dict | None = None) -> str:
     """A documentation fragment with a plugin's options, those of the fragments its documentation
     extends, and ours: the collection's plugins document themselves in plain text for ansible-doc
     and extend this, so every variable of the built-in plugin keeps working."""
@@ -102,10 +105,11 @@ def options_fragment(vanilla: str) -> str:
         options[name] = {**options.get(name, {}), **option}
     options.setdefault('python_interpreter', PYTHON_INTERPRETER_OPTION)
     options.setdefault('inventory_name', INVENTORY_NAME_OPTION)
+    options.update(extra_options or {})
     return yaml.dump({'options': options}, Dumper=YAML_DUMPER, sort_keys=False)
 
 
-def reuse_builtin_options(name: str, builtin: str) -> None:
+def reuse_builtin_options(name: str, builtin: str, extra_options: dict | None = None) -> None:
     """Register the options of collection plugin `name` as the built-in plugin's plus ours,
     where Ansible has parsed the built-in's already: ansible-playbook loads every built-in
     connection plugin before it forks workers, so a worker that loads ours is spared parsing
@@ -119,6 +123,7 @@ def reuse_builtin_options(name: str, builtin: str) -> None:
     options = dict(config.get_configuration_definitions('connection', builtin))
     options.setdefault('python_interpreter', PYTHON_INTERPRETER_OPTION)
     options.setdefault('inventory_name', INVENTORY_NAME_OPTION)
+    options.update(extra_options or {})
     config.initialize_plugin_configuration_definitions('connection', name, options)
 
 

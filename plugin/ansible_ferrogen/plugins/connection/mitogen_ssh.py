@@ -11,7 +11,7 @@ from ansible.plugins.connection.ssh import DOCUMENTATION as _SSH_DOCUMENTATION  
 from ansible.plugins.connection.ssh import Connection as _SshConnection  # noqa: E402
 
 from ansible_ferrogen.connection import (  # noqa: E402
-    SSH_COMPRESSION_OPTION,
+    SSH_EXTRA_OPTIONS,
     SshConnection,
     borrow_documentation,
     keep_vanilla_attributes,
@@ -19,7 +19,7 @@ from ansible_ferrogen.connection import (  # noqa: E402
 
 DOCUMENTATION = borrow_documentation(_SSH_DOCUMENTATION, 'mitogen_ssh',
                                      'connect via ssh through ferrogen-mux (one ssh per target)',
-                                     {'ssh_compression': SSH_COMPRESSION_OPTION})
+                                     SSH_EXTRA_OPTIONS)
 
 
 class Connection(SshConnection):

@@ -12,9 +12,9 @@ except ImportError:  # a checkout's plugin/ directory on the collections path
 
 from ansible.plugins.connection.ssh import DOCUMENTATION as _SSH_DOCUMENTATION  # noqa: E402
 
-from ansible_ferrogen.connection import options_fragment  # noqa: E402
+from ansible_ferrogen.connection import SSH_EXTRA_OPTIONS, options_fragment  # noqa: E402
 
 
 class ModuleDocFragment:
     # Every option of ansible.builtin.ssh in this ansible-core, plus ferrogen's.
-    DOCUMENTATION = options_fragment(_SSH_DOCUMENTATION)
+    DOCUMENTATION = options_fragment(_SSH_DOCUMENTATION, SSH_EXTRA_OPTIONS)
