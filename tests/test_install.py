@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,15 @@ def clean_env(home: Path) -> dict[str, str]:
     return {"PATH": "/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "ANSIBLE_NOCOLOR": "1"}
 
 
+def base_python() -> str:
+    """The Python the test virtualenv was made with: one the pinned ansible-core supports."""
+    for line in (VENV / "pyvenv.cfg").read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "executable":
+            return value.strip()
+    return sys.executable
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A fresh virtualenv with ansible-core from the registry and the wheel built from here."""
@@ -57,7 +67,7 @@ def installed(tmp_path_factory) -> Path:
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("ferrogen-*.whl")
     venv = tmp_path_factory.mktemp("fresh") / "venv"
-    subprocess.run([shutil.which("python3"), "-m", "venv", str(venv)], check=True, timeout=300)
+    subprocess.run([base_python(), "-m", "venv", str(venv)], check=True, timeout=300)
     for requirement in (pinned_ansible_core(), str(wheel)):
         pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", requirement],
                              capture_output=True, text=True, timeout=900)  # fmt: skip
