@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import helpers
+import pytest
 from differential import runner
 
 # The harness's hosts: (name, inventory line). The throwaway account and group ids must be
@@ -59,3 +60,47 @@ def test_builtin_modules_match_vanilla(tmp_path):
     )
     assert vanilla.returncode == ferrogen.returncode, helpers.describe(ferrogen)
     assert not diffs, "\n".join(diffs)
+
+
+def become_failure_hosts(local_connection: str) -> list[str]:
+    """A login that needs sudo's password (ferrotest, over ssh) and root on the controller."""
+    return [
+        helpers.ssh_host_line("fail_ssh_user", user="ferrotest", extra="other_user=root su_prompts=true"),
+        f"fail_local ansible_connection={local_connection} ansible_python_interpreter=/usr/bin/python3 "
+        "other_user=ferrotest",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["strategy", "connection-only"])
+def test_failed_become_matches_vanilla(tmp_path, mode):
+    """Wrong and missing passwords, unknown accounts and refused flags, with sudo, su and doas:
+    the same result keys as vanilla's and the tool's whole message, each loop item's too."""
+    workdir = tmp_path / "private"
+    workdir.mkdir(mode=0o700)
+    # ferrogen's doas plugin wraps commands as community.general's would: vanilla uses it too.
+    both = {"ANSIBLE_BECOME_PLUGINS": str(helpers.REPO / "plugin" / "ansible_ferrogen" / "plugins" / "become")}
+    ferrogen_env, ferrogen_inventory = {}, None
+    if mode == "connection-only":
+        no_strategies = tmp_path / "no-strategy-plugins"
+        no_strategies.mkdir()
+        ferrogen_env = {
+            "ANSIBLE_STRATEGY": "linear",
+            "ANSIBLE_STRATEGY_PLUGINS": str(no_strategies),
+            "ANSIBLE_COLLECTIONS_PATH": str(helpers.REPO / "plugin"),
+            "ANSIBLE_TRANSPORT": "ferrogen.mux.ssh",
+        }
+        ferrogen_inventory = helpers.write_inventory(tmp_path / "ferrogen.ini", become_failure_hosts("ferrogen.mux.local"))
+    diffs, vanilla, ferrogen = runner.compare(
+        runner.HERE / "become_failures" / "become_failures.yml",
+        workdir,
+        helpers.write_inventory(tmp_path / "inventory.ini", become_failure_hosts("local")),
+        {},
+        env=both,
+        ferrogen_env=ferrogen_env,
+        ferrogen_inventory=ferrogen_inventory,
+    )
+    assert vanilla.returncode == ferrogen.returncode, helpers.describe(ferrogen)
+    assert not diffs, "\n".join(diffs)
+    assert "not-the-password" not in ferrogen.output
+    wrong = ferrogen.task("fail_ssh_user", "sudo with a wrong password")
+    assert wrong["failed"], wrong

@@ -4,6 +4,7 @@ the agent's own minimum is refused with a message naming both versions, once per
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -54,3 +55,28 @@ def test_a_python_older_than_the_agent_needs_is_named_once_per_host(run_playbook
     needed = "%d.%d" % agent_min_python()
     assert re.search(rf"the agent needs Python {re.escape(needed)} or newer; {re.escape(path)} is Python {found}\.\d+", message), \
         describe(run)
+
+
+def test_a_python_older_than_ansible_core_supports_is_named_not_a_traceback(run_playbook, tmp_path):
+    """Vanilla's wrapper dies with a traceback on a Python older than the module_utils check it
+    never reaches (3.7 for 2.19 and up); ferrogen fails every module task and loop item with
+    module_utils' own words, as vanilla does on the Python just below the minimum; raw works."""
+    too_old = {path: v for path, v in machine_pythons().items() if agent_min_python() <= v < module_minimum()}
+    if not too_old:
+        pytest.skip(f"no Python between the agent's {agent_min_python()} and ansible-core's {module_minimum()}")
+    hosts = {host_name(path, v): (path, v) for path, v in too_old.items()}
+    inventory = write_inventory(tmp_path / "inventory.ini",
+                                [ssh_host_line(host, python=path) for host, (path, _) in hosts.items()])
+    run = run_playbook("unsupported_python.yml", ferrogen=True, inventory=inventory,
+                       extra_args=["--forks", str(len(hosts))])
+    assert run.returncode == 0, describe(run)
+    needed = "%d.%d" % module_minimum()
+    for host, (_, version) in hosts.items():
+        found = r"%d\.%d\.\d+ \(" % version
+        pattern = rf"Ansible requires Python {re.escape(needed)} or newer on the target\. Current version: {found}"
+        module = run.task(host, "a module")
+        assert module["failed"] and re.match(pattern, module["msg"]), describe(run)
+        items = run.task(host, "a loop")["result"]["results"]
+        assert len(items) == 3 and all(item["failed"] and re.match(pattern, item["msg"]) for item in items), items
+        assert "Traceback" not in json.dumps(run.for_host(host)), describe(run)
+        assert run.task(host, "raw")["stdout"].strip() == "raw works"

@@ -212,6 +212,15 @@ class Report:
 _report: Report | None = None
 
 
+def module_python_minimum() -> tuple[int, ...] | None:
+    """The oldest target Python this ansible-core's modules run on, as its module_utils state it
+    (`basic._PY_MIN`); None where it is not a version (2.16 states a condition instead)."""
+    from ansible.module_utils import basic
+
+    minimum = getattr(basic, '_PY_MIN', None)
+    return minimum if isinstance(minimum, tuple) else None
+
+
 def report() -> Report:
     global _report
     if _report is None:

@@ -21,6 +21,9 @@ display = Display()
 
 # interpreter_info answers by target key, for this worker process.
 _interpreter_info: dict[str, dict] = {}
+# The failed module result of a target whose Python this ansible-core's modules do not run on,
+# by target key (python_too_old_for_modules): kept for this worker process.
+_too_old_results: dict[str, bytes] = {}
 
 # (pid, target key) of the targets this worker process asked the mux to connect to ahead.
 _connecting_ahead: set[tuple[int, str]] = set()
@@ -188,6 +191,19 @@ def split_output(result: dict, body: bytes) -> tuple[int, bytes, bytes]:
 
 class NoInterpreter(AnsibleConnectionFailure):
     """The target has no Python to run the agent; ssh itself works (kind `no_interpreter`)."""
+
+
+class BecomeFailed(AnsibleError):
+    """The become tool did not let the account in (kind `become_failed`)."""
+
+    def __init__(self, message: str, tool_answered: bool):
+        super().__init__(message)
+        # False when nothing answered in time: asking the tool again would only wait again.
+        self.tool_answered = tool_answered
+
+
+# How a become failure reads when the tool never answered (the agent's and the mux's words).
+BECOME_TIMEOUTS = ('timed out after becoming', 'did not answer within')
 
 
 class OtherInterpreter(AnsibleError):
@@ -365,6 +381,30 @@ class Connection(ConnectionBase):
             info = _interpreter_info[key] = self._call('interpreter_info', {})[0]
         return info
 
+    def python_too_old_for_modules(self) -> bytes | None:
+        """The module result that says the persistent interpreter's Python is older than this
+        ansible-core's modules need (None if it is not): the words vanilla's module_utils use,
+        naming the version found, also where vanilla's wrapper dies with a traceback first."""
+        minimum = ansible_internals.module_python_minimum()
+        try:
+            info = self.interpreter_info()
+        except NoInterpreter:
+            return None
+        found = tuple(int(part) for part in str(info.get('version', '')).split('.') if part.isdigit())
+        if minimum is None or not found or found >= minimum:
+            return None
+        key = self.target_key()
+        if key not in _too_old_results:
+            # sys.version in full, as module_utils quotes it: one more command, on such hosts only.
+            python = shlex.quote(str(info.get('python')))
+            rc, out, _ = split_output(*self._exec_shell(
+                f'{python} -c "import sys; print(\'\'.join(sys.version.splitlines()))"', None, False, False, None))
+            version = out.decode('utf-8', 'replace').strip() if rc == 0 and out.strip() else info['version']
+            message = (f"Ansible requires Python {'.'.join(map(str, minimum))} or newer on the target. "
+                       f"Current version: {version}")
+            _too_old_results[key] = json.dumps({'failed': True, 'msg': message}).encode()
+        return _too_old_results[key]
+
     def detached(self, op: str, args: dict, body: bytes = b'') -> None:
         """Send a call that the mux acknowledges at once (docs/protocol.md, "Detached calls")."""
         self._run(op, lambda client, target, account: client.call(target, op, args, body, None, account,
@@ -395,12 +435,40 @@ class Connection(ConnectionBase):
                 raise AnsibleFileNotFound(str(exc)) from exc
             if exc.kind == frames.OTHER_INTERPRETER:
                 raise OtherInterpreter(str(exc)) from exc
+            if exc.kind == frames.BECOME_FAILED:
+                raise BecomeFailed(f'{op} on {target.get("name")}: {exc}',
+                                   not any(words in str(exc) for words in BECOME_TIMEOUTS)) from exc
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
         except transfer.StreamError as exc:
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
         """Run a command, or a pipelined module, on the target."""
+        try:
+            return self.exec_through_mux(cmd, in_data, sudoable)
+        except BecomeFailed as failure:
+            return self.exec_after_become_failure(cmd, in_data, sudoable, failure)
+
+    def exec_after_become_failure(self, cmd: str, in_data: bytes | None, sudoable: bool,
+                                  failure: BecomeFailed) -> tuple[int, bytes, bytes]:
+        """The become tool refused the account: the command runs once more through Ansible's own
+        plugin for this transport, so the task fails as it fails without ferrogen (the same
+        keys and message, whatever the ansible-core: "Incorrect sudo password", or the tool's
+        whole output in module_stderr). Nothing ran as the account, so nothing runs twice."""
+        channel = self.vanilla_channel() if failure.tool_answered else None
+        if channel is None:
+            raise failure
+        display.vvv(f'ferrogen: {failure}: asking the become tool again as vanilla Ansible does', host=self._host())
+        cmd = type(self.become).build_become_command(self.become, cmd, self._shell)
+        return channel.exec_command(cmd, in_data=module_cache.expand(in_data) if in_data else in_data,
+                                    sudoable=sudoable)
+
+    def vanilla_channel(self):
+        """Ansible's own connection plugin for this transport, set up as this connection is
+        (options, shell, become); None where there is none to ask."""
+        return None
+
+    def exec_through_mux(self, cmd: str, in_data: bytes | None, sudoable: bool) -> tuple[int, bytes, bytes]:
         super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
         as_become = sudoable and self._become_requested
         self._become_requested = False
@@ -421,6 +489,9 @@ class Connection(ConnectionBase):
                 display.vvv(f'ferrogen: {payload.args["module_fqn"]} already ran with the call before it',
                             host=self._host())
                 return ready
+            too_old = self.python_too_old_for_modules()
+            if too_old is not None:
+                return 1, too_old, b''
             display.vvv(f'ferrogen: run {payload.args["module_fqn"]} in the persistent interpreter', host=self._host())
             while_waiting, self.while_next_module_runs = self.while_next_module_runs, None
             try:
@@ -674,15 +745,10 @@ class SshConnection(Connection):
         if self._shell_channel is not None:
             return
         display.vvv(f'ferrogen: running this task over plain ssh: {exc}', host=self._host())
-        from ansible.plugins.loader import connection_loader
+        self._shell_channel = self.vanilla_channel()
 
-        # The loader's own method: the strategy redirects `ssh` to us on the loader instance.
-        channel, _ = type(connection_loader).get_with_context(connection_loader, 'ansible.builtin.ssh',
-                                                              self._play_context, shell=self._shell)
-        channel.set_options(direct={name: value for name, value in self.get_options().items()
-                                    if name in channel.option_definitions})
-        channel.set_become_plugin(self.become)
-        self._shell_channel = channel
+    def vanilla_channel(self):
+        return builtin_plugin(self, 'ansible.builtin.ssh')
 
     def reset(self) -> None:
         """Also end the plain ssh's own master connection, as vanilla's reset does."""
@@ -745,6 +811,21 @@ class SshConnection(Connection):
         }
 
 
+def builtin_plugin(connection: Connection, name: str):
+    """Ansible's own connection plugin `name`, set up as `connection` is (options, shell, become)."""
+    from ansible.plugins.loader import connection_loader
+
+    # The loader's own method: the strategy redirects the builtin names to us on the loader instance.
+    channel, _ = type(connection_loader).get_with_context(connection_loader, name, connection._play_context,
+                                                          shell=connection._shell)
+    channel.set_options(direct={option: value for option, value in connection.get_options().items()
+                                if option in channel.option_definitions})
+    channel.set_become_plugin(connection.become)
+    # The local plugin starts its commands in the directory the action chose.
+    channel.cwd = getattr(connection, 'cwd', None)
+    return channel
+
+
 class LocalConnection(Connection):
     """Connection to a persistent interpreter on the controller itself."""
 
@@ -755,6 +836,9 @@ class LocalConnection(Connection):
     def fetched_file_mode(self, remote_mode: int | None) -> int:
         """As shutil.copyfile (the vanilla local plugin) creates it."""
         return 0o666
+
+    def vanilla_channel(self):
+        return builtin_plugin(self, 'ansible.builtin.local')
 
     def build_target_spec(self) -> dict:
         return {

@@ -13,6 +13,7 @@ PROTOCOL_VERSION = 1
 MAX_HEADER = 16 * 1024 * 1024
 MAX_BODY = 256 * 1024 * 1024
 # Error kinds of failed calls the worker acts on.
+BECOME_FAILED = 'become_failed'
 CONNECTION_LOST = 'connection_lost'
 MISSING_BLOB = 'missing_blob'
 NO_INTERPRETER = 'no_interpreter'

@@ -22,6 +22,17 @@ import helpers
 
 HERE = Path(__file__).resolve().parent
 
+
+def read_volatile_text(path: Path) -> list[tuple[re.Pattern, str]]:
+    """The (pattern, replacement) table of a file of `pattern<TAB>replacement` lines."""
+    table = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            pattern, _, replacement = line.partition("\t")
+            table.append((re.compile(pattern), replacement))
+    return table
+
+
 # Result keys whose values differ between any two runs of the same playbook.
 VOLATILE_KEYS = frozenset(
     {
@@ -54,22 +65,7 @@ VOLATILE_BY_ACTION = {
 # Actions whose facts are compared by name only (uptime, memory, dates change between runs).
 FACT_NAMES_ONLY = frozenset({"setup", "gather_facts", "mount_facts"})
 # Texts that differ between runs, and what they become.
-VOLATILE_TEXT = [
-    (re.compile(r"ansible-tmp-[0-9.]+-[0-9]+-[0-9]+"), "ansible-tmp-<id>"),
-    (re.compile(r"<workdir>/(vanilla|ferrogen)/run-[a-z0-9_]+"), "<rundir>"),
-    (re.compile(r"ansible-local-[0-9]+[a-z0-9_]+/tmp[a-z0-9_]{8}"), "ansible-local-<id>/tmp<random>"),
-    (re.compile(r"ansible-local-[0-9]+[a-z0-9_]+"), "ansible-local-<id>"),
-    (re.compile(r"\bj\d{6,}\.\d+\b"), "j<job id>"),
-    (re.compile(r"/tmp/ansible\.[A-Za-z0-9_]{8}"), "/tmp/ansible.<random>"),
-    (re.compile(r"ansible_[a-z_]+_payload_[A-Za-z0-9_]+"), "ansible_<module>_payload_<random>"),
-    (re.compile(r"ansible-moduletmp-[0-9.]+-[A-Za-z0-9_]+"), "ansible-moduletmp-<random>"),
-    (re.compile(r"\d{4}-\d\d-\d\d[ T@]\d\d:\d\d:\d\d(\.\d+)?"), "<timestamp>"),
-    # What vanilla's ssh prints while it sets a connection up, depending on which worker's ssh
-    # got there first; ferrogen's one persistent connection is up before any task's command.
-    (re.compile(r"Warning: Permanently added [^\r\n]* to the list of known hosts\.\r?\n"), ""),
-    (re.compile(r"ControlSocket [^\r\n]* already exists, disabling multiplexing\r?\n"), ""),
-    (re.compile(r"\b\d+\.\d+\.\d{4}-\d\d-\d\d@\d\d:\d\d:\d\d~"), "<backup>~"),
-]
+VOLATILE_TEXT = read_volatile_text(HERE / "volatile_text.tsv")
 
 
 def normalise_text(text: str, replacements: dict[str, str]) -> str:
@@ -124,8 +120,10 @@ def read_records(path: Path, replacements: dict[str, str]) -> dict[tuple, dict]:
     return records
 
 
-def run(playbook: Path, workdir: Path, *, ferrogen: bool, inventory: Path, extra_vars: dict[str, str]):
-    """One run of `playbook` (copied into workdir, a 0700 directory, with what it includes)."""
+def run(playbook: Path, workdir: Path, *, ferrogen: bool, inventory: Path, extra_vars: dict[str, str],
+        env: dict[str, str] | None = None):
+    """One run of `playbook` (copied into workdir, a 0700 directory, with what it includes);
+    env is added to the run's environment."""
     name = "ferrogen" if ferrogen else "vanilla"
     results = workdir / f"{name}.jsonl"
     results.unlink(missing_ok=True)
@@ -141,6 +139,7 @@ def run(playbook: Path, workdir: Path, *, ferrogen: bool, inventory: Path, extra
             "ANSIBLE_CALLBACKS_ENABLED": "result_dump,differential",
             "FERROGEN_DIFFERENTIAL_RESULTS": str(results),
             "ANSIBLE_DEPRECATION_WARNINGS": "True",
+            **(env or {}),
         },
         extra_args=args,
         timeout=900,
@@ -175,9 +174,13 @@ def differences(vanilla: dict[tuple, dict], ferrogen: dict[tuple, dict]) -> list
     return found
 
 
-def compare(playbook: Path, workdir: Path, inventory: Path, extra_vars: dict[str, str], prepare=None):
+def compare(playbook: Path, workdir: Path, inventory: Path, extra_vars: dict[str, str], prepare=None, *,
+            env: dict[str, str] | None = None, ferrogen_env: dict[str, str] | None = None,
+            ferrogen_inventory: Path | None = None):
     """Run playbook under both and return (differences, vanilla run, ferrogen run).
-    prepare(), if given, runs before each of the two runs (to reset what the playbook touches)."""
+    prepare(), if given, runs before each of the two runs (to reset what the playbook touches).
+    env is added to both runs' environment, ferrogen_env to ferrogen's; ferrogen_inventory, if
+    given, is ferrogen's (the same host names, other connection names: connection-only mode)."""
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     local_copy = workdir / "playbook"
     shutil.rmtree(local_copy, ignore_errors=True)
@@ -188,8 +191,9 @@ def compare(playbook: Path, workdir: Path, inventory: Path, extra_vars: dict[str
     for ferrogen in (False, True):
         if prepare is not None:
             prepare()
-        outcome, results = run(local_playbook, workdir, ferrogen=ferrogen, inventory=inventory,
-                               extra_vars=extra_vars)
+        outcome, results = run(local_playbook, workdir, ferrogen=ferrogen,
+                               inventory=(ferrogen_inventory or inventory) if ferrogen else inventory,
+                               extra_vars=extra_vars, env={**(env or {}), **((ferrogen_env or {}) if ferrogen else {})})
         runs[ferrogen] = (outcome, read_records(results, replacements))
     return differences(runs[False][1], runs[True][1]), runs[False][0], runs[True][0]
 
