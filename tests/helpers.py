@@ -116,12 +116,14 @@ def run_playbook(
     limit: str | None = None,
     timeout: float = 300,
     ansible_version: str | None = None,
+    command_prefix: tuple[str, ...] | list[str] = (),
 ) -> PlaybookRun:
     """Run one playbook and return (returncode, results, stdout, stderr).
 
     results: one dict per task result per host, as written by tests/callback_plugins/result_dump.py
     (keys: status, host, task, action, changed, failed, unreachable, skipped, rc, stdout, stderr,
     msg, result). ansible_version: run that version's ansible-playbook (ansible_playbook_bin).
+    command_prefix: a command that runs ansible-playbook (the rest of the line) for us.
     """
     if BASELINE["on"]:
         ferrogen = False
@@ -138,6 +140,7 @@ def run_playbook(
         playbook = PLAYBOOKS / playbook
     run_id = uuid.uuid4().hex[:12]  # playbooks use it to keep their scratch paths apart
     cmd = [
+        *command_prefix,
         str(ansible_playbook_bin(ansible_version)),
         "-i",
         str(inventory or INVENTORY),
