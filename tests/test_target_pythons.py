@@ -77,6 +77,6 @@ def test_a_python_older_than_ansible_core_supports_is_named_not_a_traceback(run_
         module = run.task(host, "a module")
         assert module["failed"] and re.match(pattern, module["msg"]), describe(run)
         items = run.task(host, "a loop")["result"]["results"]
-        assert len(items) == 3 and all(item["failed"] and re.match(pattern, item["msg"]) for item in items), items
+        assert len(items) == 3 and all(re.match(pattern, item["msg"]) for item in items), items
         assert "Traceback" not in json.dumps(run.for_host(host)), describe(run)
         assert run.task(host, "raw")["stdout"].strip() == "raw works"
