@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import signal
 import tempfile
 import time
@@ -190,3 +191,22 @@ def test_a_mux_that_dies_at_start_is_reported_with_its_status(run_playbook, tmp_
                        extra_env=env, timeout=120)  # fmt: skip
     assert run.returncode != 0, describe(run)
     assert f"ferrogen-mux at {fake} exited with status 3 before it was ready" in run.output, describe(run)
+
+
+def test_workers_take_the_plugins_options_from_the_builtin_ones(run_playbook, tmp_path):
+    """ansible-playbook parses the built-in connection plugins' documentation before it forks
+    workers; a worker that loads ferrogen.mux.ssh or ferrogen.mux.local registers their options
+    from the built-in plugin's instead of parsing the collection plugin's documentation and
+    fragment again, which cost tens of milliseconds of every task. Ansible's debug output names
+    each plugin whose documentation it parses."""
+    inventory_path = write_inventory(tmp_path / "inventory.ini", [
+        ssh_host_line("h1"),
+        f"l1 ansible_connection=ferrogen.mux.local ansible_python_interpreter={sys.executable}",
+    ])  # fmt: skip
+    env = connection_only_env(tmp_path, "linear") | {"ANSIBLE_DEBUG": "True"}
+    run = run_playbook("ping.yml", ferrogen=True, inventory=inventory_path, extra_env=env, timeout=180)
+    assert run.returncode == 0, describe(run)
+    for host in ("h1", "l1"):
+        assert run.task(host, "ping")["status"] == "ok", describe(run)
+    assert "Loaded config def from plugin (connection/ssh)" in run.output, describe(run)
+    assert "Loaded config def from plugin (connection/ansible_collections.ferrogen" not in run.output, describe(run)

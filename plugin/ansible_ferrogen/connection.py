@@ -112,14 +112,16 @@ def options_fragment(vanilla: str, extra_options: dict | None = None) -> str:
     return yaml.dump({'options': options}, Dumper=YAML_DUMPER, sort_keys=False)
 
 
-def reuse_builtin_options(name: str, builtin: str, extra_options: dict | None = None) -> None:
-    """Register the options of collection plugin `name` as the built-in plugin's plus ours,
-    where Ansible has parsed the built-in's already: ansible-playbook loads every built-in
-    connection plugin before it forks workers, so a worker that loads ours is spared parsing
-    its documentation and fragment (tens of milliseconds a task). Elsewhere (ansible-doc, an
-    ad-hoc run) Ansible parses them as usual; the options are the same."""
+def reuse_builtin_options(module_name: str, builtin: str, extra_options: dict | None = None) -> None:
+    """Register the options of the collection plugin in module `module_name` as the built-in
+    plugin's plus ours, where Ansible has parsed the built-in's already: ansible-playbook loads
+    every built-in connection plugin before it forks workers, so a worker that loads ours is
+    spared parsing its documentation and fragment (tens of milliseconds a task). The plugin
+    loader registers and looks up a collection plugin's options under its Python module name
+    (`ansible_collections.ferrogen.mux.plugins.connection.ssh`), not its FQCN. Elsewhere
+    (ansible-doc, an ad-hoc run) Ansible parses them as usual; the options are the same."""
     config = C.config
-    if config.has_configuration_definition('connection', name):
+    if config.has_configuration_definition('connection', module_name):
         return
     if not config.has_configuration_definition('connection', builtin):
         return
@@ -127,7 +129,7 @@ def reuse_builtin_options(name: str, builtin: str, extra_options: dict | None = 
     options.setdefault('python_interpreter', PYTHON_INTERPRETER_OPTION)
     options.setdefault('inventory_name', INVENTORY_NAME_OPTION)
     options.update(extra_options or {})
-    config.initialize_plugin_configuration_definitions('connection', name, options)
+    config.initialize_plugin_configuration_definitions('connection', module_name, options)
 
 
 def inside(path: str, directory: str) -> bool:

@@ -28,7 +28,7 @@ from ansible_ferrogen import connection_only  # noqa: E402
 from ansible_ferrogen.connection import LocalConnection, reuse_builtin_options  # noqa: E402
 
 connection_only.install()
-reuse_builtin_options('ferrogen.mux.local', 'local')
+reuse_builtin_options(__name__, 'local')
 
 
 class Connection(LocalConnection):

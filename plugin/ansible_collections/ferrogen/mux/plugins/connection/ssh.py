@@ -28,7 +28,7 @@ from ansible_ferrogen import connection_only  # noqa: E402
 from ansible_ferrogen.connection import SSH_EXTRA_OPTIONS, SshConnection, reuse_builtin_options  # noqa: E402
 
 connection_only.install()
-reuse_builtin_options('ferrogen.mux.ssh', 'ssh', SSH_EXTRA_OPTIONS)
+reuse_builtin_options(__name__, 'ssh', SSH_EXTRA_OPTIONS)
 
 
 class Connection(SshConnection):
