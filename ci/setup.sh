@@ -7,7 +7,8 @@
 #   .venv         -> pinned ansible-core, pytest, ruff from ci/requirements.txt
 #   plugin/       -> compiled to bytecode, as pip would compile an installed package
 #   sshd          -> a private sshd on 127.0.0.1:2222 (.state/sshd/), key login for root and ferrotest
-#   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests
+#   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests;
+#                    ferropw logs in by password only
 #   inventory     -> .state/inventory.ini
 #
 # Knobs (environment):
@@ -176,12 +177,14 @@ ensure_user ferrosu
 ensure_user ferronopw
 ensure_user ferrotty   # passwordless sudo, but sudoers requiretty
 ensure_user ferrologin # logs in only in the one-connection test, so its sshd logins can be counted
+ensure_user ferropw    # has no key: logs in with its password only (tests/test_ssh_login.py)
 # Thirty accounts for the become-churn test (more accounts than MITOGEN_MAX_INTERPRETERS).
 for n in $(seq -w 1 30); do ensure_user "ferrob$n"; done
 chpasswd <<'EOF'
 ferrotest:testpass
 ferrosudo:sudopass
 ferrosu:supass
+ferropw:ferropw-secret-31
 EOF
 usermod -p '*' ferronopw   # no password login, but not a locked account
 usermod -p '*' ferrotty
@@ -274,6 +277,10 @@ AcceptEnv LANG LC_*
 X11Forwarding no
 PrintMotd no
 Subsystem sftp $SFTP_SERVER
+# Password logins (both ssh methods) for the one account that has no key.
+Match User ferropw
+    PasswordAuthentication yes
+    KbdInteractiveAuthentication yes
 EOF
 /usr/sbin/sshd -t -f "$SSHD_DIR/sshd_config.new" || die "sshd config test failed ($SSHD_DIR/sshd_config.new)"
 

@@ -59,6 +59,13 @@ LOG_LEVEL = globals().get('LOG_LEVEL') or 'info'
 LOGIN_SERVICE = globals().get('LOGIN_SERVICE')
 INHERITED_ENV_FILES = globals().get('INHERITED_ENV_FILES') or []
 
+# The name this interpreter shows in ps after `mitogen:`, set by the stub: the controller's
+# user@host:pid, or `ansible` where mitogen_mask_remote_name hides it. Become children get it
+# too and add their account.
+REMOTE_NAME = globals().get('REMOTE_NAME')
+# Characters a REMOTE_NAME may have: the mux keeps to these, so it needs no quoting in a stub.
+REMOTE_NAME_CHARS = re.compile(r'[A-Za-z0-9._@:+-]+')
+
 # -- Names and limits shared with the mux (docs/protocol.md) ---------------------------------
 # worker-ipc's tests/python_names.rs reads this block and fails when it differs from the Rust
 # side (ErrorKind, the limits in worker-ipc/src/lib.rs); ops are this file's `op_<name>` methods.
@@ -217,6 +224,54 @@ def early_input():
 def debug_settings():
     """This agent's debug settings as stub statements, for the become children it starts."""
     return ('ROUTER_DEBUG=1;' if ROUTER_DEBUG else '') + ('LOG_LEVEL="debug";' if LOG_LEVEL == 'debug' else '')
+
+
+def remote_name_setting():
+    """This agent's REMOTE_NAME as a stub statement, for the become children it starts."""
+    return 'REMOTE_NAME="%s";' % REMOTE_NAME if REMOTE_NAME and REMOTE_NAME_CHARS.fullmatch(REMOTE_NAME) else ''
+
+
+def process_title():
+    """What ps shows for this interpreter after its program, as Mitogen names its processes:
+    `mitogen:user@controller:pid`, with a become child's account after it (`sudo:postgres`);
+    None where the mux sent no name."""
+    if not REMOTE_NAME:
+        return None
+    title = 'mitogen:' + REMOTE_NAME
+    if LOGIN_SERVICE:
+        try:
+            account = pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            account = str(os.getuid())
+        title += ' %s:%s' % (LOGIN_SERVICE, account)
+    return title
+
+
+def show_process_title(title):
+    """Write title over this process's arguments after argv[0], where ps reads them
+    (/proc/PID/cmdline shows the memory the kernel laid them out in): the bootstrap stub that
+    was there says nothing to a person. argv[0] stays, so the program is still named. Python
+    keeps its own copy of the arguments, so nothing in the interpreter changes; where /proc
+    is missing or refuses, the process keeps the stub as its arguments."""
+    if not title:
+        return
+    try:
+        with open('/proc/self/stat', 'rb') as handle:
+            fields = handle.read().rsplit(b')', 1)[1].split()
+        # proc(5): arg_start and arg_end are fields 48 and 49; the split starts at field 3.
+        arg_start, arg_end = int(fields[45]), int(fields[46])
+        with open('/proc/self/cmdline', 'rb') as handle:
+            program = handle.read().split(b'\0', 1)[0]
+        start = arg_start + len(program) + 1
+        room = arg_end - start
+        if room < 2:
+            return
+        data = title.encode('utf-8', 'replace')[:room - 1]
+        with open('/proc/self/mem', 'r+b', buffering=0) as mem:
+            mem.seek(start)
+            mem.write(data + b'\0' * (room - len(data)))
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 def temp_dir_settings():
@@ -884,9 +939,9 @@ class BecomeChild:
         self.held = []
         # The stub says when authentication is over, so that nothing but the password is on
         # the child's stdin while the tool might read it (PAM's su reads stdin, not /dev/tty).
-        stub = ('import os,sys,zlib;os.write(1,%r);%s%sLOGIN_SERVICE=%r;INHERITED_ENV_FILES=%r;'
+        stub = ('import os,sys,zlib;os.write(1,%r);%s%s%sLOGIN_SERVICE=%r;INHERITED_ENV_FILES=%r;'
                 'SOURCE=sys.stdin.buffer.read(%d);exec(zlib.decompress(SOURCE))'
-                % (GO_MARKER, debug_settings(), temp_dir_settings(), spec.get('method') or 'sudo',
+                % (GO_MARKER, debug_settings(), temp_dir_settings(), remote_name_setting(), spec.get('method') or 'sudo',
                    list(env_files), len(source)))
         argv = become_argv(spec, become_python(spec), stub)
         if self.use_tty:
@@ -2504,6 +2559,7 @@ def run_module_in_child(zip_path, args, compiled, digests):
 
 
 def main():
+    show_process_title(process_title())
     try:
         agent = Agent()
     except Exception as exc:

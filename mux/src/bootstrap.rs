@@ -8,9 +8,10 @@
 //!
 //! Debug settings reach the agent the same way as its source, as globals the stub sets before
 //! `SOURCE` ([`AgentOptions`]); with none set the stub is exactly the line above. So does
-//! `COMPRESS_LINK=1`, when the link is one [`compresses_link`] deflates.
+//! `COMPRESS_LINK=1`, when the link is one [`compresses_link`] deflates, and
+//! `REMOTE_NAME="..."`, the name the agent gives itself in `ps` ([`remote_name`]).
 
-use std::{io::Write, path::Path, sync::Arc};
+use std::{io::Write, path::Path, sync::Arc, sync::OnceLock};
 
 use worker_ipc::{TargetSpec, Transport};
 
@@ -92,6 +93,43 @@ pub struct Bootstrap {
     compressed: Arc<Vec<u8>>,
     /// Debug settings passed to every agent through the stub.
     options: AgentOptions,
+    /// The name the agent shows in `ps` after `mitogen:` ([`remote_name`]); `None` leaves the
+    /// stub without it.
+    remote_name: Option<Arc<str>>,
+}
+
+/// What a masked name shows instead of the controller's identity (`mitogen_mask_remote_name`),
+/// as Mitogen's.
+pub const MASKED_REMOTE_NAME: &str = "ansible";
+
+/// The controller's identity as the target's processes show it (`mitogen:USER@HOST:PID`, the
+/// mux's user, host name and pid), or [`MASKED_REMOTE_NAME`]. Only characters that need no
+/// quoting in the stub are kept; others become `_`.
+pub fn remote_name(masked: bool) -> &'static str {
+    static IDENTITY: OnceLock<String> = OnceLock::new();
+    if masked {
+        return MASKED_REMOTE_NAME;
+    }
+    IDENTITY.get_or_init(|| {
+        let uid = nix::unistd::getuid();
+        let user = nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .map_or_else(|| uid.to_string(), |user| user.name);
+        let host = nix::unistd::gethostname()
+            .map(|host| host.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{user}@{host}:{}", std::process::id())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-@:+".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    })
 }
 
 impl Bootstrap {
@@ -116,6 +154,15 @@ impl Bootstrap {
         Bootstrap {
             compressed: Arc::new(compressed),
             options: AgentOptions::default(),
+            remote_name: None,
+        }
+    }
+
+    /// The same agent, named in `ps` as `spec` asks ([`remote_name`]).
+    pub fn named_for(&self, spec: &TargetSpec) -> Bootstrap {
+        Bootstrap {
+            remote_name: Some(Arc::from(remote_name(spec.mask_remote_name))),
+            ..self.clone()
         }
     }
 
@@ -140,8 +187,13 @@ impl Bootstrap {
             let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
             format!("TEMP_DIRS=\"{hex}\";")
         };
+        let remote_name = self
+            .remote_name
+            .as_ref()
+            .map(|name| format!("REMOTE_NAME=\"{name}\";"))
+            .unwrap_or_default();
         format!(
-            "import sys,zlib;{};{}{}{temp_dirs}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
+            "import sys,zlib;{};{}{remote_name}{}{temp_dirs}SOURCE=sys.stdin.buffer.read({});exec(zlib.decompress(SOURCE))",
             python_guard(),
             self.options.globals(),
             if compress_link {
@@ -314,6 +366,24 @@ mod tests {
             spec.ssh_args = not_asked.iter().map(|a| a.to_string()).collect();
             assert!(compresses_link(&spec), "{not_asked:?}");
         }
+    }
+
+    #[test]
+    fn the_stub_names_the_controller_or_masks_it() {
+        let boot = Bootstrap::from_source(b"x");
+        let mut spec = TargetSpec::local();
+        assert!(!boot
+            .remote_command(None, &[], false)
+            .contains("REMOTE_NAME"));
+        let named = boot.named_for(&spec).remote_command(None, &[], false);
+        let expect = format!("REMOTE_NAME=\"{}\";", remote_name(false));
+        assert!(named.contains(&expect), "{named}");
+        assert!(remote_name(false).ends_with(&format!(":{}", std::process::id())));
+        assert!(remote_name(false).contains('@'));
+        spec.mask_remote_name = true;
+        let masked = boot.named_for(&spec).remote_command(None, &[], false);
+        assert!(masked.contains("REMOTE_NAME=\"ansible\";"), "{masked}");
+        assert!(!masked.contains(remote_name(false)));
     }
 
     #[test]

@@ -299,7 +299,8 @@ impl Target {
                 self.forward(call, ctx);
             }
         }
-        ctx.run_interval(heartbeat::interval(), |act, ctx| act.heartbeat(ctx));
+        let keepalive = heartbeat::Keepalive::of(&self.spec);
+        ctx.run_interval(keepalive.interval, |act, ctx| act.heartbeat(ctx));
     }
 
     /// Sends the next heartbeat, or declares the agent dead if it has been silent too long.
@@ -308,14 +309,15 @@ impl Target {
             return;
         }
         let silent = self.last_heard.elapsed();
-        if silent >= heartbeat::deadline() {
+        let keepalive = heartbeat::Keepalive::of(&self.spec);
+        if silent >= keepalive.deadline() {
             self.link.kill();
             let reason = format!(
                 "the agent on {} answered nothing for {:.1}s ({} heartbeats of {:.1}s missed)",
                 self.name,
                 silent.as_secs_f64(),
-                heartbeat::count(),
-                heartbeat::interval().as_secs_f64()
+                keepalive.count,
+                keepalive.interval.as_secs_f64()
             );
             warn!(target = %self.name, "{reason}");
             self.begin_dying(reason, ctx);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -63,8 +64,52 @@ SSH_COMPRESSION_OPTION = {
     'vars': [{'name': 'mitogen_ssh_compression'}],
 }
 
+# Mitogen's other per-host ssh variables (the spec's "SSH" connection type).
+SSH_DEBUG_LEVEL_OPTION = {
+    'description': [
+        "ssh's own debug level, 0 to 3 (that many C(-v)); its debug lines are shown at -vvv.",
+        'The larger of this and O(verbosity) applies.',
+    ],
+    'type': 'int',
+    'vars': [{'name': 'mitogen_ssh_debug_level'}],
+}
+SSH_KEEPALIVE_INTERVAL_OPTION = {
+    'description': [
+        'Seconds between keepalives: the mux heartbeats the agent, and ssh is given C(ServerAliveInterval).',
+        'Unset: 30, or the FERROGEN_KEEPALIVE_INTERVAL the run was started with.',
+    ],
+    'type': 'float',
+    'vars': [{'name': 'mitogen_ssh_keepalive_interval'}],
+}
+SSH_KEEPALIVE_COUNT_OPTION = {
+    'description': [
+        'Keepalives missed before the host is UNREACHABLE (and C(ServerAliveCountMax)).',
+        'Unset: 10, or the FERROGEN_KEEPALIVE_COUNT the run was started with.',
+    ],
+    'type': 'int',
+    'vars': [{'name': 'mitogen_ssh_keepalive_count'}],
+}
+MASK_REMOTE_NAME_OPTION = {
+    'description': [
+        "Name the host's interpreters C(mitogen:ansible) in ps rather than after the controller"
+        " (C(mitogen:user@controller:pid)).",
+    ],
+    'type': 'boolean',
+    'default': False,
+    'vars': [{'name': 'mitogen_mask_remote_name'}],
+}
+
 # The options ferrogen's ssh plugins have beyond ansible.builtin.ssh's.
-SSH_EXTRA_OPTIONS = {'ssh_compression': SSH_COMPRESSION_OPTION}
+SSH_EXTRA_OPTIONS = {
+    'ssh_compression': SSH_COMPRESSION_OPTION,
+    'ssh_debug_level': SSH_DEBUG_LEVEL_OPTION,
+    'keepalive_interval': SSH_KEEPALIVE_INTERVAL_OPTION,
+    'keepalive_count': SSH_KEEPALIVE_COUNT_OPTION,
+    'mask_remote_name': MASK_REMOTE_NAME_OPTION,
+}
+
+# The most -v ssh takes.
+SSH_MAX_DEBUG_LEVEL = 3
 
 
 # An interpreter setting that names a program rather than a command line.
@@ -355,8 +400,12 @@ class Connection(ConnectionBase):
         return True
 
     def target_key(self) -> str:
-        """The target spec without its name: calls with equal keys share a connection."""
-        return json.dumps(dict(self.target_spec(), name=None), sort_keys=True)
+        """The target spec without its name (and its password only as a digest): calls with
+        equal keys share a connection."""
+        spec = dict(self.target_spec(), name=None)
+        if spec.get('password') is not None:
+            spec['password'] = hashlib.sha256(spec['password'].encode('utf-8', 'surrogateescape')).hexdigest()
+        return json.dumps(spec, sort_keys=True)
 
     def connect_ahead(self) -> None:
         """Have the mux bring this host's connection up while the task prepares its first
@@ -810,7 +859,36 @@ class SshConnection(Connection):
             'python': self.python_interpreter(),
             'temp_dirs': self.temp_dirs(),
             'name': self.inventory_name() or self._play_context.remote_addr,
+            **self.login_settings(),
         }
+
+    def optional(self, option: str):
+        """An option this ansible-core may not have (the ssh plugin's `verbosity` came in
+        2.19); None where it lacks it."""
+        try:
+            return self.get_option(option)
+        except (KeyError, AnsibleError):
+            return None
+
+    def login_settings(self) -> dict:
+        """The TargetSpec's password, ssh debug level, keepalive and process name fields; each
+        left out where unset, as the mux's defaults then apply."""
+        settings = {}
+        password = self.optional('password') or self._play_context.password
+        if password:
+            settings['password'] = str(password)
+        level = max(int(self.optional('ssh_debug_level') or 0), int(self.optional('verbosity') or 0))
+        if level > 0:
+            settings['ssh_debug_level'] = min(level, SSH_MAX_DEBUG_LEVEL)
+        interval = self.optional('keepalive_interval')
+        if interval is not None:
+            settings['keepalive_interval'] = float(interval)
+        count = self.optional('keepalive_count')
+        if count is not None:
+            settings['keepalive_count'] = int(count)
+        if self.optional('mask_remote_name'):
+            settings['mask_remote_name'] = True
+        return settings
 
 
 def builtin_plugin(connection: Connection, name: str):

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::Secret;
+
 /// How the mux reaches a target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -56,6 +58,33 @@ pub struct TargetSpec {
     /// Inventory name, for logs only: not part of the key.
     #[serde(default)]
     pub name: Option<String>,
+    // ssh, complete (issue 17) and per-host keepalive (issue 20). Each is left out when unset,
+    // so a spec without them encodes as it always did.
+    /// The login password (`ansible_password`), typed by the mux at ssh's prompts on a
+    /// terminal of its own (`transport::ssh_prompts`); redacted in `Debug` and when encoded,
+    /// and in the key only as a keyed digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// How many `-v` ssh gets (`mitogen_ssh_debug_level`, the ssh plugin's `verbosity`; 0-3):
+    /// its debug lines go to the mux's log, shown at -vvv.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ssh_debug_level: u8,
+    /// Seconds between keepalives (`mitogen_ssh_keepalive_interval`): the mux's heartbeat
+    /// to the agent and ssh's `ServerAliveInterval`; `None` = the mux's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval: Option<f64>,
+    /// Keepalives missed before the target is dead (`mitogen_ssh_keepalive_count`): the
+    /// heartbeat's and ssh's `ServerAliveCountMax`; `None` = the mux's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_count: Option<u32>,
+    /// `mitogen_mask_remote_name`: the target's processes are named without the controller's
+    /// user, host and pid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mask_remote_name: bool,
+}
+
+fn is_zero(level: &u8) -> bool {
+    *level == 0
 }
 
 fn default_ssh_executable() -> String {
@@ -86,6 +115,11 @@ impl TargetSpec {
             python: None,
             temp_dirs: Vec::new(),
             name: None,
+            password: None,
+            ssh_debug_level: 0,
+            keepalive_interval: None,
+            keepalive_count: None,
+            mask_remote_name: false,
         }
     }
 
@@ -104,6 +138,11 @@ impl TargetSpec {
             timeout_bits: self.timeout.to_bits(),
             python: self.python.clone(),
             temp_dirs: self.temp_dirs.clone(),
+            password_digest: self.password.as_ref().map(Secret::keyed_digest),
+            ssh_debug_level: self.ssh_debug_level,
+            keepalive_interval_bits: self.keepalive_interval.map(f64::to_bits),
+            keepalive_count: self.keepalive_count,
+            mask_remote_name: self.mask_remote_name,
         }
     }
 }
@@ -134,6 +173,17 @@ pub struct TargetKey {
     pub python: Option<String>,
     /// See [`TargetSpec::temp_dirs`].
     pub temp_dirs: Vec<String>,
+    /// [`Secret::keyed_digest`] of [`TargetSpec::password`]: specs with different passwords
+    /// get different connections, and the key holds no password.
+    pub password_digest: Option<String>,
+    /// See [`TargetSpec::ssh_debug_level`].
+    pub ssh_debug_level: u8,
+    /// `f64::to_bits` of [`TargetSpec::keepalive_interval`].
+    pub keepalive_interval_bits: Option<u64>,
+    /// See [`TargetSpec::keepalive_count`].
+    pub keepalive_count: Option<u32>,
+    /// See [`TargetSpec::mask_remote_name`].
+    pub mask_remote_name: bool,
 }
 
 /// A short human summary: `user@host:port`, `host`, or `local`.
@@ -187,6 +237,43 @@ mod tests {
         );
         assert_eq!(s.key().to_string(), "root@h:2222");
         assert_eq!(TargetSpec::local().key().to_string(), "local");
+    }
+
+    #[test]
+    fn passwords_are_keyed_by_digest_and_never_shown() {
+        let a = spec(json!({"transport": "ssh", "host": "h", "password": "hunter2"}));
+        let b = spec(json!({"transport": "ssh", "host": "h", "password": "other"}));
+        let c = spec(json!({"transport": "ssh", "host": "h", "password": "hunter2"}));
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key(), c.key());
+        for shown in [
+            format!("{a:?}"),
+            format!("{:?}", a.key()),
+            serde_json::to_string(&a).unwrap(),
+        ] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn ssh_settings_are_optional_and_part_of_the_key() {
+        let plain = spec(json!({"transport": "ssh", "host": "h"}));
+        assert_eq!(plain.keepalive_interval, None);
+        assert_eq!(plain.ssh_debug_level, 0);
+        assert!(!plain.mask_remote_name);
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap().get("password"),
+            None,
+            "unset fields are left out"
+        );
+        for changed in [
+            json!({"transport": "ssh", "host": "h", "ssh_debug_level": 2}),
+            json!({"transport": "ssh", "host": "h", "keepalive_interval": 2}),
+            json!({"transport": "ssh", "host": "h", "keepalive_count": 3}),
+            json!({"transport": "ssh", "host": "h", "mask_remote_name": true}),
+        ] {
+            assert_ne!(spec(changed).key(), plain.key());
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 mod local;
 mod ssh;
+pub mod ssh_prompts;
 
 use std::{
     fmt,
@@ -52,6 +53,12 @@ pub trait ConnectionKind: Send + Sync {
     /// Whether the process is a client of a remote end (ssh), so that its ending normally
     /// after `ready` means the far side went away rather than the interpreter itself exited.
     fn is_remote(&self) -> bool;
+
+    /// What the mux types at the process's prompts, for a kind that reads them from its
+    /// controlling terminal (ssh with a password); `None`: the process gets no terminal.
+    fn prompt_answers(&self, _spec: &TargetSpec) -> Option<ssh_prompts::PromptAnswers> {
+        None
+    }
 }
 
 /// The implementation for `transport`.
@@ -102,13 +109,18 @@ impl fmt::Display for TransportExit {
 pub struct StderrTail(Arc<Mutex<Vec<u8>>>);
 
 impl StderrTail {
-    /// The tail's lines, trimmed, without blank ones and without ssh's note about adding the
-    /// host key (noise next to the real error).
+    /// The tail's lines, trimmed, without blank ones, without ssh's note about adding the
+    /// host key and without its `-v` debug lines (noise next to the real error; the debug
+    /// lines are in the mux's log).
     pub fn lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock())
             .lines()
             .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
+            .filter(|l| {
+                !l.is_empty()
+                    && !l.starts_with("Warning: Permanently added")
+                    && !is_ssh_debug_line(l)
+            })
             .map(str::to_owned)
             .collect()
     }
@@ -121,6 +133,15 @@ impl StderrTail {
             tail.drain(..excess);
         }
     }
+}
+
+/// Whether `line` is one of ssh's `-v` lines (`debug1: ...`, `OpenSSH_9.2p1 ...`).
+fn is_ssh_debug_line(line: &str) -> bool {
+    let debug_level = line.strip_prefix("debug").and_then(|rest| {
+        rest.strip_suffix(':')
+            .or_else(|| rest.split_once(": ").map(|(n, _)| n))
+    });
+    matches!(debug_level, Some("1" | "2" | "3")) || line.starts_with("OpenSSH_")
 }
 
 /// The agent link's write side (a transport's stdin).
@@ -186,7 +207,9 @@ pub async fn start(
     name: &str,
     timeout: Duration,
 ) -> Result<Started, String> {
-    let argv = kind_of(spec.transport).command_line(
+    let kind = kind_of(spec.transport);
+    let bootstrap = bootstrap.named_for(spec);
+    let argv = kind.command_line(
         spec,
         bootstrap.remote_command(
             spec.python.as_deref(),
@@ -200,12 +223,27 @@ pub async fn start(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
-    // SAFETY: the closure only calls prctl(2), which is async-signal-safe, between
-    // fork and exec.
+    let answers = kind.prompt_answers(spec);
+    let terminal = match answers {
+        Some(_) => Some(
+            ssh_prompts::Terminal::open()
+                .map_err(|err| format!("cannot open a terminal for {}: {err}", kind.label()))?,
+        ),
+        None => None,
+    };
+    let slave = terminal.as_ref().map(ssh_prompts::Terminal::slave_fd);
+    if slave.is_none() {
+        cmd.process_group(0);
+    }
+    // SAFETY: the closure only calls prctl(2), setsid(2) and ioctl(2), which are
+    // async-signal-safe, between fork and exec. A new session is also a new process group
+    // (setsid fails in a group leader, hence no process_group then).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(slave) = slave {
+                ssh_prompts::make_controlling_terminal(slave)?;
+            }
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
                 .map_err(std::io::Error::from)
         });
@@ -220,6 +258,16 @@ pub async fn start(
     else {
         return Err("transport child has no stdio pipes".into());
     };
+    let (ended_tx, ended) = oneshot::channel();
+    if let (Some(terminal), Some(answers)) = (terminal, answers) {
+        tokio::spawn(ssh_prompts::answer_prompts(
+            terminal,
+            answers,
+            stderr_tail.clone(),
+            name.to_owned(),
+            ended,
+        ));
+    }
     let stderr_task = tokio::spawn(collect_stderr(stderr, stderr_tail, name.to_owned()));
     let (exit_tx, exit) = oneshot::channel();
     tokio::spawn(async move {
@@ -227,6 +275,7 @@ pub async fn start(
             Ok(status) => TransportExit::of(status),
             Err(err) => TransportExit::Unknown(err.to_string()),
         };
+        let _ = ended_tx.send(());
         let _ = tokio::time::timeout(STDERR_DRAIN, stderr_task).await;
         let _ = exit_tx.send(status);
     });
@@ -271,6 +320,17 @@ mod tests {
             "killed by signal 9"
         );
         assert_eq!(TransportExit::NotStarted.to_string(), "not started");
+    }
+
+    #[test]
+    fn the_stderr_tail_leaves_ssh_debug_lines_to_the_log() {
+        let tail = StderrTail::default();
+        tail.push(b"OpenSSH_9.2p1 Debian-2, OpenSSL 3.0\ndebug1: Reading configuration data\n");
+        tail.push(b"debug3: kex names ok\nferropw@h: Permission denied (password).\n");
+        assert_eq!(
+            tail.lines(),
+            vec!["ferropw@h: Permission denied (password).".to_owned()]
+        );
     }
 
     #[test]
