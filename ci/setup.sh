@@ -10,6 +10,7 @@
 #   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests;
 #                    ferropw logs in by password only
 #   inventory     -> .state/inventory.ini
+#   docker image  -> ferrogen-target:2 (ci/target-image.sh), where a Docker Engine runs
 #
 # Knobs (environment):
 #   FERROGEN_SETUP_SSHD=0   skip users, sshd and the ssh part of the inventory check (the demo uses this)
@@ -62,6 +63,14 @@ if [ "$SETUP_CARGO" = 1 ]; then
     fi
 else
     log "FERROGEN_SETUP_CARGO=0: skipping the Rust build"
+fi
+
+# ---------------------------------------------------------------- container image
+# The container tests' target image, built from this machine's files (ci/target-image.sh), once.
+if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+    bash "$REPO/ci/target-image.sh" docker
+else
+    log "no running Docker Engine: the docker container tests will be skipped"
 fi
 
 # ---------------------------------------------------------------- controller Pythons

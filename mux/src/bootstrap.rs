@@ -271,7 +271,7 @@ fn discovery(candidates: &str, stub: &str) -> String {
 }
 
 /// Quotes `s` for a POSIX shell with single quotes.
-fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 

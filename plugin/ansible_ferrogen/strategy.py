@@ -29,6 +29,27 @@ REDIRECTS = {
     'ansible.builtin.smart': 'mitogen_ssh',
     'local': 'mitogen_local',
     'ansible.builtin.local': 'mitogen_local',
+    # Containers, as Mitogen redirects them, by short name and by the name of the collection
+    # that ships Ansible's own plugin (which need not be installed).
+    'docker': 'mitogen_docker',
+    'community.docker.docker': 'mitogen_docker',
+    'podman': 'mitogen_podman',
+    'containers.podman.podman': 'mitogen_podman',
+    'buildah': 'mitogen_buildah',
+    'containers.podman.buildah': 'mitogen_buildah',
+    'lxc': 'mitogen_lxc',
+    'community.general.lxc': 'mitogen_lxc',
+    'lxd': 'mitogen_lxd',
+    'community.general.lxd': 'mitogen_lxd',
+    'incus': 'mitogen_incus',
+    'community.general.incus': 'mitogen_incus',
+    'kubectl': 'mitogen_kubectl',
+    'kubernetes.core.kubectl': 'mitogen_kubectl',
+    'community.kubernetes.kubectl': 'mitogen_kubectl',
+    'jail': 'mitogen_jail',
+    'community.general.jail': 'mitogen_jail',
+    'machinectl': 'mitogen_machinectl',
+    'setns': 'mitogen_setns',
 }
 
 _warned_version = False

@@ -49,7 +49,7 @@ pub use status::{
     Direction, InterpreterCall, InterpreterRow, InterpreterState, StatusRow, TargetCall, TargetRow,
     TargetState, TransferRow, TransferState,
 };
-pub use target::{TargetKey, TargetSpec, Transport};
+pub use target::{ContainerSpec, SetnsKind, TargetKey, TargetSpec, Transport};
 
 /// Version of the worker link spoken by this crate, checked in the `hello` handshake.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -15,6 +15,63 @@ pub enum Transport {
     Ssh,
     /// `/bin/sh -c REMOTE_CMD` on the controller.
     Local,
+    /// `docker [extra args] exec --interactive [--user=U] CONTAINER REMOTE`.
+    Docker,
+    /// `podman [extra args] exec [--user=U] --interactive -- CONTAINER REMOTE`.
+    Podman,
+    /// `buildah run [--user=U] -- CONTAINER REMOTE`.
+    Buildah,
+    /// LXC classic: `lxc-attach --clear-env --name CONTAINER -- REMOTE`.
+    Lxc,
+    /// LXD: `lxc exec --mode=noninteractive CONTAINER -- REMOTE`.
+    Lxd,
+    /// Incus: `incus exec --mode=non-interactive CONTAINER -- REMOTE`.
+    Incus,
+    /// `kubectl [options] exec -i POD [-c CONTAINER] -- REMOTE`.
+    Kubectl,
+    /// FreeBSD jail: `jexec [-U USER] JAIL REMOTE`.
+    Jail,
+    /// A systemd-nspawn machine, entered as `setns` enters it (the leader found by machinectl).
+    Machinectl,
+    /// The namespaces of a container's first process, found with the container's own tool
+    /// and entered with nsenter.
+    Setns,
+}
+
+/// The tool `setns` asks for the pid of the container's first process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetnsKind {
+    /// `docker inspect`.
+    Docker,
+    /// LXC classic's `lxc-info`.
+    Lxc,
+    /// LXD's `lxc info`.
+    Lxd,
+    /// `machinectl show`.
+    Machinectl,
+}
+
+/// What the container kinds need beyond `host` (the container, pod or jail) and `user` (the
+/// account inside it). Part of the sharing key: a task with other tool arguments reaches the
+/// container another way, so it gets its own connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The program to run (`mitogen_docker_path`, `ansible_podman_executable`,
+    /// `mitogen_lxc_attach_path`, ...; for setns the tool that finds the pid); `None` runs
+    /// the kind's usual program from PATH.
+    #[serde(default)]
+    pub tool: Option<String>,
+    /// Arguments for the tool before its subcommand, already split, in order
+    /// (`ansible_docker_extra_args`, kubectl's `--namespace` and friends).
+    #[serde(default)]
+    pub tool_args: Vec<String>,
+    /// kubectl: the container of the pod to enter (`-c`); `None` leaves it to kubectl.
+    #[serde(default)]
+    pub pod_container: Option<String>,
+    /// setns: which tool `tool` is; required by setns, ignored by the other kinds.
+    #[serde(default)]
+    pub setns_kind: Option<SetnsKind>,
 }
 
 /// The target of a call, as sent by the worker (see `docs/protocol.md`).
@@ -55,6 +112,10 @@ pub struct TargetSpec {
     /// it encodes as it always did.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub temp_dirs: Vec<String>,
+    /// The container kinds' own settings; `None` for ssh and local, and left out then, so
+    /// their specs encode as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
     /// Inventory name, for logs only: not part of the key.
     #[serde(default)]
     pub name: Option<String>,
@@ -114,6 +175,7 @@ impl TargetSpec {
             timeout: default_timeout(),
             python: None,
             temp_dirs: Vec::new(),
+            container: None,
             name: None,
             password: None,
             ssh_debug_level: 0,
@@ -143,6 +205,7 @@ impl TargetSpec {
             keepalive_interval_bits: self.keepalive_interval.map(f64::to_bits),
             keepalive_count: self.keepalive_count,
             mask_remote_name: self.mask_remote_name,
+            container: self.container.clone(),
         }
     }
 }
@@ -184,9 +247,11 @@ pub struct TargetKey {
     pub keepalive_count: Option<u32>,
     /// See [`TargetSpec::mask_remote_name`].
     pub mask_remote_name: bool,
+    /// See [`TargetSpec::container`].
+    pub container: Option<ContainerSpec>,
 }
 
-/// A short human summary: `user@host:port`, `host`, or `local`.
+/// A short human summary: `user@host:port`, `host`, `local`, or `docker:user@container`.
 impl fmt::Display for TargetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
@@ -201,6 +266,33 @@ impl fmt::Display for TargetKey {
                 }
                 Ok(())
             }
+            container => {
+                write!(f, "{}:", container.name())?;
+                if let Some(user) = &self.user {
+                    write!(f, "{user}@")?;
+                }
+                f.write_str(self.host.as_deref().unwrap_or("?"))
+            }
+        }
+    }
+}
+
+impl Transport {
+    /// The name the TargetSpec gives it ("docker").
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ssh => "ssh",
+            Transport::Local => "local",
+            Transport::Docker => "docker",
+            Transport::Podman => "podman",
+            Transport::Buildah => "buildah",
+            Transport::Lxc => "lxc",
+            Transport::Lxd => "lxd",
+            Transport::Incus => "incus",
+            Transport::Kubectl => "kubectl",
+            Transport::Jail => "jail",
+            Transport::Machinectl => "machinectl",
+            Transport::Setns => "setns",
         }
     }
 }
@@ -274,6 +366,26 @@ mod tests {
         ] {
             assert_ne!(spec(changed).key(), plain.key());
         }
+    }
+
+    #[test]
+    fn container_settings_are_part_of_the_key() {
+        let a = spec(json!({"transport": "docker", "host": "c1", "user": "app"}));
+        let b = spec(json!({"transport": "docker", "host": "c1", "user": "app",
+                            "container": {"tool_args": ["--tls"]}}));
+        assert_ne!(a.key(), b.key());
+        assert_eq!(a.key().to_string(), "docker:app@c1");
+        let s = spec(json!({"transport": "setns", "host": "c1",
+                            "container": {"setns_kind": "lxd", "tool": "/opt/lxc"}}));
+        let container = s.container.unwrap();
+        assert_eq!(container.setns_kind, Some(SetnsKind::Lxd));
+        assert_eq!(container.tool.as_deref(), Some("/opt/lxc"));
+    }
+
+    #[test]
+    fn a_spec_without_container_settings_encodes_as_before() {
+        let encoded = serde_json::to_value(TargetSpec::local()).unwrap();
+        assert!(encoded.get("container").is_none());
     }
 
     #[test]

@@ -10,7 +10,16 @@
 //! Targets reach their agents through a [`Connector`]: [`Processes`] starts the transport
 //! processes; tests connect in memory instead (`tests/in_process.rs`).
 
+mod buildah;
+mod docker;
+mod jail;
+mod kubectl;
 mod local;
+mod lxc;
+mod lxd;
+mod machinectl;
+mod podman;
+mod setns;
 mod ssh;
 pub mod ssh_prompts;
 
@@ -31,12 +40,15 @@ use tokio::{
     sync::oneshot,
 };
 use tracing::debug;
-use worker_ipc::{TargetSpec, Transport};
+use worker_ipc::{ContainerSpec, TargetSpec, Transport};
 
 use crate::{bootstrap::Bootstrap, process_groups};
 
 /// How much of the transport's stderr is kept for error messages.
 const STDERR_TAIL: usize = 4096;
+
+/// Tool options whose value is a credential: shown as `********` in logs (kubectl's).
+const SECRET_OPTIONS: &[&str] = &["--token", "--password"];
 
 /// How long the reaper waits for the stderr reader to drain what the child wrote last.
 const STDERR_DRAIN: Duration = Duration::from_secs(1);
@@ -66,7 +78,40 @@ pub fn kind_of(transport: Transport) -> &'static dyn ConnectionKind {
     match transport {
         Transport::Ssh => &ssh::Ssh,
         Transport::Local => &local::Local,
+        Transport::Docker => &docker::Docker,
+        Transport::Podman => &podman::Podman,
+        Transport::Buildah => &buildah::Buildah,
+        Transport::Lxc => &lxc::Lxc,
+        Transport::Lxd => &lxd::LXD,
+        Transport::Incus => &lxd::INCUS,
+        Transport::Kubectl => &kubectl::Kubectl,
+        Transport::Jail => &jail::Jail,
+        Transport::Machinectl => &machinectl::Machinectl,
+        Transport::Setns => &setns::Setns,
     }
+}
+
+/// The container kinds' settings of `spec`, defaults where it has none.
+fn container_of(spec: &TargetSpec) -> ContainerSpec {
+    spec.container.clone().unwrap_or_default()
+}
+
+/// `remote_command` (a shell command) as the argv a container tool execs in the container.
+fn shell(remote_command: String) -> [String; 3] {
+    ["/bin/sh".into(), "-c".into(), remote_command]
+}
+
+/// `argv` with the values of [`SECRET_OPTIONS`] masked, for the log.
+fn loggable(argv: &[String]) -> Vec<&str> {
+    let mut shown = Vec::with_capacity(argv.len());
+    for (index, arg) in argv.iter().enumerate() {
+        let secret = index > 0 && SECRET_OPTIONS.contains(&argv[index - 1].as_str());
+        let inline = SECRET_OPTIONS
+            .iter()
+            .any(|option| arg.strip_prefix(option).is_some_and(|v| v.starts_with('=')));
+        shown.push(if secret || inline { "********" } else { arg });
+    }
+    shown
 }
 
 /// How the transport process ended.
@@ -217,7 +262,7 @@ pub async fn start(
             crate::bootstrap::compresses_link(spec),
         ),
     );
-    debug!(target = %name, ?argv, "connecting");
+    debug!(target = %name, argv = ?loggable(&argv), "connecting");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::piped())
@@ -309,8 +354,43 @@ async fn collect_stderr(mut stderr: ChildStderr, tail: StderrTail, name: String)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A spec for container `c1` of `transport`.
+    pub(crate) fn container_spec(
+        transport: Transport,
+        user: Option<&str>,
+        container: ContainerSpec,
+    ) -> TargetSpec {
+        let mut spec = TargetSpec::local();
+        spec.transport = transport;
+        spec.host = Some("c1".into());
+        spec.user = user.map(str::to_owned);
+        spec.container = Some(container);
+        spec.python = Some("python3".into());
+        spec
+    }
+
+    /// The argv `kind` builds for `spec`, without the bootstrap command itself (its last
+    /// word), which is checked to be the bootstrap.
+    pub(crate) fn argv_before_remote(kind: &dyn ConnectionKind, spec: &TargetSpec) -> Vec<String> {
+        let remote = Bootstrap::from_source(b"x").remote_command(spec.python.as_deref(), &[], false);
+        let mut argv = kind.command_line(spec, remote.clone());
+        assert_eq!(argv.pop(), Some(remote));
+        argv
+    }
+
+    #[test]
+    fn credentials_are_masked_in_the_log() {
+        let argv: Vec<String> = ["kubectl", "--token", "s3cret", "--password=pw", "exec"]
+            .map(str::to_owned)
+            .into();
+        assert_eq!(
+            loggable(&argv),
+            ["kubectl", "--token", "********", "********", "exec"]
+        );
+    }
 
     #[test]
     fn exits_are_worded_as_before() {

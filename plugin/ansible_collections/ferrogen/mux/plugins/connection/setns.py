@@ -1,0 +1,39 @@
+# Copyright: ferrogen developers
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+import os
+import sys
+
+try:
+    import ansible_ferrogen  # noqa: F401 - installed beside this collection
+except ImportError:  # a checkout's plugin/ directory on the collections path
+    sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..', '..', '..')))
+
+DOCUMENTATION = """
+    name: setns
+    short_description: run in a container through ferrogen-mux
+    description:
+        - Every task runs in one persistent interpreter inside a container, started through
+          nsenter, its first process found with the tool of mitogen_kind by ferrogen-mux (Mitogen's mitogen_setns connection type). Become works inside
+          as on any target.
+        - Needs no other collection.
+        - Under Ansible's own strategies (linear, free, host_pinned) the first task that needs it
+          starts the run's ferrogen-mux, and every other task of the run finds it; under the
+          ferrogen.mux strategies the strategy starts it.
+    author: ferrogen developers
+    extends_documentation_fragment:
+        - ferrogen.mux.containers.SETNS
+"""
+
+from ansible_ferrogen import connection_only  # noqa: E402
+from ansible_ferrogen.containers import ContainerConnection  # noqa: E402
+
+connection_only.install()
+
+
+class Connection(ContainerConnection):
+    """setns through ferrogen-mux"""
+
+    transport = 'ferrogen.mux.setns'
+    kind = 'setns'
