@@ -56,6 +56,16 @@ pub struct TargetSpec {
     /// Inventory name, for logs only: not part of the key.
     #[serde(default)]
     pub name: Option<String>,
+    // -- connection delegation (mitogen_via) --
+    /// The hop this target is reached through: its transport is started by that hop's
+    /// agent, not by the mux (`mitogen_via`). Part of the key, so a target reached two ways
+    /// is two connections, and every target behind one hop shares that hop's connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Box<TargetSpec>>,
+    /// The account on the `via` hop that starts this target's transport
+    /// (`mitogen_via=user@host`): a become interpreter of the hop's one connection runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_become: Option<crate::BecomeSpec>,
 }
 
 fn default_ssh_executable() -> String {
@@ -86,6 +96,8 @@ impl TargetSpec {
             python: None,
             temp_dirs: Vec::new(),
             name: None,
+            via: None,
+            via_become: None,
         }
     }
 
@@ -104,7 +116,19 @@ impl TargetSpec {
             timeout_bits: self.timeout.to_bits(),
             python: self.python.clone(),
             temp_dirs: self.temp_dirs.clone(),
+            via: self.via.as_ref().map(|via| Box::new(via.key())),
+            via_become: self.via_become.as_ref().map(crate::BecomeSpec::key),
         }
+    }
+
+    /// The hops from the controller to this target, nearest first, this target last.
+    pub fn route(&self) -> Vec<&TargetSpec> {
+        let mut hops = match &self.via {
+            Some(via) => via.route(),
+            None => Vec::new(),
+        };
+        hops.push(self);
+        hops
     }
 }
 
@@ -134,13 +158,17 @@ pub struct TargetKey {
     pub python: Option<String>,
     /// See [`TargetSpec::temp_dirs`].
     pub temp_dirs: Vec<String>,
+    /// The key of [`TargetSpec::via`].
+    pub via: Option<Box<TargetKey>>,
+    /// The account of [`TargetSpec::via_become`].
+    pub via_become: Option<crate::BecomeKey>,
 }
 
 /// A short human summary: `user@host:port`, `host`, or `local`.
 impl fmt::Display for TargetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
-            Transport::Local => f.write_str("local"),
+            Transport::Local => f.write_str("local")?,
             Transport::Ssh => {
                 if let Some(user) = &self.user {
                     write!(f, "{user}@")?;
@@ -149,9 +177,12 @@ impl fmt::Display for TargetKey {
                 if let Some(port) = self.port {
                     write!(f, ":{port}")?;
                 }
-                Ok(())
             }
         }
+        if let Some(via) = &self.via {
+            write!(f, " via {via}")?;
+        }
+        Ok(())
     }
 }
 
