@@ -24,7 +24,17 @@ HOP_VARS = ('inventory_hostname', 'ansible_python_interpreter', 'ansible_host', 
 
 
 def job_vars() -> dict | None:
-    """The variables of the task this worker runs (its TaskExecutor's), hostvars included."""
+    """The variables of the task this worker runs, hostvars included: the task context's
+    (ansible-core 2.21 on), else its TaskExecutor's."""
+    try:
+        from ansible._internal._task import TaskContext
+    except ImportError:
+        pass
+    else:
+        try:
+            return TaskContext.current().task_vars
+        except Exception:  # noqa: BLE001 - no current task: fall back to the executor's
+            pass
     frame = sys._getframe(1)
     while frame is not None:
         owner = frame.f_locals.get('self')
