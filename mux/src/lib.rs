@@ -28,6 +28,7 @@ pub mod logging;
 pub mod messages;
 mod process_groups;
 pub mod registry;
+mod routes;
 mod run_watch;
 pub mod serve;
 mod socket_dir;

@@ -306,3 +306,38 @@ pub struct ShutdownTarget {
     /// How long to wait for the transport to be gone before answering anyway.
     pub grace: Duration,
 }
+
+/// Asks the Registry, and through it the Target of `via`, to start the next hop's transport
+/// on that hop's host and relay its stdio (connection delegation, `mitogen_via`). Answered on
+/// `reply` with the routed link, or why the hop could not carry it (naming the hop).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct OpenRoute {
+    /// The hop the transport runs on.
+    pub via: TargetSpec,
+    /// The next hop's command line, as the mux would run it itself.
+    pub argv: Vec<String>,
+    /// Written to the route's stdin first: the next hop's bootstrap payload.
+    pub payload: Bytes,
+    /// Where the route's stderr goes, for the routed Target's messages.
+    pub stderr_tail: crate::transport::StderrTail,
+    /// The routed target's name, for logs.
+    pub name: String,
+    /// The account on the hop that starts the transport (`mitogen_via=user@host`).
+    pub become_spec: Option<BecomeSpec>,
+    /// Gets the routed link.
+    pub reply: tokio::sync::oneshot::Sender<Result<crate::transport::Started, String>>,
+}
+
+/// Bytes for a route's stdin, or its end (`None`), from the routed Target's writer to the
+/// Target that carries the route.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct RouteInput {
+    /// The route's number on the carrying connection.
+    pub route: u64,
+    /// The interpreter that runs it.
+    pub interp: InterpId,
+    /// The bytes; `None` closes the route.
+    pub data: Option<Bytes>,
+}

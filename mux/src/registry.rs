@@ -18,11 +18,11 @@ use crate::{
     bootstrap::Bootstrap,
     messages::{
         CallEvent, CallReply, Cancel, CancelCalls, Connect, DescribeTarget, Dispatch, DumpStatus,
-        Redispatch, ResetTarget, ShutdownAll, ShutdownTarget, Status, StoreBlob, Submit,
+        OpenRoute, Redispatch, ResetTarget, ShutdownAll, ShutdownTarget, Status, StoreBlob, Submit,
         TargetGone,
     },
     target::{Shared, Target},
-    transport::Connector,
+    transport::{Connector, Routed},
 };
 
 /// How long shutdown waits for all targets to say goodbye.
@@ -65,6 +65,8 @@ impl Registry {
             shared: Shared {
                 bootstrap,
                 pool: Arc::new(Semaphore::new(pool_size)),
+                pool_size,
+                hop_pools: Default::default(),
                 connector,
                 max_interpreters,
             },
@@ -100,6 +102,28 @@ impl Registry {
 
 impl Actor for Registry {
     type Context = Context<Self>;
+
+    /// Targets with a `via` hop are connected through it, whatever reaches the others.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.shared.connector = Arc::new(Routed {
+            direct: self.shared.connector.clone(),
+            registry: ctx.address().recipient(),
+        });
+    }
+}
+
+/// Handler for OpenRoute: the hop's Target (started, or shared, like any other) carries it.
+impl Handler<OpenRoute> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenRoute, ctx: &mut Self::Context) {
+        if self.shutting_down {
+            let _ = msg.reply.send(Err("the mux is shutting down".into()));
+            return;
+        }
+        let hop = self.target_for(&msg.via, ctx);
+        hop.do_send(msg);
+    }
 }
 
 /// Handler for Submit: resolve blobs, find or create the target, forward.

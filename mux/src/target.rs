@@ -19,20 +19,22 @@
 //! through [`ShutdownTarget`].
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use actix::{io::FramedWrite, prelude::*};
+use parking_lot::Mutex;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    AgentInfo, AgentLinkCodec, AgentLog, BecomeKey, ErrorInfo, ErrorKind, Frame, FrameError,
-    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, Spawn, Spawned,
+    AgentInfo, AgentLinkCodec, AgentLog, BecomeKey, BecomeSpec, ErrorInfo, ErrorKind, Frame, FrameError,
+    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, RouteOpen, RouteRef, Spawn, Spawned,
     StatusRow, TargetKey, TargetRow, TargetSpec, TargetState, ToAgent, LOGIN_INTERP,
 };
 
@@ -41,11 +43,12 @@ use crate::{
     heartbeat,
     interpreters::{InFlight, Interpreters, Placement},
     messages::{
-        CallEvent, CallReply, Cancel, DescribeTarget, DescribeTransfer, Dispatch, Redispatch,
-        Relay, ShutdownTarget, TargetGone,
+        CallEvent, CallReply, Cancel, DescribeTarget, DescribeTransfer, Dispatch, OpenRoute,
+        Redispatch, Relay, RouteInput, ShutdownTarget, TargetGone,
     },
     process_groups,
-    transport::{self, AgentWriter, Connector, Started, StderrTail, TransportExit},
+    routes::{self, Routes},
+    transport::{self, AgentWriter, Connector, RouteWriter, Started, StderrTail, TransportExit},
 };
 
 /// After the transport is found dying, how long to wait for its exit status and the end
@@ -128,12 +131,32 @@ impl Link {
 pub struct Shared {
     /// The agent payload and remote command.
     pub bootstrap: Bootstrap,
-    /// Connection set-up permits (`MITOGEN_POOL_SIZE`).
+    /// Connection set-up permits (`MITOGEN_POOL_SIZE`) for targets the mux reaches itself.
     pub pool: Arc<Semaphore>,
+    /// `MITOGEN_POOL_SIZE` again, for the permits of each hop.
+    pub pool_size: usize,
+    /// Set-up permits of the targets behind each hop (`mitogen_via`), by the hop's key: the
+    /// limit applies per hop, and a routed target never holds a permit its hop waits for.
+    pub hop_pools: Arc<Mutex<HashMap<TargetKey, Arc<Semaphore>>>>,
     /// How the agent link is started.
     pub connector: Arc<dyn Connector>,
     /// `MITOGEN_MAX_INTERPRETERS`.
     pub max_interpreters: usize,
+}
+
+impl Shared {
+    /// The set-up permits `spec` takes one of: its hop's, or the mux's own.
+    fn pool_for(&self, spec: &TargetSpec) -> Arc<Semaphore> {
+        match &spec.via {
+            None => self.pool.clone(),
+            Some(via) => self
+                .hop_pools
+                .lock()
+                .entry(via.key())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.pool_size)))
+                .clone(),
+        }
+    }
 }
 
 /// One target connection.
@@ -166,6 +189,8 @@ pub struct Target {
     last_heard: Instant,
     /// The last heartbeat's number.
     heartbeat_seq: u64,
+    /// The transports of targets behind this one that its agent runs (`mitogen_via`).
+    routes: Routes,
 }
 
 impl Target {
@@ -197,6 +222,7 @@ impl Target {
             on_finished: Vec::new(),
             last_heard: Instant::now(),
             heartbeat_seq: 0,
+            routes: Routes::default(),
         }
     }
 
@@ -299,6 +325,9 @@ impl Target {
                 self.forward(call, ctx);
             }
         }
+        for request in self.routes.take_waiting() {
+            self.open_route(request, ctx);
+        }
         let keepalive = heartbeat::Keepalive::of(&self.spec);
         ctx.run_interval(keepalive.interval, |act, ctx| act.heartbeat(ctx));
     }
@@ -345,14 +374,31 @@ impl Target {
             self.send_call(LOGIN_INTERP, call, ctx);
             return;
         };
+        // The local connection's tasks start in the playbook's directory: the become tool is
+        // started there, as vanilla's local plugin starts it, so that an account that may
+        // not enter it still runs there.
+        let cwd = call
+            .args
+            .get("cwd")
+            .and_then(|cwd| cwd.as_str())
+            .map(str::to_owned);
+        let id = self.interpreter_for_account(become_spec, cwd, ctx);
+        self.send_call(id, call, ctx);
+    }
+
+    /// The interpreter of `become_spec`'s account, asking the login agent to `spawn` one
+    /// (its tool started in `cwd`) if there is none; frames for it may follow at once.
+    fn interpreter_for_account(
+        &mut self,
+        become_spec: BecomeSpec,
+        cwd: Option<String>,
+        ctx: &mut Context<Self>,
+    ) -> InterpId {
         let key = become_spec.key();
         let patience = self.timeout() + SPAWN_SLACK;
         let deadline = tokio::time::Instant::now() + patience;
         let (id, evict, over_limit) = match self.interpreters.interpreter_for(&key, deadline) {
-            Placement::Existing(id) => {
-                self.send_call(id, call, ctx);
-                return;
-            }
+            Placement::Existing(id) => return id,
             Placement::New {
                 id,
                 evict,
@@ -374,14 +420,6 @@ impl Target {
         // The password rides in this frame and nowhere else; the log line names the
         // account only.
         debug!(target = %self.name, interp = id, account = %key, "spawning become interpreter");
-        // The local connection's tasks start in the playbook's directory: the become tool is
-        // started there, as vanilla's local plugin starts it, so that an account that may
-        // not enter it still runs there.
-        let cwd = call
-            .args
-            .get("cwd")
-            .and_then(|cwd| cwd.as_str())
-            .map(str::to_owned);
         self.transmit(
             ToAgent::Spawn(Spawn {
                 interp: id,
@@ -391,7 +429,6 @@ impl Target {
             }),
             Bytes::new(),
         );
-        self.send_call(id, call, ctx);
         ctx.run_later(patience, move |act, _| {
             if act
                 .interpreters
@@ -403,6 +440,30 @@ impl Target {
                 act.transmit(ToAgent::Stop(InterpRef { interp: id }), Bytes::new());
             }
         });
+        id
+    }
+
+    /// Asks the agent to start a routed target's transport (the phase is Ready), in the
+    /// interpreter of the account the route asks for, and answers the request with the link.
+    fn open_route(&mut self, request: OpenRoute, ctx: &mut Context<Self>) {
+        let OpenRoute {
+            argv,
+            payload,
+            stderr_tail,
+            name,
+            become_spec,
+            reply,
+            ..
+        } = request;
+        let interp = match become_spec {
+            Some(spec) => self.interpreter_for_account(spec, None, ctx),
+            None => LOGIN_INTERP,
+        };
+        let (route, reader, exit) = self.routes.open(stderr_tail);
+        debug!(target = %self.name, route, interp, routed = %name, ?argv, "opening a route");
+        self.transmit(ToAgent::RouteOpen(RouteOpen { route, interp, argv }), payload);
+        let writer = RouteWriter::new(route, interp, ctx.address().recipient());
+        let _ = reply.send(Ok(routes::started(writer, reader, exit)));
     }
 
     /// Sends `call` to interpreter `interp`, behind the blobs it has not had yet, and records
@@ -656,6 +717,7 @@ impl Target {
             };
             call.sink.do_send(CallEvent::Reply(reply));
         }
+        self.routes.fail_all(&format!("via {}: {message}", self.name));
         for tx in self.on_finished.drain(..) {
             let _ = tx.send(());
         }
@@ -790,7 +852,7 @@ impl Actor for Target {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let timeout = self.timeout();
-        let pool = self.shared.pool.clone();
+        let pool = self.shared.pool_for(&self.spec);
         let connecting = self.shared.connector.connect(
             self.spec.clone(),
             self.shared.bootstrap.clone(),
@@ -880,6 +942,16 @@ impl StreamHandler<Result<Frame, FrameError>> for Target {
             FromAgent::Heartbeat => {}
             FromAgent::Spawned(spawned) if ready => self.on_interp_spawned(spawned),
             FromAgent::InterpLost(lost) if ready => self.on_interp_lost(lost),
+            FromAgent::RouteData { route, body } => {
+                if !self.routes.deliver(route, body) {
+                    debug!(target = %self.name, route, "dropping output of a closed route");
+                }
+            }
+            FromAgent::RouteClosed(closed) => {
+                let route = closed.route;
+                debug!(target = %self.name, route, status = ?closed.status, "route closed");
+                self.routes.closed(closed);
+            }
             FromAgent::Stopped(interp) => {
                 debug!(target = %self.name, ?interp, "interpreter stopped")
             }
@@ -990,5 +1062,40 @@ impl actix::io::WriteHandler<FrameError> for Target {
 
     fn finished(&mut self, _: &mut Self::Context) {
         // The write side closing does not end the Target: replies may still come.
+    }
+}
+
+/// Handler for OpenRoute: a target behind this one wants its transport started here.
+impl Handler<OpenRoute> for Target {
+    type Result = ();
+
+    fn handle(&mut self, msg: OpenRoute, ctx: &mut Self::Context) {
+        match &self.phase {
+            Phase::Ready { .. } => self.open_route(msg, ctx),
+            Phase::Connecting { .. } => self.routes.wait(msg),
+            Phase::Dying { reason, .. } => {
+                let why = format!("via {}: the connection to it is closing ({reason})", self.name);
+                let _ = msg.reply.send(Err(why));
+            }
+        }
+    }
+}
+
+/// Handler for RouteInput: a routed target's bytes go to its transport on this host.
+impl Handler<RouteInput> for Target {
+    type Result = ();
+
+    fn handle(&mut self, msg: RouteInput, _: &mut Self::Context) {
+        if !self.routes.is_open(msg.route) {
+            return;
+        }
+        let route = RouteRef {
+            route: msg.route,
+            interp: msg.interp,
+        };
+        match msg.data {
+            Some(data) => self.transmit(ToAgent::RouteData(route), data),
+            None => self.transmit(ToAgent::RouteClose(route), Bytes::new()),
+        }
     }
 }

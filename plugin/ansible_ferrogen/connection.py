@@ -15,7 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, speculation, transfer
+from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, speculation, transfer, via
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -344,7 +344,7 @@ class Connection(ConnectionBase):
         worked out once per set of options, since one action makes several calls."""
         remote_addr = self._play_context.remote_addr
         if self._target_spec is None or self._target_spec[0] != remote_addr:
-            self._target_spec = (remote_addr, self.build_target_spec())
+            self._target_spec = (remote_addr, dict(self.build_target_spec(), **via.delegation(self)))
         return self._target_spec[1]
 
     def build_target_spec(self) -> dict:

@@ -8,7 +8,7 @@ import os
 
 from ansible import __version__ as ansible_version
 from ansible.executor.process.worker import WorkerProcess
-from ansible.plugins.loader import become_loader, connection_loader, module_loader
+from ansible.plugins.loader import action_loader, become_loader, connection_loader, module_loader
 from ansible.utils.display import Display
 
 from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, ansible_internals, client, module_cache, speculation
@@ -20,6 +20,8 @@ PLUGINS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'plugins'
 CONNECTION_DIR = os.path.join(PLUGINS_DIR, 'connection')
 # become methods Mitogen users expect that ansible-core itself lacks (doas).
 BECOME_DIR = os.path.join(PLUGINS_DIR, 'become')
+# mitogen_get_stack.
+ACTION_DIR = os.path.join(PLUGINS_DIR, 'action')
 
 # Built-in connection names and the plugin that replaces each.
 REDIRECTS = {
@@ -104,6 +106,7 @@ def redirected_connections():
     meanwhile inherit the patched loader."""
     connection_loader.add_directory(CONNECTION_DIR)
     become_loader.add_directory(BECOME_DIR)
+    action_loader.add_directory(ACTION_DIR)
     original = connection_loader.get_with_context
 
     def get_with_context(name, *args, **kwargs):

@@ -144,6 +144,62 @@ pub enum ToAgent {
     /// Are you there? The agent answers at once with [`FromAgent::Heartbeat`], whatever tasks
     /// it runs (docs/protocol.md, "Heartbeat").
     Heartbeat(Heartbeat),
+    /// Start the next hop's transport on this agent's host and relay its stdio as route
+    /// frames (connection delegation, `mitogen_via`); the body is written to its stdin first
+    /// (the next hop's bootstrap payload).
+    RouteOpen(RouteOpen),
+    /// Bytes for a route's stdin; the body is the data.
+    RouteData(RouteRef),
+    /// The mux is done with a route: its stdin is closed and the process ended.
+    RouteClose(RouteRef),
+}
+
+/// `{"type": "route_open", "route": 4, "interp": 0, "argv": ["ssh", ...]}` + stdin bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteOpen {
+    /// The route's number, unique on this connection.
+    pub route: u64,
+    /// The interpreter that starts it: a become one when the hop is entered through an
+    /// account (`mitogen_via=user@host`).
+    pub interp: InterpId,
+    /// The next hop's command line, built by the mux as if it ran it itself.
+    pub argv: Vec<String>,
+}
+
+/// One route: `{"route": 4, "interp": 0}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRef {
+    /// The route's number.
+    pub route: u64,
+    /// The interpreter that runs it.
+    pub interp: InterpId,
+}
+
+/// `{"type": "route_closed", "route": 4, "status": 255, "stderr": "..."}`: the next hop's
+/// transport ended (or could not start: `error`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteClosed {
+    /// The route's number.
+    pub route: u64,
+    /// Its exit status, if it exited.
+    #[serde(default)]
+    pub status: Option<i32>,
+    /// The signal that killed it, if one did.
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// Why it could not be started at all.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The last of what it wrote to stderr (ssh's complaint).
+    #[serde(default)]
+    pub stderr: String,
+}
+
+/// `{"type": "route_data", "route": 4}` + bytes from the route's stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteOutput {
+    /// The route's number.
+    pub route: u64,
 }
 
 /// `{"type": "heartbeat", "seq": 7}`: the mux's liveness probe, numbered for the logs.
@@ -355,6 +411,15 @@ pub enum FromAgent {
     InterpLost(InterpLost),
     /// The answer to [`ToAgent::Stop`]; `None` when the agent did not say which.
     Stopped(Option<InterpId>),
+    /// Bytes a route's process wrote to its stdout.
+    RouteData {
+        /// Which route.
+        route: u64,
+        /// The bytes.
+        body: Bytes,
+    },
+    /// A route's process ended.
+    RouteClosed(RouteClosed),
     /// A frame of a known type whose fields did not fit; logged and ignored, so one odd frame
     /// does not cost the connection.
     Malformed {
@@ -399,6 +464,8 @@ impl FromAgent {
             FromAgent::Spawned(_) => "spawned",
             FromAgent::InterpLost(_) => "interp_lost",
             FromAgent::Stopped(_) => "stopped",
+            FromAgent::RouteData { .. } => "route_data",
+            FromAgent::RouteClosed(_) => "route_closed",
             FromAgent::Malformed { kind, .. } | FromAgent::Unknown(kind) => kind,
         }
     }
@@ -445,6 +512,14 @@ impl FromAgent {
             "stopped" => frame
                 .parse::<StoppedFields>()
                 .map_or_else(malformed, |fields| FromAgent::Stopped(fields.interp)),
+            "route_data" => match frame.parse::<RouteOutput>() {
+                Ok(RouteOutput { route }) => FromAgent::RouteData {
+                    route,
+                    body: frame.body,
+                },
+                Err(err) => malformed(err),
+            },
+            "route_closed" => frame.parse().map_or_else(malformed, FromAgent::RouteClosed),
             _ => FromAgent::Unknown(kind),
         }
     }

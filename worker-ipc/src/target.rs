@@ -142,6 +142,16 @@ pub struct TargetSpec {
     /// user, host and pid.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mask_remote_name: bool,
+    // -- connection delegation (mitogen_via) --
+    /// The hop this target is reached through: its transport is started by that hop's
+    /// agent, not by the mux (`mitogen_via`). Part of the key, so a target reached two ways
+    /// is two connections, and every target behind one hop shares that hop's connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Box<TargetSpec>>,
+    /// The account on the `via` hop that starts this target's transport
+    /// (`mitogen_via=user@host`): a become interpreter of the hop's one connection runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via_become: Option<crate::BecomeSpec>,
 }
 
 fn is_zero(level: &u8) -> bool {
@@ -182,6 +192,8 @@ impl TargetSpec {
             keepalive_interval: None,
             keepalive_count: None,
             mask_remote_name: false,
+            via: None,
+            via_become: None,
         }
     }
 
@@ -206,7 +218,19 @@ impl TargetSpec {
             keepalive_count: self.keepalive_count,
             mask_remote_name: self.mask_remote_name,
             container: self.container.clone(),
+            via: self.via.as_ref().map(|via| Box::new(via.key())),
+            via_become: self.via_become.as_ref().map(crate::BecomeSpec::key),
         }
+    }
+
+    /// The hops from the controller to this target, nearest first, this target last.
+    pub fn route(&self) -> Vec<&TargetSpec> {
+        let mut hops = match &self.via {
+            Some(via) => via.route(),
+            None => Vec::new(),
+        };
+        hops.push(self);
+        hops
     }
 }
 
@@ -249,13 +273,17 @@ pub struct TargetKey {
     pub mask_remote_name: bool,
     /// See [`TargetSpec::container`].
     pub container: Option<ContainerSpec>,
+    /// The key of [`TargetSpec::via`].
+    pub via: Option<Box<TargetKey>>,
+    /// The account of [`TargetSpec::via_become`].
+    pub via_become: Option<crate::BecomeKey>,
 }
 
 /// A short human summary: `user@host:port`, `host`, `local`, or `docker:user@container`.
 impl fmt::Display for TargetKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
-            Transport::Local => f.write_str("local"),
+            Transport::Local => f.write_str("local")?,
             Transport::Ssh => {
                 if let Some(user) = &self.user {
                     write!(f, "{user}@")?;
@@ -264,16 +292,19 @@ impl fmt::Display for TargetKey {
                 if let Some(port) = self.port {
                     write!(f, ":{port}")?;
                 }
-                Ok(())
             }
             container => {
                 write!(f, "{}:", container.name())?;
                 if let Some(user) = &self.user {
                     write!(f, "{user}@")?;
                 }
-                f.write_str(self.host.as_deref().unwrap_or("?"))
+                f.write_str(self.host.as_deref().unwrap_or("?"))?;
             }
         }
+        if let Some(via) = &self.via {
+            write!(f, " via {via}")?;
+        }
+        Ok(())
     }
 }
 

@@ -8,7 +8,8 @@
 //! file implementing [`ConnectionKind`], one arm in [`kind_of`], and its tests.
 //!
 //! Targets reach their agents through a [`Connector`]: [`Processes`] starts the transport
-//! processes; tests connect in memory instead (`tests/in_process.rs`).
+//! processes; tests connect in memory instead (`tests/in_process.rs`); [`Routed`] sends a
+//! target with a `via` through the hop's agent instead ([`via`]).
 
 mod buildah;
 mod docker;
@@ -22,6 +23,9 @@ mod podman;
 mod setns;
 mod ssh;
 pub mod ssh_prompts;
+mod via;
+
+pub use via::{RouteReader, RouteWriter, Routed};
 
 use std::{
     fmt,
@@ -170,7 +174,8 @@ impl StderrTail {
             .collect()
     }
 
-    fn push(&self, bytes: &[u8]) {
+    /// Keeps `bytes` as the newest part of the tail.
+    pub fn push(&self, bytes: &[u8]) {
         let mut tail = self.0.lock();
         tail.extend_from_slice(bytes);
         if tail.len() > STDERR_TAIL {
@@ -240,6 +245,19 @@ impl Connector for Processes {
     }
 }
 
+/// The transport's command line for `spec`: the same whether the mux runs it or a hop's
+/// agent does (`via`).
+pub fn argv_for(spec: &TargetSpec, bootstrap: &Bootstrap) -> Vec<String> {
+    kind_of(spec.transport).command_line(
+        spec,
+        bootstrap.named_for(spec).remote_command(
+            spec.python.as_deref(),
+            &spec.temp_dirs,
+            crate::bootstrap::compresses_link(spec),
+        ),
+    )
+}
+
 /// Starts the transport for `spec` and writes the bootstrap payload to it (within `timeout`).
 ///
 /// # Errors
@@ -253,15 +271,7 @@ pub async fn start(
     timeout: Duration,
 ) -> Result<Started, String> {
     let kind = kind_of(spec.transport);
-    let bootstrap = bootstrap.named_for(spec);
-    let argv = kind.command_line(
-        spec,
-        bootstrap.remote_command(
-            spec.python.as_deref(),
-            &spec.temp_dirs,
-            crate::bootstrap::compresses_link(spec),
-        ),
-    );
+    let argv = argv_for(spec, bootstrap);
     debug!(target = %name, argv = ?loggable(&argv), "connecting");
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])

@@ -1,0 +1,170 @@
+"""Connection delegation (mitogen_via) over ssh between hosts with addresses of their own
+(tests/netns_hosts.py): host N is reachable only from host N-1, so a task that runs there went
+through every hop. Needs root and `ip netns` (CI runs as root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import helpers
+import pytest
+from netns_hosts import NetnsChain
+
+pytestmark = [
+    pytest.mark.mux_only,
+    pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                       reason="network namespaces need root and iproute2's ip"),
+]
+
+
+@pytest.fixture
+def chain(tmp_path):
+    hosts = NetnsChain(tmp_path, 3).start()
+    yield hosts
+    hosts.stop()
+
+
+def inventory(path: Path, chain: NetnsChain, final_via: str, extra_hops: str = "") -> Path:
+    """hop1 <- hop2 <- the finals (app1 as root, app2 as ferrotest, both on host 3)."""
+    h1, h2, h3 = chain.hosts
+    path.write_text(f"""
+[hops]
+hop1 ansible_host={h1}
+hop2 ansible_host={h2} mitogen_via=hop1 {extra_hops}
+[finals]
+app1 ansible_host={h3} mitogen_via={final_via}
+app2 ansible_host={h3} mitogen_via={final_via} ansible_user=ferrotest
+[all:vars]
+ansible_user=root
+ansible_port=22
+ansible_ssh_private_key_file={helpers.SSH_KEY}
+ansible_python_interpreter=/usr/bin/python3
+ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+""")
+    return path
+
+
+# mitogen_get_stack resolves when the playbook is parsed, before the strategy loads: the
+# user points action_plugins at it, as docs/user-guide.md says.
+ACTION_ENV = {"ANSIBLE_ACTION_PLUGINS": str(helpers.REPO / "plugin" / "ansible_ferrogen" / "plugins" / "action")}
+
+
+def by_task(run, task: str) -> dict[str, dict]:
+    return {r["host"]: r for r in run.results if r["task"] == task}
+
+
+def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path):
+    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
+                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"))
+    assert run.returncode == 0, helpers.describe(run)
+    addresses = by_task(run, "addresses of the host the task ran on")
+    assert set(addresses) == {"app1", "app2"}
+    for result in addresses.values():
+        assert chain.hosts[2] in result["stdout"], result
+    assert all(r["status"] == "ok" for r in by_task(run, "the task ran on the final host").values())
+    assert len([r for r in run.results if r["task"] == "a loop behind the hops"]) >= 2
+    # One login on each hop for both targets behind it; one per target on the final host.
+    assert chain.logins(0) == 1, chain.log(0)
+    assert chain.logins(1) == 1, chain.log(1)
+    assert chain.logins(2) == 2, chain.log(2)
+    stack = by_task(run, "the route a task takes")["app2"]["result"]["result"]
+    assert [hop["kwargs"]["name"] for hop in stack] == ["hop1", "hop2", "app2"]
+    assert [hop["kwargs"]["host"] for hop in stack] == chain.hosts
+    assert stack[2]["kwargs"]["user"] == "ferrotest"
+    for result in by_task(run, "delegate_to another routed host").values():
+        assert chain.hosts[2] in result["stdout"], result
+    assert all(r["status"] == "ok" for r in by_task(run, "local_action runs on the controller").values())
+
+
+def test_two_hops_reach_the_host_behind_the_first(chain, tmp_path):
+    path = tmp_path / "inv.ini"
+    h1, h2, _ = chain.hosts
+    path.write_text(f"""
+[hops]
+hop1 ansible_host={h1}
+[finals]
+app1 ansible_host={h2} mitogen_via=hop1
+app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
+[all:vars]
+ansible_user=root
+ansible_port=22
+ansible_ssh_private_key_file={helpers.SSH_KEY}
+ansible_python_interpreter=/usr/bin/python3
+ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+""")
+    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+                               extra_env=ACTION_ENV)
+    assert run.returncode == 0, helpers.describe(run)
+    for result in by_task(run, "addresses of the host the task ran on").values():
+        assert h2 in result["stdout"], result
+    assert chain.logins(0) == 1, chain.log(0)
+    assert chain.logins(1) == 2, chain.log(1)
+
+
+def test_a_via_through_a_become_account(chain, tmp_path):
+    """mitogen_via=root@hop1 as ferrotest: hop1's transport to host 2 runs as root there."""
+    path = tmp_path / "inv.ini"
+    h1, h2, _ = chain.hosts
+    path.write_text(f"""
+[hops]
+hop1 ansible_host={h1} ansible_user=ferrotest ansible_become_method=sudo
+[finals]
+app1 ansible_host={h2} mitogen_via=root@hop1
+[all:vars]
+ansible_user=root
+ansible_port=22
+ansible_ssh_private_key_file={helpers.SSH_KEY}
+ansible_python_interpreter=/usr/bin/python3
+ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+""")
+    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+                               extra_env=ACTION_ENV)
+    assert run.returncode == 0, helpers.describe(run)
+    stack = by_task(run, "the route a task takes")["app1"]["result"]["result"]
+    assert [hop["method"] for hop in stack] == ["ssh", "sudo", "ssh"]
+    assert stack[1]["kwargs"]["user"] == "root"
+    assert "Accepted publickey for ferrotest" in chain.log(0)
+
+
+def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconnects(chain, tmp_path):
+    killer = tmp_path / "kill_hop1.sh"
+    # Every process in hop1's namespace but its sshd listener: the sessions the mux's hop uses.
+    killer.write_text(
+        f"for pid in $(ip netns pids {chain.namespaces[0]}); do\n"
+        f"  [ $pid = {chain.sshd[0].pid} ] || kill -9 $pid\n"
+        "done\n"
+    )
+    playbook = tmp_path / "dead_hop.yml"
+    playbook.write_text(f"""
+- hosts: finals
+  gather_facts: false
+  tasks:
+    - name: before
+      command: ip -4 -o addr show
+    - name: kill hop1's sessions
+      command: sh {killer}
+      delegate_to: localhost
+      run_once: true
+    - name: settle
+      pause:
+        seconds: 2
+    - name: while hop1 is down
+      command: ip -4 -o addr show
+      ignore_unreachable: true
+    - name: after
+      command: ip -4 -o addr show
+""")
+    run = helpers.run_playbook(playbook, ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
+                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"))
+    down = by_task(run, "while hop1 is down")
+    assert set(down) == {"app1", "app2"}, helpers.describe(run)
+    for result in down.values():
+        assert result["unreachable"], result
+        assert "hop1" in result["msg"], result
+    after = by_task(run, "after")
+    assert set(after) == {"app1", "app2"}, helpers.describe(run)
+    for result in after.values():
+        assert result["status"] == "ok" and chain.hosts[2] in result["stdout"], result
+    assert chain.logins(0) == 2, chain.log(0)
