@@ -137,6 +137,8 @@ while read -r version pythons; do
         || die "ansible-core $version needs one of Python $pythons on the controller; none found"
     stamp="ansible-core==$version $("$python" -c 'import sys; print(sys.version.split()[0])')"
     if [ "$(cat "$venv/.ferrogen-ansible" 2>/dev/null || true)" = "$stamp" ] && [ -x "$venv/bin/ansible-playbook" ]; then
+        # The plugin's bytecode for this venv's Python, fresh after every edit (see above).
+        "$venv/bin/python" -m compileall -q "$REPO/plugin" >/dev/null
         continue
     fi
     log "virtualenv $venv: ansible-core $version on $python"

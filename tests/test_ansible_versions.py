@@ -1,6 +1,7 @@
 """Every supported ansible-core runs playbooks through the mux (issue 18): the primary version
 runs the whole suite; each other version in ci/ansible-versions.txt runs the smoke set here,
-from its own venv (ci/setup.sh makes them)."""
+from its own venv (ci/setup.sh makes them), in strategy mode and in connection-only mode
+(issue 19)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 
 import pytest
 from helpers import ansible_playbook_bin, ansible_versions, describe
+from test_connection_only import connection_only_env
 
 from ansible_ferrogen import TESTED_ANSIBLE_CORE
 
@@ -32,8 +34,9 @@ def test_the_plugin_lists_the_versions_ci_tests():
     assert sorted(TESTED_ANSIBLE_CORE) == sorted(release(version) for version in ansible_versions())
 
 
+@pytest.mark.parametrize("mode", ["strategy", "connection-only"])
 @pytest.mark.parametrize("version", ansible_versions()[1:])
-def test_smoke_set(run_playbook, tmp_path, version):
+def test_smoke_set(run_playbook, tmp_path, version, mode):
     playbook = ansible_playbook_bin(version)
     assert playbook.exists(), f"{playbook} missing: run `bash ci/setup.sh` first"
     big = tmp_path / "big.bin"
@@ -44,6 +47,7 @@ def test_smoke_set(run_playbook, tmp_path, version):
         ferrogen=True,
         ansible_version=version,
         limit=SMOKE_HOSTS,
+        extra_env=connection_only_env(tmp_path, "linear") if mode == "connection-only" else None,
         extra_args=["-e", f"big_source={big} big_sha1={hashlib.sha1(big.read_bytes()).hexdigest()}",
                     "-e", f"fetch_root={fetch_root}"],
     )

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import REPO, describe, ssh_host_line, write_inventory
+from helpers import REPO, ansible_versions, describe, ssh_host_line, write_inventory
 from test_operations import LiveRun, _alive, _cmdline, _pids, _ppid, assert_all_gone, processes_with, wait_until
 
 pytestmark = pytest.mark.mux_only
@@ -193,7 +193,8 @@ def test_a_mux_that_dies_at_start_is_reported_with_its_status(run_playbook, tmp_
     assert f"ferrogen-mux at {fake} exited with status 3 before it was ready" in run.output, describe(run)
 
 
-def test_workers_take_the_plugins_options_from_the_builtin_ones(run_playbook, tmp_path):
+@pytest.mark.parametrize("version", ansible_versions())
+def test_workers_take_the_plugins_options_from_the_builtin_ones(run_playbook, tmp_path, version):
     """ansible-playbook parses the built-in connection plugins' documentation before it forks
     workers; a worker that loads ferrogen.mux.ssh or ferrogen.mux.local registers their options
     from the built-in plugin's instead of parsing the collection plugin's documentation and
@@ -204,7 +205,8 @@ def test_workers_take_the_plugins_options_from_the_builtin_ones(run_playbook, tm
         f"l1 ansible_connection=ferrogen.mux.local ansible_python_interpreter={sys.executable}",
     ])  # fmt: skip
     env = connection_only_env(tmp_path, "linear") | {"ANSIBLE_DEBUG": "True"}
-    run = run_playbook("ping.yml", ferrogen=True, inventory=inventory_path, extra_env=env, timeout=180)
+    run = run_playbook("ping.yml", ferrogen=True, inventory=inventory_path, extra_env=env, timeout=180,
+                       ansible_version=version)  # fmt: skip
     assert run.returncode == 0, describe(run)
     for host in ("h1", "l1"):
         assert run.task(host, "ping")["status"] == "ok", describe(run)
