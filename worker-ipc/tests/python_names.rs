@@ -188,7 +188,13 @@ fn the_plugin_names_the_container_transports_and_setns_kinds() {
         SetnsKind::Machinectl,
     ]
     .iter()
-    .map(|kind| serde_json::to_value(kind).unwrap().as_str().unwrap().to_owned())
+    .map(|kind| {
+        serde_json::to_value(kind)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
     .collect();
     assert_eq!(dict_keys(&containers, "SETNS_TOOLS"), setns);
 }
