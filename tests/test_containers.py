@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -110,6 +111,14 @@ def test_docker_container_with_become_transfers_and_a_loop(container, tmp_path):
     # The agent really ran in the container: the file copied as root is in it.
     listing = subprocess.run(["docker", "exec", container, "ls", "/root"], capture_output=True, text=True, check=True)
     assert any(name.startswith("ferrogen-") for name in listing.stdout.split()), listing.stdout
+    # And it went with the run: nothing but the container's own process is left inside.
+    for _ in range(50):
+        top = subprocess.run(["docker", "top", container, "-o", "pid,args"], capture_output=True, text=True, check=True)
+        left = [line for line in top.stdout.splitlines()[1:] if "sleep infinity" not in line]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, top.stdout
 
 
 def test_podman_container_with_become_transfers_and_a_loop(podman_container, tmp_path):
