@@ -7,6 +7,7 @@ command line ferrogen builds from the spec's variables, then starts the agent lo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 import pytest
 from helpers import REPO, TESTS, describe, run_playbook
 
-IMAGE = "ferrogen-target:2"
+# The image ci/target-image.sh builds (its default tag: one source for the name).
+IMAGE = re.search(r"TAG=\$\{2:-([^}]+)\}", (REPO / "ci" / "target-image.sh").read_text()).group(1)
 STUB = TESTS / "tools" / "container_stub.py"
 
 
