@@ -7,15 +7,18 @@ command line ferrogen builds from the spec's variables, then starts the agent lo
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from helpers import REPO, TESTS, describe, run_playbook
 
-IMAGE = "ferrogen-target:2"
+# The image ci/target-image.sh builds (its default tag: one source for the name).
+IMAGE = re.search(r"TAG=\$\{2:-([^}]+)\}", (REPO / "ci" / "target-image.sh").read_text()).group(1)
 STUB = TESTS / "tools" / "container_stub.py"
 
 
@@ -42,6 +45,28 @@ def container():
         yield name
     finally:
         subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
+
+
+@pytest.fixture
+def podman_container():
+    """A running podman container of the target image (built on first use), removed afterwards;
+    skipped where podman is absent or cannot start containers (as in unprivileged CI containers,
+    where runc may not set the rlimits podman asks for)."""
+    if shutil.which("podman") is None:
+        pytest.skip("no podman on this machine (ci/setup.sh does not install it: it cannot run containers here)")
+    built = subprocess.run(["bash", str(REPO / "ci" / "target-image.sh"), "podman", IMAGE],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    if built.returncode != 0:
+        pytest.skip(f"podman cannot build the target image here: {built.stderr.strip()[-300:]}")
+    name = f"ferrogen-test-{uuid.uuid4().hex[:10]}"
+    started = subprocess.run(["podman", "run", "-d", "--name", name, f"localhost/{IMAGE}"],
+                             capture_output=True, text=True, check=False)  # fmt: skip
+    try:
+        if started.returncode != 0:
+            pytest.skip(f"podman cannot start containers here: {started.stderr.strip()[-300:]}")
+        yield name
+    finally:
+        subprocess.run(["podman", "rm", "-f", name], check=False, capture_output=True)
 
 
 def container_inventory(tmp_path: Path, hosts: list[str]) -> Path:
@@ -88,6 +113,42 @@ def test_docker_container_with_become_transfers_and_a_loop(container, tmp_path):
     # The agent really ran in the container: the file copied as root is in it.
     listing = subprocess.run(["docker", "exec", container, "ls", "/root"], capture_output=True, text=True, check=True)
     assert any(name.startswith("ferrogen-") for name in listing.stdout.split()), listing.stdout
+    # And it went with the run: nothing but the container's own process is left inside.
+    for _ in range(50):
+        top = subprocess.run(["docker", "top", container, "-o", "pid,args"], capture_output=True, text=True, check=True)
+        left = [line for line in top.stdout.splitlines()[1:] if "sleep infinity" not in line]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert not left, top.stdout
+
+
+def test_podman_container_with_become_transfers_and_a_loop(podman_container, tmp_path):
+    """`podman` as `docker` above, where podman runs."""
+    inventory = container_inventory(tmp_path, [
+        f"podman_app ansible_connection=podman ansible_host={podman_container} ansible_user=app",
+    ])  # fmt: skip
+    run = run_playbook("containers.yml", ferrogen=True, tmp_path=tmp_path, inventory=inventory)
+    assert_container_results(run, "podman_app", "app", tmp_path)
+
+
+def test_vanilla_docker_plugin_gives_the_same_results(container, tmp_path):
+    """Where community.docker is installed, vanilla's docker plugin gives what ferrogen gives."""
+    listed = subprocess.run([str(REPO / ".venv" / "bin" / "ansible-doc"), "-t", "connection", "-l", "community.docker"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    if "community.docker.docker" not in listed.stdout:
+        pytest.skip("community.docker is not installed: no vanilla docker plugin to compare with")
+    runs = {}
+    for ferrogen in (True, False):
+        directory = tmp_path / ("ferrogen" if ferrogen else "vanilla")
+        directory.mkdir()
+        inventory = container_inventory(directory, [
+            f"docker_app ansible_connection=community.docker.docker ansible_host={container} ansible_user=app",
+        ])  # fmt: skip
+        runs[ferrogen] = run_playbook("containers.yml", ferrogen=ferrogen, tmp_path=directory, inventory=inventory)
+        assert_container_results(runs[ferrogen], "docker_app", "app", directory)
+    for task in ("login account", "sudo to root", "sudo to other", "read back as root"):
+        assert runs[True].task("docker_app", task)["stdout"] == runs[False].task("docker_app", task)["stdout"]
 
 
 def test_collection_docker_under_ansibles_own_strategy(container, tmp_path):

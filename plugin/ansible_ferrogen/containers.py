@@ -8,7 +8,7 @@ import functools
 import shlex
 from typing import NamedTuple
 
-import yaml
+from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure
 
 from ansible_ferrogen.connection import INVENTORY_NAME_OPTION, PYTHON_INTERPRETER_OPTION, Connection
@@ -145,21 +145,12 @@ def option_names(kind: str) -> frozenset[str]:
     return frozenset(options(kind))
 
 
-def documentation(kind: str, name: str | None = None) -> str:
-    """DOCUMENTATION of the mitogen_<kind> connection type."""
-    spec = KINDS[kind]
-    doc = {
-        'name': name or f'mitogen_{kind}',
-        'short_description': f'run in a {spec.what} through ferrogen-mux',
-        'description': [
-            f'Runs every task in one persistent interpreter inside the {spec.what}, started through '
-            f'C({spec.tool}) by ferrogen-mux (Mitogen\'s mitogen_{kind} connection type).',
-            'Become works inside as on any target (sudo, su, doas in the container).',
-        ],
-        'author': 'ferrogen developers',
-        'options': options(kind),
-    }
-    return yaml.safe_dump(doc, sort_keys=False)
+def register_options(name: str, kind: str) -> None:
+    """Give Ansible plugin `name`'s options from the table above, so that its loader does not
+    parse documentation (some 20 ms a plugin in pure Python): the strategy loads every redirected
+    plugin before workers fork, container types included."""
+    if not C.config.has_configuration_definition('connection', name):
+        C.config.initialize_plugin_configuration_definitions('connection', name, options(kind))
 
 
 class ContainerConnection(Connection):

@@ -6,7 +6,8 @@ it (NAME.json): the exact arguments ferrogen must pass, and what to do when they
 mode "exec": the arguments must be the expected ones followed by `/bin/sh -c COMMAND`; the
 stub then runs that command here, as the tool would have run it in the container, so the agent
 comes up and the task runs. mode "pid": the arguments must be exactly the expected ones (a
-setns pid lookup); the stub prints the pid of its parent shell in the form `print` gives.
+setns pid lookup); the stub prints a pid of the transport that asked (its process group's
+leader, the shell that then execs nsenter), in the form `print` gives.
 Every call is appended to NAME.calls, one JSON list per line.
 """
 
@@ -22,7 +23,7 @@ expected = config['expected']
 if config['mode'] == 'pid':
     if argv != expected:
         sys.exit(f'stub: expected {expected}, got {argv}')
-    print(config.get('print', '{pid}').format(pid=os.getppid()))
+    print(config.get('print', '{pid}').format(pid=os.getpgrp()))
     sys.exit(0)
 command = argv[len(expected):]
 if argv[:len(expected)] != expected or len(command) != 3 or command[:2] != ['/bin/sh', '-c']:

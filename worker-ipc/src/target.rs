@@ -309,6 +309,22 @@ impl fmt::Display for TargetKey {
 }
 
 impl Transport {
+    /// Every transport, for the checks that the Python side names the same ones.
+    pub const ALL: [Transport; 12] = [
+        Transport::Ssh,
+        Transport::Local,
+        Transport::Docker,
+        Transport::Podman,
+        Transport::Buildah,
+        Transport::Lxc,
+        Transport::Lxd,
+        Transport::Incus,
+        Transport::Kubectl,
+        Transport::Jail,
+        Transport::Machinectl,
+        Transport::Setns,
+    ];
+
     /// The name the TargetSpec gives it ("docker").
     pub fn name(self) -> &'static str {
         match self {
@@ -411,6 +427,13 @@ mod tests {
         let container = s.container.unwrap();
         assert_eq!(container.setns_kind, Some(SetnsKind::Lxd));
         assert_eq!(container.tool.as_deref(), Some("/opt/lxc"));
+    }
+
+    #[test]
+    fn transport_names_are_their_wire_names() {
+        for transport in Transport::ALL {
+            assert_eq!(serde_json::to_value(transport).unwrap(), transport.name());
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use std::{collections::BTreeSet, collections::HashMap, fs, path::PathBuf};
 
 use worker_ipc::{
-    ErrorKind, Op, CHUNK_MAX, MAX_BODY, MAX_HEADER, PROTOCOL_VERSION, SMALL_FILE_LIMIT,
-    TRANSFER_WINDOW,
+    ErrorKind, Op, SetnsKind, Transport, CHUNK_MAX, MAX_BODY, MAX_HEADER, PROTOCOL_VERSION,
+    SMALL_FILE_LIMIT, TRANSFER_WINDOW,
 };
 
 const BLOCK_START: &str = "# -- Names and limits shared with the mux";
@@ -156,4 +156,45 @@ fn the_block_reader_reads_what_the_files_write() {
     assert_eq!(evaluate("16 * 1024 * 1024"), Constant::Int(16 << 20));
     assert_eq!(evaluate("4 << 20"), Constant::Int(4 << 20));
     assert_eq!(evaluate("'not_found'"), Constant::Str("not_found".into()));
+}
+
+/// The quoted keys of the Python dict literal `name = {` in `text`, one per line.
+fn dict_keys(text: &str, name: &str) -> BTreeSet<String> {
+    let start = text
+        .find(&format!("\n{name} = {{\n"))
+        .unwrap_or_else(|| panic!("no {name} dict"));
+    let body = &text[start..];
+    let body = &body[..body.find("\n}").expect("the dict ends")];
+    body.lines()
+        .filter_map(|line| line.strip_prefix("    '"))
+        .filter_map(|line| line.split_once("':"))
+        .map(|(key, _)| key.to_owned())
+        .collect()
+}
+
+#[test]
+fn the_plugin_names_the_container_transports_and_setns_kinds() {
+    let containers = repo_file("plugin/ansible_ferrogen/containers.py");
+    let rust: BTreeSet<String> = Transport::ALL
+        .iter()
+        .filter(|t| !matches!(t, Transport::Ssh | Transport::Local))
+        .map(|t| t.name().to_owned())
+        .collect();
+    assert_eq!(dict_keys(&containers, "KINDS"), rust);
+    let setns: BTreeSet<String> = [
+        SetnsKind::Docker,
+        SetnsKind::Lxc,
+        SetnsKind::Lxd,
+        SetnsKind::Machinectl,
+    ]
+    .iter()
+    .map(|kind| {
+        serde_json::to_value(kind)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    })
+    .collect();
+    assert_eq!(dict_keys(&containers, "SETNS_TOOLS"), setns);
 }

@@ -11,9 +11,7 @@ impl ConnectionKind for Jail {
     /// `jexec [-U USER] JAIL sh -c REMOTE`: `-U` runs as the jail's own account of that name.
     fn command_line(&self, spec: &TargetSpec, remote_command: String) -> Vec<String> {
         let container = container_of(spec);
-        let mut argv = vec![container
-            .tool
-            .unwrap_or_else(|| "/usr/sbin/jexec".into())];
+        let mut argv = vec![container.tool.unwrap_or_else(|| "/usr/sbin/jexec".into())];
         argv.extend(container.tool_args);
         if let Some(user) = &spec.user {
             argv.extend(["-U".into(), user.clone()]);

@@ -60,7 +60,15 @@ mod tests {
         let spec = container_spec(Transport::Lxd, None, ContainerSpec::default());
         assert_eq!(
             argv_before_remote(&LXD, &spec),
-            ["lxc", "exec", "--mode=noninteractive", "c1", "--", "/bin/sh", "-c"]
+            [
+                "lxc",
+                "exec",
+                "--mode=noninteractive",
+                "c1",
+                "--",
+                "/bin/sh",
+                "-c"
+            ]
         );
     }
 

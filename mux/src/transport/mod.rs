@@ -385,7 +385,8 @@ pub(crate) mod tests {
     /// The argv `kind` builds for `spec`, without the bootstrap command itself (its last
     /// word), which is checked to be the bootstrap.
     pub(crate) fn argv_before_remote(kind: &dyn ConnectionKind, spec: &TargetSpec) -> Vec<String> {
-        let remote = Bootstrap::from_source(b"x").remote_command(spec.python.as_deref(), &[], false);
+        let remote =
+            Bootstrap::from_source(b"x").remote_command(spec.python.as_deref(), &[], false);
         let mut argv = kind.command_line(spec, remote.clone());
         assert_eq!(argv.pop(), Some(remote));
         argv

@@ -45,7 +45,15 @@ mod tests {
         let spec = container_spec(Transport::Podman, None, ContainerSpec::default());
         assert_eq!(
             argv_before_remote(&Podman, &spec),
-            ["podman", "exec", "--interactive", "--", "c1", "/bin/sh", "-c"]
+            [
+                "podman",
+                "exec",
+                "--interactive",
+                "--",
+                "c1",
+                "/bin/sh",
+                "-c"
+            ]
         );
     }
 

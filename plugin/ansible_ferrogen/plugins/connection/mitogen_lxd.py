@@ -7,9 +7,19 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..')))
 
-from ansible_ferrogen.containers import ContainerConnection, documentation  # noqa: E402
+from ansible_ferrogen.containers import ContainerConnection, register_options  # noqa: E402
 
-DOCUMENTATION = documentation('lxd')
+DOCUMENTATION = """
+    name: mitogen_lxd
+    short_description: Mitogen's mitogen_lxd connection type, through ferrogen-mux
+    description:
+        - The options are ferrogen.mux.lxd's (C(ansible-doc -t connection ferrogen.mux.lxd)), given to
+          Ansible when this file loads, so its loader has no documentation to parse.
+    author: ferrogen developers
+    extends_documentation_fragment:
+        - ferrogen.mux.containers.LXD
+"""
+register_options('mitogen_lxd', 'lxd')
 
 
 class Connection(ContainerConnection):

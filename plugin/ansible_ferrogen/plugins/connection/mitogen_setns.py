@@ -7,9 +7,19 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', '..')))
 
-from ansible_ferrogen.containers import ContainerConnection, documentation  # noqa: E402
+from ansible_ferrogen.containers import ContainerConnection, register_options  # noqa: E402
 
-DOCUMENTATION = documentation('setns')
+DOCUMENTATION = """
+    name: mitogen_setns
+    short_description: Mitogen's mitogen_setns connection type, through ferrogen-mux
+    description:
+        - The options are ferrogen.mux.setns's (C(ansible-doc -t connection ferrogen.mux.setns)), given to
+          Ansible when this file loads, so its loader has no documentation to parse.
+    author: ferrogen developers
+    extends_documentation_fragment:
+        - ferrogen.mux.containers.SETNS
+"""
+register_options('mitogen_setns', 'setns')
 
 
 class Connection(ContainerConnection):

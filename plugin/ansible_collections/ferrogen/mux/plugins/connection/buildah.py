@@ -27,9 +27,10 @@ DOCUMENTATION = """
 """
 
 from ansible_ferrogen import connection_only  # noqa: E402
-from ansible_ferrogen.containers import ContainerConnection  # noqa: E402
+from ansible_ferrogen.containers import ContainerConnection, register_options  # noqa: E402
 
 connection_only.install()
+register_options('ferrogen.mux.buildah', 'buildah')
 
 
 class Connection(ContainerConnection):
