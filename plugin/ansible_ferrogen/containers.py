@@ -148,7 +148,9 @@ def option_names(kind: str) -> frozenset[str]:
 def register_options(name: str, kind: str) -> None:
     """Give Ansible plugin `name`'s options from the table above, so that its loader does not
     parse documentation (some 20 ms a plugin in pure Python): the strategy loads every redirected
-    plugin before workers fork, container types included."""
+    plugin before workers fork, container types included. `name` is what the plugin loader
+    registers the options under: a legacy plugin's name (`mitogen_docker`), a collection
+    plugin's Python module name (see `connection.reuse_builtin_options`)."""
     if not C.config.has_configuration_definition('connection', name):
         C.config.initialize_plugin_configuration_definitions('connection', name, options(kind))
 

@@ -30,7 +30,7 @@ from ansible_ferrogen import connection_only  # noqa: E402
 from ansible_ferrogen.containers import ContainerConnection, register_options  # noqa: E402
 
 connection_only.install()
-register_options('ferrogen.mux.buildah', 'buildah')
+register_options(__name__, 'buildah')
 
 
 class Connection(ContainerConnection):
