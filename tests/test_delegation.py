@@ -56,8 +56,11 @@ def by_task(run, task: str) -> dict[str, dict]:
 
 
 def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
     run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
-                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"))
+                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"),
+                               extra_args=("-e", f"big_file={big}"))
     assert run.returncode == 0, helpers.describe(run)
     addresses = by_task(run, "addresses of the host the task ran on")
     assert set(addresses) == {"app1", "app2"}
@@ -76,6 +79,8 @@ def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path
     for result in by_task(run, "delegate_to another routed host").values():
         assert chain.hosts[2] in result["stdout"], result
     assert all(r["status"] == "ok" for r in by_task(run, "local_action runs on the controller").values())
+    for name in ("app1", "app2"):
+        assert (tmp_path / f"big.bin.{name}").read_bytes() == big.read_bytes()
 
 
 def test_two_hops_reach_the_host_behind_the_first(chain, tmp_path):
