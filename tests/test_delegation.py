@@ -56,8 +56,11 @@ def by_task(run, task: str) -> dict[str, dict]:
 
 
 def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path):
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 << 20))
     run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
-                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"))
+                               inventory=inventory(tmp_path / "inv.ini", chain, "hop2"),
+                               extra_args=("-e", f"big_file={big}"))
     assert run.returncode == 0, helpers.describe(run)
     addresses = by_task(run, "addresses of the host the task ran on")
     assert set(addresses) == {"app1", "app2"}
@@ -76,6 +79,8 @@ def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path
     for result in by_task(run, "delegate_to another routed host").values():
         assert chain.hosts[2] in result["stdout"], result
     assert all(r["status"] == "ok" for r in by_task(run, "local_action runs on the controller").values())
+    for name in ("app1", "app2"):
+        assert (tmp_path / f"big.bin.{name}").read_bytes() == big.read_bytes()
 
 
 def test_two_hops_reach_the_host_behind_the_first(chain, tmp_path):
@@ -104,12 +109,13 @@ ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/
 
 
 def test_a_via_through_a_become_account(chain, tmp_path):
-    """mitogen_via=root@hop1 as ferrotest: hop1's transport to host 2 runs as root there."""
+    """mitogen_via=root@hop1, logged in as ferrotest: hop1's transport to host 2 runs as root
+    there, sudo answered with the become password from the inventory."""
     path = tmp_path / "inv.ini"
     h1, h2, _ = chain.hosts
     path.write_text(f"""
 [hops]
-hop1 ansible_host={h1} ansible_user=ferrotest ansible_become_method=sudo
+hop1 ansible_host={h1} ansible_user=ferrotest ansible_become_method=sudo ansible_become_password=testpass
 [finals]
 app1 ansible_host={h2} mitogen_via=root@hop1
 [all:vars]
@@ -137,28 +143,23 @@ def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconn
         "done\n"
     )
     playbook = tmp_path / "dead_hop.yml"
+    # The namespaces share one process table: app1's task ends hop1's sessions, its own
+    # connection among them, while app2's task runs through the same hop.
     playbook.write_text(f"""
 - hosts: finals
   gather_facts: false
   tasks:
     - name: before
       command: ip -4 -o addr show
-    - name: kill hop1's sessions
-      command: sh {killer}
-      delegate_to: localhost
-      run_once: true
-    - name: settle
-      pause:
-        seconds: 2
-    - name: while hop1 is down
-      command: ip -4 -o addr show
+    - name: while hop1 dies
+      command: "{{{{ 'sh {killer}' if inventory_hostname == 'app1' else 'sleep 5' }}}}"
       ignore_unreachable: true
     - name: after
       command: ip -4 -o addr show
 """)
     run = helpers.run_playbook(playbook, ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
                                inventory=inventory(tmp_path / "inv.ini", chain, "hop2"))
-    down = by_task(run, "while hop1 is down")
+    down = by_task(run, "while hop1 dies")
     assert set(down) == {"app1", "app2"}, helpers.describe(run)
     for result in down.values():
         assert result["unreachable"], result

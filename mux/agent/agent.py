@@ -2612,6 +2612,12 @@ class Route:
             os._exit(127)
         for fd in (stdin_r, stdout_w, stderr_w):
             os.close(fd)
+        # Writes to the next hop block this agent while its pipe is full: make that rare.
+        for fd in (self.stdin_w, stdout_r):
+            try:
+                fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_WINDOW)
+            except (OSError, ValueError):
+                pass
         self.streams = [RouteStream(self, stdout_r, 'stdout'), RouteStream(self, stderr_r, 'stderr')]
         for stream in self.streams:
             os.set_blocking(stream.fd, False)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
-use worker_ipc::RouteClosed;
+use worker_ipc::{InterpId, RouteClosed};
 
 use crate::{
     messages::OpenRoute,
@@ -22,6 +22,8 @@ struct Route {
     exit: oneshot::Sender<TransportExit>,
     /// The routed Target's stderr tail, for what the process (or this hop) said.
     stderr: StderrTail,
+    /// The interpreter that runs it, so a become interpreter that cannot start ends it.
+    interp: InterpId,
 }
 
 /// A Target's routes.
@@ -50,6 +52,7 @@ impl Routes {
     /// once the writer (which needs the number) is made.
     pub fn open(
         &mut self,
+        interp: InterpId,
         stderr: StderrTail,
     ) -> (u64, RouteReader, oneshot::Receiver<TransportExit>) {
         let route = self.next;
@@ -62,6 +65,7 @@ impl Routes {
                 output,
                 exit,
                 stderr,
+                interp,
             },
         );
         (route, RouteReader::new(incoming), exited)
@@ -97,6 +101,22 @@ impl Routes {
         };
         let _ = route.exit.send(exit);
         true
+    }
+
+    /// The interpreter `interp` could not be started: the routes it was to run end with `why`.
+    pub fn fail_interp(&mut self, interp: InterpId, why: &str) {
+        let failed: Vec<u64> = self
+            .open
+            .iter()
+            .filter(|(_, route)| route.interp == interp)
+            .map(|(&number, _)| number)
+            .collect();
+        for number in failed {
+            if let Some(route) = self.open.remove(&number) {
+                route.stderr.push(format!("\n{why}\n").as_bytes());
+                let _ = route.exit.send(TransportExit::NotStarted);
+            }
+        }
     }
 
     /// This Target is gone: every route ends with `why` (which names the hop) in its
@@ -136,7 +156,7 @@ mod tests {
     fn a_closed_route_reports_its_status_and_stderr() {
         let mut routes = Routes::default();
         let tail = StderrTail::default();
-        let (route, _reader, mut exit) = routes.open(tail.clone());
+        let (route, _reader, mut exit) = routes.open(0, tail.clone());
         assert!(routes.deliver(route, Bytes::from_static(b"x")));
         assert!(routes.closed(RouteClosed {
             route,
@@ -157,10 +177,25 @@ mod tests {
     fn a_dead_hop_ends_every_route_naming_itself() {
         let mut routes = Routes::default();
         let tail = StderrTail::default();
-        let (_, _reader, mut exit) = routes.open(tail.clone());
+        let (_, _reader, mut exit) = routes.open(0, tail.clone());
         routes.fail_all("via hop1: connection to hop1 lost");
         assert!(matches!(exit.try_recv(), Ok(TransportExit::Unknown(_))));
         assert_eq!(tail.lines(), vec!["via hop1: connection to hop1 lost"]);
         assert!(routes.open.is_empty());
+    }
+
+    #[test]
+    fn a_become_interpreter_that_cannot_start_ends_its_routes_only() {
+        let mut routes = Routes::default();
+        let (as_login, _r1, _e1) = routes.open(0, StderrTail::default());
+        let tail = StderrTail::default();
+        let (as_root, _r2, mut exit) = routes.open(1, tail.clone());
+        routes.fail_interp(
+            1,
+            "via hop1: become sudo:root on hop1: a password is required",
+        );
+        assert_eq!(exit.try_recv().unwrap(), TransportExit::NotStarted);
+        assert!(routes.is_open(as_login) && !routes.is_open(as_root));
+        assert_eq!(tail.lines().len(), 1);
     }
 }

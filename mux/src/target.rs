@@ -26,16 +26,17 @@ use std::{
 };
 
 use actix::{io::FramedWrite, prelude::*};
-use parking_lot::Mutex;
 use bytes::Bytes;
 use futures_util::future::join_all;
+use parking_lot::Mutex;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::codec::FramedRead;
 use tracing::{debug, error, info, warn};
 use worker_ipc::{
-    AgentInfo, AgentLinkCodec, AgentLog, BecomeKey, BecomeSpec, ErrorInfo, ErrorKind, Frame, FrameError,
-    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Reply, RouteOpen, RouteRef, Spawn, Spawned,
-    StatusRow, TargetKey, TargetRow, TargetSpec, TargetState, ToAgent, LOGIN_INTERP,
+    AgentInfo, AgentLinkCodec, AgentLog, BecomeKey, BecomeSpec, ErrorInfo, ErrorKind, Frame,
+    FrameError, FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, Reply,
+    RouteOpen, RouteRef, Spawn, Spawned, StatusRow, TargetKey, TargetRow, TargetSpec, TargetState,
+    ToAgent, LOGIN_INTERP,
 };
 
 use crate::{
@@ -459,9 +460,16 @@ impl Target {
             Some(spec) => self.interpreter_for_account(spec, None, ctx),
             None => LOGIN_INTERP,
         };
-        let (route, reader, exit) = self.routes.open(stderr_tail);
+        let (route, reader, exit) = self.routes.open(interp, stderr_tail);
         debug!(target = %self.name, route, interp, routed = %name, ?argv, "opening a route");
-        self.transmit(ToAgent::RouteOpen(RouteOpen { route, interp, argv }), payload);
+        self.transmit(
+            ToAgent::RouteOpen(RouteOpen {
+                route,
+                interp,
+                argv,
+            }),
+            payload,
+        );
         let writer = RouteWriter::new(route, interp, ctx.address().recipient());
         let _ = reply.send(Ok(routes::started(writer, reader, exit)));
     }
@@ -516,6 +524,8 @@ impl Target {
         let text = format!("become {}: {message}", self.account_label(&key));
         warn!(target = %self.name, interp = id, "{text}");
         // The agent answers each of them too, once it has given up on the interpreter.
+        self.routes
+            .fail_interp(id, &format!("via {}: {text}", self.name));
         for call in self.interpreters.take_calls_of(id, true) {
             let reply = CallReply::error(call.worker_id, kind.clone(), text.clone());
             call.sink.do_send(CallEvent::Reply(reply));
@@ -717,7 +727,8 @@ impl Target {
             };
             call.sink.do_send(CallEvent::Reply(reply));
         }
-        self.routes.fail_all(&format!("via {}: {message}", self.name));
+        self.routes
+            .fail_all(&format!("via {}: {message}", self.name));
         for tx in self.on_finished.drain(..) {
             let _ = tx.send(());
         }
@@ -1074,7 +1085,10 @@ impl Handler<OpenRoute> for Target {
             Phase::Ready { .. } => self.open_route(msg, ctx),
             Phase::Connecting { .. } => self.routes.wait(msg),
             Phase::Dying { reason, .. } => {
-                let why = format!("via {}: the connection to it is closing ({reason})", self.name);
+                let why = format!(
+                    "via {}: the connection to it is closing ({reason})",
+                    self.name
+                );
                 let _ = msg.reply.send(Err(why));
             }
         }

@@ -51,7 +51,12 @@ def delegation(connection) -> dict:
         return {}
     hostvars = variables.get('hostvars') or {}
     name = connection.inventory_name()
-    own = hostvars[name] if name and name in hostvars else variables
+    own = hostvars[name] if name and name in hostvars else {}
+    # Under delegate_to the connection is the delegated host's: its own variables (where its
+    # mitogen_via is, if any) are the task's only delegated ones.
+    delegated = variables.get('ansible_delegated_vars') or {}
+    if len(delegated) == 1:
+        name, own = next(iter(delegated.items()))
     via = own.get(VIA_VAR)
     if not via:
         return {}

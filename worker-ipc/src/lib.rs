@@ -34,8 +34,8 @@ pub mod target;
 
 pub use agent_link::{
     AgentAck, AgentBlob, AgentCall, AgentChunk, AgentInfo, AgentLog, AgentPutEnd, CallRef,
-    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, RouteClosed, RouteOpen, RouteRef, Spawn, Spawned,
-    ToAgent, LOGIN_INTERP,
+    FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, RouteClosed, RouteOpen,
+    RouteRef, Spawn, Spawned, ToAgent, LOGIN_INTERP,
 };
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
 pub use compression::AgentLinkCodec;

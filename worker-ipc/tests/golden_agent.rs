@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use worker_ipc::{
     Ack, AgentBlob, AgentCall, AgentChunk, AgentInfo, AgentLog, AgentPutEnd, BecomeSpec, CallRef,
-    Chunk, ErrorInfo, ErrorKind, Frame, FromAgent, LogLevel, Op, Reply, Spawn, Spawned, ToAgent,
+    Chunk, ErrorInfo, ErrorKind, Frame, FromAgent, LogLevel, Op, Reply, RouteClosed, RouteOpen,
+    RouteRef, Spawn, Spawned, ToAgent,
 };
 
 fn golden_dir() -> PathBuf {
@@ -45,6 +46,37 @@ fn to_agent() -> Vec<(&'static str, ToAgent, &'static [u8])> {
                 hash: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into(),
                 interp: 3,
                 cached: true,
+            }),
+            b"",
+        ),
+        (
+            "to_route_open",
+            ToAgent::RouteOpen(RouteOpen {
+                route: 4,
+                interp: 0,
+                argv: vec![
+                    "ssh".into(),
+                    "-p".into(),
+                    "22".into(),
+                    "10.0.2.2".into(),
+                    "exec python3".into(),
+                ],
+            }),
+            b"bootstrap payload",
+        ),
+        (
+            "to_route_data",
+            ToAgent::RouteData(RouteRef {
+                route: 4,
+                interp: 0,
+            }),
+            b"frames for the next hop",
+        ),
+        (
+            "to_route_close",
+            ToAgent::RouteClose(RouteRef {
+                route: 4,
+                interp: 2,
             }),
             b"",
         ),
@@ -186,6 +218,32 @@ fn from_agent() -> Vec<(&'static str, Frame, FromAgent)> {
             FromAgent::Ack(Ack {
                 id: 14,
                 bytes: 1048576,
+            }),
+        ),
+        (
+            "from_route_data",
+            frame(
+                json!({"type": "route_data", "route": 4}),
+                b"frames from the next hop",
+            ),
+            FromAgent::RouteData {
+                route: 4,
+                body: Bytes::from_static(b"frames from the next hop"),
+            },
+        ),
+        (
+            "from_route_closed",
+            frame(
+                json!({"type": "route_closed", "route": 4, "status": 255,
+                       "stderr": "ssh: connect to host 10.0.2.2 port 22: No route to host\n"}),
+                b"",
+            ),
+            FromAgent::RouteClosed(RouteClosed {
+                route: 4,
+                status: Some(255),
+                signal: None,
+                error: None,
+                stderr: "ssh: connect to host 10.0.2.2 port 22: No route to host\n".into(),
             }),
         ),
         (

@@ -1,0 +1,111 @@
+"""The 100-item loop through one and through two ssh intermediaries (mitogen_via), Mitogen and
+ferrogen in one run: wall time and bytes on the wire, and ferrogen's ratio to Mitogen.
+
+Every hop is the test sshd behind a latency-proxy of its own (13 ms each way by default), so
+each hop of the route adds its own delay:
+
+    controller -> proxy(hop1) -> hop1 -> proxy(hop2) -> hop2 -> proxy(target) -> target
+
+All hops are this machine's sshd (distinct ports, so distinct connections). Run with the bench
+venv's Python (bench/run.sh makes it):  .state/bench-venv/bin/python bench/via.py [--delay 13]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench  # noqa: E402
+
+ENGINES = ("mitogen", "ferrogen")
+ROUTES = {"one hop": 1, "two hops": 2}
+
+
+def start_proxies(count: int, delay_ms: int, stats: Path) -> tuple[list[int], list[subprocess.Popen]]:
+    ports = [bench.free_port() for _ in range(count)]
+    procs = [
+        subprocess.Popen(  # noqa: S603 - the shared tool, our arguments
+            [sys.executable, str(bench.LATENCY_PROXY), str(port), str(bench.SSH_PORT), str(delay_ms), str(stats)],
+            stdin=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
+    bench.wait_for_ports(ports, "latency-proxy")
+    return ports, procs
+
+
+def inventory(path: Path, ports: list[int], hops: int) -> Path:
+    """hop1 .. hopN, each via the one before, and `target` via the last."""
+    lines = ["[all:vars]", "ansible_host=127.0.0.1", "ansible_user=root",
+             f"ansible_ssh_private_key_file={bench.STATE / 'id_ed25519'}",
+             "ansible_python_interpreter=/usr/bin/python3",
+             "ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'",
+             "[hops]"]
+    for index in range(hops):
+        via = f" mitogen_via=hop{index}" if index else ""
+        lines.append(f"hop{index + 1} ansible_port={ports[index]}{via}")
+    lines += ["[targets]", f"target ansible_port={ports[hops]} mitogen_via=hop{hops}"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
+    stats = work / f"{engine}-{hops}.stats"
+    ports, proxies = start_proxies(hops + 1, delay_ms, stats)
+    try:
+        inv = inventory(work / f"{engine}-{hops}.ini", ports, hops)
+        env = bench.engine_env(engine, work)
+        start = time.monotonic()
+        proc = subprocess.run(  # noqa: S603
+            [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inv), "--limit", "target",
+             str(bench.LOOP)],
+            env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
+        )
+        wall = time.monotonic() - start
+    finally:
+        for proxy in proxies:
+            proxy.terminate()
+        for proxy in proxies:
+            proxy.wait()
+    if proc.returncode:
+        raise SystemExit(f"{engine}, {hops} hop(s) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    sent = received = 0
+    if stats.exists():
+        for line in stats.read_text().split():
+            key, _, value = line.partition("=")
+            if key == "sent":
+                sent += int(value)
+            elif key == "received":
+                received += int(value)
+    return {"wall": wall, "bytes": sent + received}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay", type=int, default=13, help="one-way delay each hop adds, ms")
+    parser.add_argument("--runs", type=int, default=1, help="runs per engine and route; the best is shown")
+    args = parser.parse_args()
+    results: dict[tuple[str, str], dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-via-") as tmp:
+        for route, hops in ROUTES.items():
+            for engine in ENGINES:
+                runs = [run_once(engine, hops, args.delay, Path(tmp)) for _ in range(args.runs)]
+                results[(route, engine)] = min(runs, key=lambda r: r["wall"])
+    print(f"loop-100 through mitogen_via hops, {args.delay} ms each way per hop")
+    print(f"{'route':<10} {'engine':<9} {'wall s':>8} {'bytes':>10} {'wall vs mitogen':>16} {'bytes vs mitogen':>17}")
+    for route in ROUTES:
+        base = results[(route, "mitogen")]
+        for engine in ENGINES:
+            r = results[(route, engine)]
+            print(f"{route:<10} {engine:<9} {r['wall']:>8.2f} {r['bytes']:>10} "
+                  f"{r['wall'] / base['wall']:>16.2f} {r['bytes'] / max(base['bytes'], 1):>17.2f}")
+
+
+if __name__ == "__main__":
+    main()
