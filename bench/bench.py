@@ -241,7 +241,10 @@ class TargetSshds:
                 path = tmp / f"sshd-{first}.config"
                 pid_file = tmp / f"sshd-{first}.pid"
                 ports = self.ports[first : first + self.PORTS_PER_DAEMON]
-                path.write_text("\n".join([*config, f"PidFile {pid_file}", *(f"Port {p}" for p in ports)]) + "\n")
+                # Global settings go before the config's Match blocks.
+                at = next((i for i, line in enumerate(config) if line.startswith("Match ")), len(config))
+                own = [f"PidFile {pid_file}", *(f"Port {p}" for p in ports)]
+                path.write_text("\n".join([*config[:at], *own, *config[at:]]) + "\n")
                 # Without -D, sshd detaches: its first process exits once the daemon is forked.
                 subprocess.run(["/usr/sbin/sshd", "-f", str(path), "-E", str(tmp / f"sshd-{first}.log")], check=True)
                 self.pid_files.append(pid_file)

@@ -47,6 +47,8 @@ STRATEGY_DIR = REPO / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
 ROUND_TIMEOUT = 120
 KINDS = ("mux", "ssh", "agent", "task", "worker", "stop-ssh", "none")
 STUB_MARK = "SOURCE=sys.stdin.buffer.read"
+# What a running interpreter shows as its arguments instead (docs/user-guide.md, "Process names").
+AGENT_NAME_MARK = " mitogen:"
 
 
 def children_of(pid: int) -> list[int]:
@@ -125,7 +127,7 @@ def pick_victim(rng: random.Random, kind: str, run: subprocess.Popen, tag: str) 
     tree = children_of(run.pid)
     mux = [p for p in tree if "ferrogen-mux" in cmdline(p) and " serve " in cmdline(p)]
     ssh = [p for p in tree if cmdline(p).startswith("ssh ")]
-    agents = [p for p in tree if STUB_MARK in cmdline(p)]
+    agents = [p for p in tree if STUB_MARK in cmdline(p) or AGENT_NAME_MARK in cmdline(p)]
     workers = [p for p in tree if "ansible-playbook" in cmdline(p) and p != run.pid]
     tasks = [p for p in bench_all_pids() if tag in cmdline(p)]
     pools = {"mux": mux, "ssh": ssh, "stop-ssh": ssh, "agent": agents, "task": tasks, "worker": workers}

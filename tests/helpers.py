@@ -205,6 +205,13 @@ def write_inventory(path: Path, lines: list[str]) -> Path:
     return path
 
 
+def is_agent_args(args: str) -> bool:
+    """Whether a process's arguments (/proc/PID/cmdline, NULs as spaces) are a ferrogen
+    interpreter's: its name once it runs (`python3 mitogen:user@host:pid`), or the bootstrap
+    stub before that."""
+    return " mitogen:" in args or "SOURCE=sys.stdin.buffer.read" in args
+
+
 # ci/setup.sh starts the test sshd on this port (FERROGEN_SSH_PORT, default 2222).
 SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
 

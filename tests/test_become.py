@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from helpers import STATE, describe, ssh_host_line, write_inventory
+from helpers import STATE, describe, is_agent_args, ssh_host_line, write_inventory
 
 pytestmark = pytest.mark.mux_only
 
@@ -43,7 +43,7 @@ def _interpreters_by_user(ps_output: str, login_pid: int) -> dict[str, int]:
     for pid, (_, comm, user, args) in procs.items():
         parent = procs.get(procs[pid][0])
         started_by_tool = parent is not None and not parent[1].startswith("python")
-        if comm.startswith("python") and "SOURCE=sys.stdin.buffer.read" in args and started_by_tool and below_login(pid):
+        if comm.startswith("python") and is_agent_args(args) and started_by_tool and below_login(pid):
             counts[user] = counts.get(user, 0) + 1
     return counts
 

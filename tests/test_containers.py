@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import REPO, TESTS, describe, run_playbook
+from helpers import REPO, TESTS, describe, run_playbook, ssh_host_line
 
 # The image ci/target-image.sh builds (its default tag: one source for the name).
 IMAGE = re.search(r"TAG=\$\{2:-([^}]+)\}", (REPO / "ci" / "target-image.sh").read_text()).group(1)
@@ -121,6 +121,20 @@ def test_docker_container_with_become_transfers_and_a_loop(container, tmp_path):
             break
         time.sleep(0.1)
     assert not left, top.stdout
+
+
+def test_docker_container_delegated_via_its_host_machine(container, tmp_path):
+    """The spec's first delegation example: a container reached with `docker` run on its host
+    machine, which is reached by ssh (mitogen_via); become inside, copy, fetch, template and the
+    loop as directly. The docker client is started by the hop's agent, not by the mux."""
+    inventory = container_inventory(tmp_path, [
+        f"docker_app ansible_connection=docker ansible_host={container} ansible_user=app mitogen_via=dockerhost",
+        "",
+        "[hosts]",
+        ssh_host_line("dockerhost"),
+    ])  # fmt: skip
+    run = run_playbook("containers.yml", ferrogen=True, tmp_path=tmp_path, inventory=inventory, limit="containers")
+    assert_container_results(run, "docker_app", "app", tmp_path)
 
 
 def test_podman_container_with_become_transfers_and_a_loop(podman_container, tmp_path):

@@ -60,3 +60,37 @@ def test_ssh_compression_only_where_the_user_asks_for_it():
     assert ssh_args_for({'ansible_ssh_extra_args': '-C'}) == ['-C']
     assert ssh_args_for({'ansible_ssh_extra_args': '-C', 'mitogen_ssh_compression': False}) == []
     assert ssh_args_for({'ansible_ssh_args': '-C', 'mitogen_ssh_compression': True}) == ['-C']
+
+
+def _ssh_spec(var_options: dict) -> dict:
+    from ansible.playbook.play_context import PlayContext
+    from ansible.plugins.loader import connection_loader
+
+    from ansible_ferrogen.strategy import CONNECTION_DIR
+
+    connection_loader.add_directory(CONNECTION_DIR)
+    connection = connection_loader.get('mitogen_ssh', PlayContext())
+    connection.set_options(var_options={'ansible_host': '127.0.0.1', **var_options})
+    return connection.target_spec()
+
+
+def test_mitogen_ssh_variables_reach_the_target_spec():
+    spec = _ssh_spec({'ansible_ssh_pass': 'pw', 'mitogen_ssh_debug_level': 2,
+                      'mitogen_ssh_keepalive_interval': 5, 'mitogen_ssh_keepalive_count': 4,
+                      'mitogen_mask_remote_name': True})
+    assert spec['password'] == 'pw'
+    assert spec['ssh_debug_level'] == 2
+    assert spec['keepalive_interval'] == 5.0
+    assert spec['keepalive_count'] == 4
+    assert spec['mask_remote_name'] is True
+
+
+def test_unset_mitogen_ssh_variables_leave_the_spec_as_before():
+    spec = _ssh_spec({})
+    for field in ('password', 'ssh_debug_level', 'keepalive_interval', 'keepalive_count', 'mask_remote_name'):
+        assert field not in spec
+
+
+def test_ssh_verbosity_and_debug_level_take_the_larger_at_most_three():
+    assert _ssh_spec({'ansible_ssh_verbosity': 1, 'mitogen_ssh_debug_level': 2})['ssh_debug_level'] == 2
+    assert _ssh_spec({'ansible_ssh_verbosity': 5})['ssh_debug_level'] == 3
