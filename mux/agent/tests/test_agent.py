@@ -13,9 +13,9 @@ import tempfile
 import time
 import zlib
 
+import ferrogen_agent
 import pytest
 
-AGENT = os.path.join(os.path.dirname(__file__), '..', 'agent.py')
 PREFIX = struct.Struct('>II')
 
 
@@ -25,8 +25,7 @@ class AgentProcess:
         """Start the agent as the mux does; `early` follows the bootstrap payload in the same
         write, as frames the mux sends before `ready` do. `settings` are the debug statements
         the mux puts in the stub; `launcher` runs the interpreter (and keeps its pid)."""
-        with open(AGENT, 'rb') as handle:
-            source = zlib.compress(handle.read())
+        source = zlib.compress(ferrogen_agent.source())
         stub = (f'import sys,zlib;{settings}SOURCE=sys.stdin.buffer.read({len(source)});'
                 'exec(zlib.decompress(SOURCE))')
         self.proc = subprocess.Popen([*launcher, python, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
