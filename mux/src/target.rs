@@ -45,7 +45,7 @@ use crate::{
         Relay, ShutdownTarget, TargetGone,
     },
     process_groups,
-    transport::{self, AgentWriter, Connector, Started, StderrTail, TransportExit},
+    transport::{self, AgentWriter, ConnectRequest, Connector, Started, StderrTail, TransportExit},
 };
 
 /// After the transport is found dying, how long to wait for its exit status and the end
@@ -789,13 +789,13 @@ impl Actor for Target {
     fn started(&mut self, ctx: &mut Self::Context) {
         let timeout = self.timeout();
         let pool = self.shared.pool.clone();
-        let connecting = self.shared.connector.connect(
-            self.spec.clone(),
-            self.shared.bootstrap.clone(),
-            self.link.stderr.clone(),
-            self.name.clone(),
+        let connecting = self.shared.connector.connect(ConnectRequest {
+            spec: self.spec.clone(),
+            bootstrap: self.shared.bootstrap.clone(),
+            stderr_tail: self.link.stderr.clone(),
+            name: self.name.clone(),
             timeout,
-        );
+        });
         async move {
             let permit = pool.acquire_owned().await.ok();
             (connecting.await, permit)

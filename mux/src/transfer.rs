@@ -319,6 +319,22 @@ impl Stream {
         }
     }
 
+    /// Keeps the route a [`CallEvent::Routed`] gives (any other event leaves it).
+    fn take_route(&mut self, event: CallEvent) {
+        if let CallEvent::Routed {
+            mux_id,
+            interp,
+            link,
+        } = event
+        {
+            self.route = Some(Route {
+                mux_id,
+                interp,
+                link,
+            });
+        }
+    }
+
     /// Bytes per second so far.
     fn rate(&self) -> f64 {
         let secs = self.started.elapsed().as_secs_f64().max(1e-6);
@@ -460,6 +476,33 @@ impl Stream {
     }
 }
 
+/// What Put's and Fetch's actors get from their [`Stream`]: the logs at start and stop, and
+/// the status row.
+macro_rules! stream_actor {
+    ($actor:ty) => {
+        impl Actor for $actor {
+            type Context = Context<Self>;
+
+            fn started(&mut self, _: &mut Self::Context) {
+                self.stream.started();
+            }
+
+            fn stopped(&mut self, _: &mut Self::Context) {
+                self.stream.stopped();
+            }
+        }
+
+        /// Handler for DescribeTransfer.
+        impl Handler<DescribeTransfer> for $actor {
+            type Result = MessageResult<DescribeTransfer>;
+
+            fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
+                MessageResult(self.stream.describe())
+            }
+        }
+    };
+}
+
 /// A streamed put: reads its controller-side source and sends it to the agent, a window at a
 /// time, then the worker's `put_end`.
 pub struct Put {
@@ -581,17 +624,7 @@ impl Put {
     }
 }
 
-impl Actor for Put {
-    type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        self.stream.started();
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.stream.stopped();
-    }
-}
+stream_actor!(Put);
 
 /// Handler for FromWorker: `put_end` waits for the last chunk; anything else fails the put.
 impl Handler<FromWorker> for Put {
@@ -619,16 +652,8 @@ impl Handler<CallEvent> for Put {
 
     fn handle(&mut self, msg: CallEvent, ctx: &mut Self::Context) {
         match msg {
-            CallEvent::Routed {
-                mux_id,
-                interp,
-                link,
-            } => {
-                self.stream.route = Some(Route {
-                    mux_id,
-                    interp,
-                    link,
-                });
+            routed @ CallEvent::Routed { .. } => {
+                self.stream.take_route(routed);
                 self.pump(ctx);
             }
             CallEvent::Ack(ack) => self.on_agent_ack(ack, ctx),
@@ -636,15 +661,6 @@ impl Handler<CallEvent> for Put {
             CallEvent::Chunk(..) => self.stream.ignore("chunk"),
             CallEvent::Reply(reply) => self.stream.on_reply(reply, ctx),
         }
-    }
-}
-
-/// Handler for DescribeTransfer.
-impl Handler<DescribeTransfer> for Put {
-    type Result = MessageResult<DescribeTransfer>;
-
-    fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.stream.describe())
     }
 }
 
@@ -701,17 +717,7 @@ impl Fetch {
     }
 }
 
-impl Actor for Fetch {
-    type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        self.stream.started();
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.stream.stopped();
-    }
-}
+stream_actor!(Fetch);
 
 /// Handler for FromWorker: `ack` goes on to the agent; anything else fails the fetch.
 impl Handler<FromWorker> for Fetch {
@@ -738,31 +744,12 @@ impl Handler<CallEvent> for Fetch {
 
     fn handle(&mut self, msg: CallEvent, ctx: &mut Self::Context) {
         match msg {
-            CallEvent::Routed {
-                mux_id,
-                interp,
-                link,
-            } => {
-                self.stream.route = Some(Route {
-                    mux_id,
-                    interp,
-                    link,
-                });
-            }
+            routed @ CallEvent::Routed { .. } => self.stream.take_route(routed),
             CallEvent::Ack(_) if self.stream.done => {}
             CallEvent::Ack(_) => self.stream.ignore("ack"),
             CallEvent::Chunk(chunk, body) => self.on_agent_chunk(chunk, body, ctx),
             CallEvent::Reply(reply) => self.stream.on_reply(reply, ctx),
         }
-    }
-}
-
-/// Handler for DescribeTransfer.
-impl Handler<DescribeTransfer> for Fetch {
-    type Result = MessageResult<DescribeTransfer>;
-
-    fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.stream.describe())
     }
 }
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -15,8 +14,8 @@ import zlib
 
 import ferrogen_agent
 import pytest
+from ansible_ferrogen import frames
 
-PREFIX = struct.Struct('>II')
 
 
 class AgentProcess:
@@ -35,12 +34,10 @@ class AgentProcess:
         self.next_id = 0
 
     def read(self):
-        header_len, body_len = PREFIX.unpack(self.proc.stdout.read(PREFIX.size))
-        return json.loads(self.proc.stdout.read(header_len)), self.proc.stdout.read(body_len)
+        return frames.read_frame(self.proc.stdout.read)
 
     def send(self, header, body=b''):
-        encoded = json.dumps(header).encode()
-        self.proc.stdin.write(PREFIX.pack(len(encoded), len(body)) + encoded + body)
+        self.proc.stdin.write(frames.encode_frame(header, body))
         self.proc.stdin.flush()
 
     def call(self, op, args, body=b''):
@@ -58,8 +55,7 @@ class AgentProcess:
 
 
 def frame(header, body=b''):
-    encoded = json.dumps(header).encode()
-    return PREFIX.pack(len(encoded), len(body)) + encoded + body
+    return frames.encode_frame(header, body)
 
 
 def test_calls_sent_behind_the_bootstrap_payload_are_answered_after_ready():
