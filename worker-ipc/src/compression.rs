@@ -429,7 +429,10 @@ mod tests {
             format!("PROBE_SAMPLE = {PROBE_SAMPLE}\n"),
             format!("PROBE_PERCENT = {PROBE_PERCENT}\n"),
         ] {
-            assert!(agent.contains(&line), "mux/agent/ferrogen_agent/link.py lacks {line:?}");
+            assert!(
+                agent.contains(&line),
+                "mux/agent/ferrogen_agent/link.py lacks {line:?}"
+            );
         }
     }
 

@@ -112,7 +112,11 @@ fn agent_parts() -> Vec<(String, String)> {
         .map(|entry| entry.expect("agent part").path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "py"))
         .map(|path| {
-            let name = path.file_name().expect("file name").to_string_lossy().into_owned();
+            let name = path
+                .file_name()
+                .expect("file name")
+                .to_string_lossy()
+                .into_owned();
             (name, fs::read_to_string(&path).expect("agent part"))
         })
         .collect();
@@ -130,7 +134,10 @@ fn the_agent_shares_the_limits_error_kinds_and_ops() {
     assert!(kinds.contains("agent_error") && kinds.contains("become_failed"));
 
     let parts = agent_parts();
-    assert!(parts.iter().any(|(name, _)| name == "ops.py"), "no ops.py part");
+    assert!(
+        parts.iter().any(|(name, _)| name == "ops.py"),
+        "no ops.py part"
+    );
     for (name, text) in &parts {
         assert_no_kind_literals(name, text);
     }
