@@ -1,11 +1,14 @@
-"""A/B of one bench scenario between ferrogen checkouts, on the same sshd.
+"""A/B of bench scenarios between two ferrogen versions, on the same sshd.
 
-Alternates runs of a scenario of bench/bench.py between versions, each with its own plugin and
-mux, and prints per version the median and best wall time and the median controller CPU.
-Alternating keeps a drifting machine from favouring one version. For example::
+Each version is a checkout (LABEL=PATH, built) or a git revision (LABEL=rev:REV), which is
+checked out with `git worktree add` under the system's temp dir and built there (release
+mux; the plugin is the checkout's). Runs of each scenario alternate between the versions,
+so a drifting machine favours neither, and the table gives per version the median wall and
+CPU time (user+sys of everything the run started), then the ratios of the last version to the
+first: the median of the paired runs' ratios, with their range. CPU is the figure to read on a
+loaded machine. For example::
 
-    git worktree add /tmp/ferrogen-before HEAD~1 && (cd /tmp/ferrogen-before && cargo build --release)
-    .state/bench-venv/bin/python bench/ab.py --scenario tasks-100 before=/tmp/ferrogen-before after=.
+    .venv/bin/python bench/ab.py --runs 5 before=rev:main after=.
 
 The benchmark is not run by the test suite.
 """
@@ -13,43 +16,90 @@ The benchmark is not run by the test suite.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402 - sibling scripts, not a package
 
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SCENARIOS = ("tasks-100", "targets-20x10")
+
+
+def checkout_of(spec: str) -> Path:
+    """The built checkout a version names: a path, or rev:REV checked out and built."""
+    if not spec.startswith("rev:"):
+        return Path(spec).resolve()
+    rev = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", spec[4:]],
+                         check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    checkout = Path(tempfile.gettempdir()) / f"ferrogen-ab-{rev}"
+    if not checkout.exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(checkout), rev], check=True)
+    print(f"building {spec} in {checkout}", file=sys.stderr, flush=True)
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "ferrogen-mux"], cwd=checkout, check=True)
+    return checkout
+
+
+def ratio_line(name: str, before: list[float], after: list[float]) -> str:
+    """after/before: the median of the paired runs' ratios and their range."""
+    ratios = [a / b for a, b in zip(after, before, strict=True) if b > 0]
+    if not ratios:
+        return f"{name} n/a"
+    return f"{name} {statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=6)
-    ap.add_argument("--scenario", default="tasks-100", choices=sorted(bench.SCENARIOS))
-    ap.add_argument("versions", nargs="+", metavar="LABEL=CHECKOUT")
+    ap.add_argument("--scenario", action="append", choices=sorted(bench.SCENARIOS),
+                    help=f"repeatable; default {' and '.join(DEFAULT_SCENARIOS)}")  # fmt: skip
+    ap.add_argument("versions", nargs="+", metavar="LABEL=PATH|LABEL=rev:REV")
     args = ap.parse_args()
-    versions = bench.versions_from(args.versions)
+    specs = {}
+    for spec in args.versions:
+        label, _, where = spec.partition("=")
+        if not where:
+            raise SystemExit(f"{spec!r}: expected LABEL=PATH or LABEL=rev:REV")
+        specs[label] = f"{label}={checkout_of(where)}"
+    versions = bench.versions_from(list(specs.values()))
     bench.set_child_subreaper(1)
     bench.LOG_DIR.mkdir(parents=True, exist_ok=True)
     playbook_bin = Path(sys.executable).parent / "ansible-playbook"
-    runs: dict[str, list[dict]] = {label: [] for label in versions}
-    with bench.direct_targets(bench.SCENARIOS[args.scenario]) as ports:
-        for run in range(args.runs):
-            for label, env in versions.items():
-                log = bench.LOG_DIR / f"ab-{args.scenario}-{label}.log"
-                r = bench.run_once("ferrogen", args.scenario, playbook_bin, log, ports, env)
-                if r["rc"] != 0:
-                    print(f"{label} run {run + 1}: FAILED (see {log})", file=sys.stderr)
-                    continue
-                runs[label].append(r)
-                print(f"{label} run {run + 1}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu", file=sys.stderr, flush=True)
-    print(f"{args.scenario}: {'version':12} {'runs':>5} {'wall median':>12} {'wall best':>10} {'cpu median':>11}")
-    for label, done in runs.items():
-        if done:
-            walls = [r["wall"] for r in done]
-            cpus = [r["cpu"] for r in done]
-            print(f"{' ' * len(args.scenario)}  {label:12} {len(done):5} {statistics.median(walls):12.2f} "
-                  f"{min(walls):10.2f} {statistics.median(cpus):11.2f}")  # fmt: skip
-    return 0 if all(runs.values()) else 1
+    print(f"load: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f} on {os.cpu_count()} cpus",
+          file=sys.stderr)  # fmt: skip
+    failed = False
+    for scenario in args.scenario or DEFAULT_SCENARIOS:
+        runs: dict[str, list[dict]] = {label: [] for label in versions}
+        with bench.direct_targets(bench.SCENARIOS[scenario]) as ports:
+            for run in range(args.runs):
+                for label, env in versions.items():
+                    log = bench.LOG_DIR / f"ab-{scenario}-{label}.log"
+                    r = bench.run_once("ferrogen", scenario, playbook_bin, log, ports, env)
+                    if r["rc"] != 0:
+                        print(f"{scenario} {label} run {run + 1}: FAILED (see {log})", file=sys.stderr)
+                        failed = True
+                        r = {"wall": float("nan"), "cpu": float("nan")}
+                    runs[label].append(r)
+                    print(f"{scenario} {label} run {run + 1}: {r['wall']:.2f} s wall, {r['cpu']:.2f} s cpu",
+                          file=sys.stderr, flush=True)  # fmt: skip
+        print(f"{scenario}: {'version':12} {'runs':>5} {'wall median':>12} {'cpu median':>11}")
+        for label, done in runs.items():
+            ok = [r for r in done if r["wall"] == r["wall"]]
+            if ok:
+                print(f"{' ' * len(scenario)}  {label:12} {len(ok):5} {statistics.median(r['wall'] for r in ok):12.2f} "
+                      f"{statistics.median(r['cpu'] for r in ok):11.2f}")  # fmt: skip
+        labels = list(runs)
+        if len(labels) >= 2:
+            first, last = runs[labels[0]], runs[labels[-1]]
+            pairs = [(b, a) for b, a in zip(first, last, strict=True) if b["wall"] == b["wall"] and a["wall"] == a["wall"]]
+            print(f"{' ' * len(scenario)}  {labels[-1]}/{labels[0]}: "
+                  + ratio_line("cpu", [b["cpu"] for b, _ in pairs], [a["cpu"] for _, a in pairs]) + ", "
+                  + ratio_line("wall", [b["wall"] for b, _ in pairs], [a["wall"] for _, a in pairs]))  # fmt: skip
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

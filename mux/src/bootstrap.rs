@@ -35,7 +35,7 @@ const PYTHON_CANDIDATES: &str = "python3.13 python3.12 python3.11 python3.10 pyt
 const FALLBACK_CANDIDATES: &str =
     "/usr/bin/python3 python3 /usr/local/bin/python3 /usr/libexec/platform-python python";
 
-/// The oldest Python the agent runs on (mux/agent/agent.py says so too; the agent's tests run it
+/// The oldest Python the agent runs on (mux/agent/ferrogen_agent/agent.py says so too; the agent's tests run it
 /// on every Python the machine has from this one on).
 const AGENT_MIN_PYTHON: (u32, u32) = (3, 6);
 

@@ -4,12 +4,12 @@
 //! ```text
 //! Listener -> WorkerSession -> Registry -> Target        (calls, resets, cancels, status)
 //!                   ^   \                    |
-//!                   |    Transfer <----------+           (CallEvent: routed, reply, ack, chunk)
+//!                   |    Put/Fetch <---------+           (CallEvent: routed, reply, ack, chunk)
 //!                   +-------+                            (CallReply, ToWorker)
 //! ```
 //!
 //! A call carries a [`CallSink`]: the Target reports everything about the call there
-//! ([`CallEvent`]), whoever is behind it (the WorkerSession for a plain call, a Transfer for a
+//! ([`CallEvent`]), whoever is behind it (the WorkerSession for a plain call, a Put or Fetch for a
 //! streamed one), so the Target never names either.
 
 use std::time::Duration;

@@ -49,7 +49,10 @@ use crate::{
     },
     process_groups,
     routes::{self, Routes},
-    transport::{self, AgentWriter, Connector, RouteWriter, Started, StderrTail, TransportExit},
+    transport::{
+        self, AgentWriter, ConnectRequest, Connector, RouteWriter, Started, StderrTail,
+        TransportExit,
+    },
 };
 
 /// After the transport is found dying, how long to wait for its exit status and the end
@@ -864,13 +867,13 @@ impl Actor for Target {
     fn started(&mut self, ctx: &mut Self::Context) {
         let timeout = self.timeout();
         let pool = self.shared.pool_for(&self.spec);
-        let connecting = self.shared.connector.connect(
-            self.spec.clone(),
-            self.shared.bootstrap.clone(),
-            self.link.stderr.clone(),
-            self.name.clone(),
+        let connecting = self.shared.connector.connect(ConnectRequest {
+            spec: self.spec.clone(),
+            bootstrap: self.shared.bootstrap.clone(),
+            stderr_tail: self.link.stderr.clone(),
+            name: self.name.clone(),
             timeout,
-        );
+        });
         async move {
             let permit = pool.acquire_owned().await.ok();
             (connecting.await, permit)

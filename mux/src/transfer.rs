@@ -1,23 +1,24 @@
-//! `Transfer`: one streamed file transfer (`put_begin` or `fetch_begin`, docs/protocol.md
-//! "File transfer") between a worker and one remote interpreter.
+//! Streamed file transfers (`put_begin` or `fetch_begin`, docs/protocol.md "File transfer")
+//! between a worker and one remote interpreter: two actors, [`Put`] and [`Fetch`], over one
+//! [`Stream`] (what both track: the route, the window, the reply, the status row).
 //!
-//! The WorkerSession starts a Transfer for each `put_begin`/`fetch_begin` call and dispatches
-//! the call like any other (same Target, same become interpreter), with the Transfer as the
-//! call's sink. When the Target has written the call frame it says so
-//! ([`CallEvent::Routed`]); from then on the Transfer's frames go to the Target behind it
+//! The WorkerSession starts one ([`start`]) for each `put_begin`/`fetch_begin` call and
+//! dispatches the call like any other (same Target, same become interpreter), with the actor
+//! as the call's sink. When the Target has written the call frame it says so
+//! ([`CallEvent::Routed`]); from then on the transfer's frames go to the Target behind it
 //! ([`Relay`]), and the agent's `ack`/`chunk` frames come back as events. The call's reply
 //! ends the transfer.
 //!
-//! A put names its controller-side file (`source`): the Transfer reads it itself, a chunk at a
+//! A [`Put`] names its controller-side file (`source`): it reads the file itself, a chunk at a
 //! time on tokio's blocking pool, and sends the chunks, so the file's bytes never pass through
-//! the worker. The worker sends only `put_end` (size and digests), which the Transfer holds
-//! until its last chunk has gone. A fetch relays the agent's `chunk` frames to the worker and
+//! the worker. The worker sends only `put_end` (size and digests), which the Put holds until
+//! its last chunk has gone. A [`Fetch`] relays the agent's `chunk` frames to the worker and
 //! the worker's `ack` frames back.
 //!
-//! Flow control is end to end: the sender (this Transfer for a put, the agent for a fetch)
-//! keeps at most [`TRANSFER_WINDOW`] bytes unacknowledged by the receiver, so the mux holds
-//! at most one window per transfer. The Transfer checks that bound on what the agent sends
-//! and fails a transfer that breaks it instead of growing.
+//! Flow control is end to end: the sender (the Put, or the agent for a fetch) keeps at most
+//! [`TRANSFER_WINDOW`] bytes unacknowledged by the receiver, so the mux holds at most one
+//! window per transfer. The Fetch checks that bound on what the agent sends and fails a
+//! transfer that breaks it instead of growing.
 
 use std::{
     fs::File,
@@ -41,7 +42,7 @@ use crate::messages::{CallEvent, CallReply, DescribeTransfer, FromWorker, Relay,
 /// Transfers at least this large are logged at info level when they end.
 const LOG_SIZE: u64 = 16 * 1024 * 1024;
 
-/// How far the agent may run past the window before the Transfer gives up on it: one chunk
+/// How far the agent may run past the window before the Fetch gives up on it: one chunk
 /// (a sender checks the window before sending a chunk, not after).
 const WINDOW_SLACK: u64 = CHUNK_MAX as u64;
 
@@ -54,7 +55,7 @@ pub struct SourceError {
     pub message: String,
 }
 
-/// A put's controller-side file, which the Transfer reads itself.
+/// A put's controller-side file, which the Put reads itself.
 struct Source {
     /// The file; `None` while a read is in flight on the blocking pool.
     file: Option<File>,
@@ -79,7 +80,7 @@ struct PutSource {
     ino: Option<u64>,
 }
 
-/// The fields of a streamed call's arguments the Transfer reads (for logs and status).
+/// The fields of a streamed call's arguments a transfer reads (for logs and status).
 #[derive(Debug, Default, Deserialize)]
 struct StreamArgs {
     /// The path on the target.
@@ -156,15 +157,6 @@ pub fn direction_of(op: &Op) -> Option<Direction> {
     }
 }
 
-/// What a transfer streams: a put reads its controller-side source; a fetch relays what the
-/// agent reads.
-enum Stream {
-    /// Controller to target (`put_begin`), from this file.
-    Put(Source),
-    /// Target to controller (`fetch_begin`).
-    Fetch,
-}
-
 /// Where the transfer's frames go on the agent link.
 struct Route {
     /// The mux-side call id.
@@ -218,12 +210,61 @@ impl Route {
     }
 }
 
-/// One streamed file transfer.
+/// A started transfer, whichever its direction: where the WorkerSession sends what concerns it.
+#[derive(Clone)]
 pub struct Transfer {
+    /// The worker's `put_end` and `ack` frames for it.
+    pub from_worker: Recipient<FromWorker>,
+    /// The call's events: the transfer is the call's sink.
+    pub events: Recipient<CallEvent>,
+    /// Its row in `ferrogen-mux status`.
+    pub status: Recipient<DescribeTransfer>,
+}
+
+/// Starts the transfer for the worker's call `worker_id` in `direction` with `args`; a put's
+/// `source` is the file it reads (taken out of `args`, which go on to the agent without it).
+///
+/// # Errors
+///
+/// A put whose source cannot be streamed.
+pub fn start(
+    worker_id: u64,
+    direction: Direction,
+    args: &mut Value,
+    target_name: String,
+    session: Recipient<ToWorker>,
+    reply_to: Recipient<CallReply>,
+) -> Result<Transfer, SourceError> {
+    fn handle<A>(addr: Addr<A>) -> Transfer
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<FromWorker>
+            + Handler<CallEvent>
+            + Handler<DescribeTransfer>,
+    {
+        Transfer {
+            from_worker: addr.clone().recipient(),
+            events: addr.clone().recipient(),
+            status: addr.recipient(),
+        }
+    }
+    Ok(match direction {
+        Direction::Put => {
+            handle(Put::new(worker_id, args, target_name, session, reply_to)?.start())
+        }
+        Direction::Fetch => {
+            handle(Fetch::new(worker_id, args, target_name, session, reply_to).start())
+        }
+    })
+}
+
+/// What every streamed transfer tracks, put or fetch: the worker's side, the route to the
+/// agent, the window, and the end.
+struct Stream {
+    /// Put or fetch, for logs and status.
+    direction: Direction,
     /// The worker's call id.
     worker_id: u64,
-    /// A put with its source, or a fetch.
-    stream: Stream,
     /// The path on the target.
     path: String,
     /// The target's name, for logs and status.
@@ -236,7 +277,7 @@ pub struct Transfer {
     acked: u64,
     /// When the call arrived.
     started: Instant,
-    /// Set by [`Attached`].
+    /// Set by [`CallEvent::Routed`].
     route: Option<Route>,
     /// The worker's session, for `ack`/`chunk` frames.
     session: Recipient<ToWorker>,
@@ -246,26 +287,20 @@ pub struct Transfer {
     done: bool,
 }
 
-impl Transfer {
-    /// A transfer for the worker's call `worker_id` of `op` with `args`; a put's `source` is
-    /// the file it reads (taken out of `args`, which go on to the agent without it).
-    pub fn new(
-        worker_id: u64,
+impl Stream {
+    /// The stream of the worker's call `worker_id` with `args` (their path and size).
+    fn new(
         direction: Direction,
-        args: &mut Value,
+        worker_id: u64,
+        args: &Value,
         target_name: String,
         session: Recipient<ToWorker>,
         reply_to: Recipient<CallReply>,
-    ) -> Result<Transfer, SourceError> {
-        let source = args.as_object_mut().and_then(|args| args.remove("source"));
-        let stream = match direction {
-            Direction::Put => Stream::Put(Source::open(source)?),
-            Direction::Fetch => Stream::Fetch,
-        };
-        let fields = StreamArgs::deserialize(&*args).unwrap_or_default();
-        Ok(Transfer {
+    ) -> Stream {
+        let fields = StreamArgs::deserialize(args).unwrap_or_default();
+        Stream {
+            direction,
             worker_id,
-            stream,
             path: fields
                 .path
                 .as_ref()
@@ -281,7 +316,23 @@ impl Transfer {
             session,
             reply_to,
             done: false,
-        })
+        }
+    }
+
+    /// Keeps the route a [`CallEvent::Routed`] gives (any other event leaves it).
+    fn take_route(&mut self, event: CallEvent) {
+        if let CallEvent::Routed {
+            mux_id,
+            interp,
+            link,
+        } = event
+        {
+            self.route = Some(Route {
+                mux_id,
+                interp,
+                link,
+            });
+        }
     }
 
     /// Bytes per second so far.
@@ -290,13 +341,27 @@ impl Transfer {
         self.acked as f64 / secs
     }
 
+    /// Whether the sender may send more: less than a window unacknowledged.
+    fn window_open(&self) -> bool {
+        self.sent.saturating_sub(self.acked) < TRANSFER_WINDOW
+    }
+
+    /// The bytes unacknowledged, if the sender ran past the window (and its slack).
+    fn overrun(&self) -> Option<u64> {
+        let unacked = self.sent.saturating_sub(self.acked);
+        (unacked > TRANSFER_WINDOW + WINDOW_SLACK).then_some(unacked)
+    }
+
     /// Ends the transfer with an error of the mux's own: tells the worker, and the agent
     /// (which removes its temp file and answers the call, an answer then dropped).
-    fn fail(&mut self, kind: ErrorKind, message: String, ctx: &mut Context<Self>) {
+    fn fail<A>(&mut self, kind: ErrorKind, message: String, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>>,
+    {
         if self.done {
             return;
         }
-        warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction().as_str());
+        warn!(target = %self.target_name, path = %self.path, "{} failed: {message}", self.direction.as_str());
         if let Some(route) = &self.route {
             route.send(Outgoing::Cancel);
         }
@@ -306,22 +371,186 @@ impl Transfer {
         ctx.stop();
     }
 
-    /// Sends what the route and the window allow of a put: the next chunk of the source (one
-    /// read in flight at a time), or, once all have gone, the worker's `put_end`.
+    /// A frame from the worker that this direction does not take: fails the transfer.
+    fn unexpected<A>(&mut self, msg: FromWorker, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        let kind = match msg {
+            FromWorker::PutEnd(_) => "put_end",
+            FromWorker::Ack(_) => "ack",
+            FromWorker::Chunk => "chunk",
+        };
+        let message = format!(
+            "transfer of {}: unexpected {kind:?} frame from the worker in a {}",
+            self.path,
+            self.direction.as_str()
+        );
+        self.fail(ErrorKind::BadRequest, message, ctx);
+    }
+
+    /// An agent frame this direction does not take: logged and dropped.
+    fn ignore(&self, frame: &str) {
+        debug!(target = %self.target_name, "ignoring agent \"{frame}\" frame for a transfer");
+    }
+
+    /// The call's reply: pass it on; the transfer is over.
+    fn on_reply<A>(&mut self, reply: CallReply, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let ok = reply.is_ok();
+        let bytes = self.acked.max(self.sent);
+        let secs = self.started.elapsed().as_secs_f64();
+        let mb_s = bytes as f64 / secs.max(1e-6) / 1e6;
+        if ok && bytes >= LOG_SIZE {
+            info!(target = %self.target_name, path = %self.path, bytes, secs, mb_s,
+                  "{} done", self.direction.as_str());
+        } else {
+            debug!(target = %self.target_name, path = %self.path, bytes, secs, mb_s, ok,
+                   "{} finished", self.direction.as_str());
+        }
+        self.reply_to.do_send(reply);
+        // Let frames already queued for the worker go out first (same mailbox, in order).
+        ctx.run_later(Duration::ZERO, |_, ctx| ctx.stop());
+    }
+
+    /// Logged when the actor starts.
+    fn started(&self) {
+        debug!(target = %self.target_name, id = self.worker_id, path = %self.path,
+               total = ?self.total, "{} starting", self.direction.as_str());
+    }
+
+    /// Logged when the actor stops before its reply.
+    fn stopped(&self) {
+        if !self.done {
+            debug!(target = %self.target_name, path = %self.path, acked = self.acked,
+                   "{} abandoned", self.direction.as_str());
+        }
+    }
+
+    /// The transfer's status row.
+    fn describe(&self) -> StatusRow {
+        let name = match &self.route {
+            Some(route) => format!("{}/{}#{}", self.target_name, route.interp, route.mux_id),
+            None => format!("{}#worker-{}", self.target_name, self.worker_id),
+        };
+        let rate = self.rate();
+        let doing = match self.total {
+            Some(total) => format!(
+                "{} {}: {} of {} bytes at {:.1} MB/s",
+                self.direction.as_str(),
+                self.path,
+                self.acked,
+                total,
+                rate / 1e6
+            ),
+            None => format!(
+                "{} {}: {} bytes at {:.1} MB/s",
+                self.direction.as_str(),
+                self.path,
+                self.acked,
+                rate / 1e6
+            ),
+        };
+        StatusRow::Transfer(TransferRow {
+            name,
+            state: if self.route.is_some() {
+                TransferState::Streaming
+            } else {
+                TransferState::Queued
+            },
+            direction: self.direction,
+            path: self.path.clone(),
+            bytes: self.acked,
+            sent: self.sent,
+            total: self.total,
+            rate,
+            elapsed: self.started.elapsed().as_secs_f64(),
+            doing,
+        })
+    }
+}
+
+/// What Put's and Fetch's actors get from their [`Stream`]: the logs at start and stop, and
+/// the status row.
+macro_rules! stream_actor {
+    ($actor:ty) => {
+        impl Actor for $actor {
+            type Context = Context<Self>;
+
+            fn started(&mut self, _: &mut Self::Context) {
+                self.stream.started();
+            }
+
+            fn stopped(&mut self, _: &mut Self::Context) {
+                self.stream.stopped();
+            }
+        }
+
+        /// Handler for DescribeTransfer.
+        impl Handler<DescribeTransfer> for $actor {
+            type Result = MessageResult<DescribeTransfer>;
+
+            fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
+                MessageResult(self.stream.describe())
+            }
+        }
+    };
+}
+
+/// A streamed put: reads its controller-side source and sends it to the agent, a window at a
+/// time, then the worker's `put_end`.
+pub struct Put {
+    /// The route, the window, the end.
+    stream: Stream,
+    /// The file this put reads.
+    source: Source,
+}
+
+impl Put {
+    /// The put of the worker's call `worker_id`; its `source` is taken out of `args`, which
+    /// go on to the agent without it.
+    pub fn new(
+        worker_id: u64,
+        args: &mut Value,
+        target_name: String,
+        session: Recipient<ToWorker>,
+        reply_to: Recipient<CallReply>,
+    ) -> Result<Put, SourceError> {
+        let source = args.as_object_mut().and_then(|args| args.remove("source"));
+        let source = Source::open(source)?;
+        let stream = Stream::new(
+            Direction::Put,
+            worker_id,
+            args,
+            target_name,
+            session,
+            reply_to,
+        );
+        Ok(Put { stream, source })
+    }
+
+    /// Sends what the route and the window allow: the next chunk of the source (one read in
+    /// flight at a time), or, once all have gone, the worker's `put_end`.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let (Some(route), Stream::Put(source)) = (&self.route, &mut self.stream) else {
+        let Some(route) = &self.stream.route else {
             return;
         };
-        if source.at_end {
-            if let Some(end) = source.put_end.take() {
+        if self.source.at_end {
+            if let Some(end) = self.source.put_end.take() {
                 route.send(Outgoing::PutEnd(end));
             }
             return;
         }
-        if self.sent.saturating_sub(self.acked) >= TRANSFER_WINDOW {
+        if !self.stream.window_open() {
             return;
         }
-        let Some(mut file) = source.file.take() else {
+        let Some(mut file) = self.source.file.take() else {
             return;
         };
         // Allocated here and freed here once written: a buffer allocated on the blocking
@@ -337,22 +566,6 @@ impl Transfer {
         );
     }
 
-    /// The put's source file, for messages.
-    fn source_path(&self) -> String {
-        match &self.stream {
-            Stream::Put(source) => source.path.clone(),
-            Stream::Fetch => "?".to_owned(),
-        }
-    }
-
-    /// Put or fetch.
-    fn direction(&self) -> Direction {
-        match self.stream {
-            Stream::Put(_) => Direction::Put,
-            Stream::Fetch => Direction::Fetch,
-        }
-    }
-
     /// A read of the source finished: send its chunk (none at the end) and go on.
     fn chunk_read(
         &mut self,
@@ -361,33 +574,33 @@ impl Transfer {
     ) {
         let chunk = match joined {
             Ok((file, Ok(chunk))) => {
-                if let Stream::Put(source) = &mut self.stream {
-                    source.file = Some(file);
-                }
+                self.source.file = Some(file);
                 chunk
             }
             Ok((_, Err(err))) => {
-                let message = format!("cannot read {}: {err}", self.source_path());
-                return self.fail(ErrorKind::SourceError, message, ctx);
+                let message = format!("cannot read {}: {err}", self.source.path);
+                return self.stream.fail(ErrorKind::SourceError, message, ctx);
             }
             Err(err) => {
-                let message = format!("reading {} stopped: {err}", self.source_path());
-                return self.fail(ErrorKind::SourceError, message, ctx);
+                let message = format!("reading {} stopped: {err}", self.source.path);
+                return self.stream.fail(ErrorKind::SourceError, message, ctx);
             }
         };
-        if self.done {
+        if self.stream.done {
             return;
         }
         if chunk.is_empty() {
-            if let Stream::Put(source) = &mut self.stream {
-                source.at_end = true;
-            }
-        } else if let Some(route) = &self.route {
-            let offset = self.sent;
-            self.sent += chunk.len() as u64;
-            if self.total.is_some_and(|total| self.sent > total) {
-                let message = format!("{} grew while it was being sent", self.source_path());
-                return self.fail(ErrorKind::SourceError, message, ctx);
+            self.source.at_end = true;
+        } else if let Some(route) = &self.stream.route {
+            let offset = self.stream.sent;
+            self.stream.sent += chunk.len() as u64;
+            if self
+                .stream
+                .total
+                .is_some_and(|total| self.stream.sent > total)
+            {
+                let message = format!("{} grew while it was being sent", self.source.path);
+                return self.stream.fail(ErrorKind::SourceError, message, ctx);
             }
             route.send(Outgoing::Chunk {
                 offset,
@@ -396,122 +609,100 @@ impl Transfer {
         }
         self.pump(ctx);
     }
-}
 
-impl Actor for Transfer {
-    type Context = Context<Self>;
-
-    fn started(&mut self, _: &mut Self::Context) {
-        debug!(target = %self.target_name, id = self.worker_id, path = %self.path,
-               total = ?self.total, "{} starting", self.direction().as_str());
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        if !self.done {
-            debug!(target = %self.target_name, path = %self.path, acked = self.acked,
-                   "{} abandoned", self.direction().as_str());
+    /// The agent wrote `bytes`: the window moves on.
+    fn on_agent_ack(&mut self, ack: Ack, ctx: &mut Context<Self>) {
+        if self.stream.done {
+            return;
         }
+        self.stream.acked = self.stream.acked.max(ack.bytes);
+        self.pump(ctx);
+        self.stream.session.do_send(ToWorker::Ack(Ack {
+            id: self.stream.worker_id,
+            bytes: ack.bytes,
+        }));
     }
 }
 
-/// Handler for FromWorker: a put's `put_end` waits for the last chunk; a fetch's `ack` goes
-/// on to the agent.
-impl Handler<FromWorker> for Transfer {
+stream_actor!(Put);
+
+/// Handler for FromWorker: `put_end` waits for the last chunk; anything else fails the put.
+impl Handler<FromWorker> for Put {
     type Result = ();
 
     fn handle(&mut self, msg: FromWorker, ctx: &mut Self::Context) {
-        if self.done {
+        if self.stream.done {
             return;
         }
-        match (self.direction(), msg, &self.route) {
-            (Direction::Put, FromWorker::PutEnd(end), _) => {
-                if let Stream::Put(source) = &mut self.stream {
-                    source.put_end = Some(end);
-                }
+        match msg {
+            FromWorker::PutEnd(end) => {
+                self.source.put_end = Some(end);
                 self.pump(ctx);
             }
-            (Direction::Fetch, FromWorker::Ack(ack), Some(route)) => {
-                self.acked = self.acked.max(ack.bytes);
-                route.send(Outgoing::Ack(ack));
-            }
-            (direction, msg, _) => {
-                let kind = match msg {
-                    FromWorker::PutEnd(_) => "put_end",
-                    FromWorker::Ack(_) => "ack",
-                    FromWorker::Chunk => "chunk",
-                };
-                let message = format!(
-                    "transfer of {}: unexpected {kind:?} frame from the worker in a {}",
-                    self.path,
-                    direction.as_str()
-                );
-                self.fail(ErrorKind::BadRequest, message, ctx);
-            }
+            msg => self.stream.unexpected(msg, ctx),
         }
     }
 }
 
-/// Handler for the call's events: routed (a put starts reading its source), the agent's
-/// `ack`/`chunk` frames (progress booked, passed on to the worker with its id), the reply
-/// (passed on; the transfer is over).
-impl Handler<CallEvent> for Transfer {
+/// Handler for the call's events: routed (the put starts reading its source), the agent's
+/// `ack` frames (the window moves; passed on to the worker with its id), the reply (passed
+/// on; the put is over).
+impl Handler<CallEvent> for Put {
     type Result = ();
 
     fn handle(&mut self, msg: CallEvent, ctx: &mut Self::Context) {
         match msg {
-            CallEvent::Routed {
-                mux_id,
-                interp,
-                link,
-            } => {
-                self.route = Some(Route {
-                    mux_id,
-                    interp,
-                    link,
-                });
+            routed @ CallEvent::Routed { .. } => {
+                self.stream.take_route(routed);
                 self.pump(ctx);
             }
             CallEvent::Ack(ack) => self.on_agent_ack(ack, ctx),
-            CallEvent::Chunk(chunk, body) => self.on_agent_chunk(chunk, body, ctx),
-            CallEvent::Reply(reply) => self.on_reply(reply, ctx),
+            CallEvent::Chunk(..) if self.stream.done => {}
+            CallEvent::Chunk(..) => self.stream.ignore("chunk"),
+            CallEvent::Reply(reply) => self.stream.on_reply(reply, ctx),
         }
     }
 }
 
-impl Transfer {
-    /// The agent wrote `bytes` of a put: the window moves on.
-    fn on_agent_ack(&mut self, ack: Ack, ctx: &mut Context<Self>) {
-        if self.done {
-            return;
+/// A streamed fetch: relays the agent's chunks to the worker and the worker's acks back,
+/// holding the agent to the window.
+pub struct Fetch {
+    /// The route, the window, the end.
+    stream: Stream,
+}
+
+impl Fetch {
+    /// The fetch of the worker's call `worker_id` with `args`.
+    pub fn new(
+        worker_id: u64,
+        args: &Value,
+        target_name: String,
+        session: Recipient<ToWorker>,
+        reply_to: Recipient<CallReply>,
+    ) -> Fetch {
+        Fetch {
+            stream: Stream::new(
+                Direction::Fetch,
+                worker_id,
+                args,
+                target_name,
+                session,
+                reply_to,
+            ),
         }
-        if self.direction() != Direction::Put {
-            debug!(target = %self.target_name, "ignoring agent \"ack\" frame for a transfer");
-            return;
-        }
-        self.acked = self.acked.max(ack.bytes);
-        self.pump(ctx);
-        self.session.do_send(ToWorker::Ack(Ack {
-            id: self.worker_id,
-            bytes: ack.bytes,
-        }));
     }
 
-    /// File data of a fetch: to the worker, within the window.
+    /// File data: to the worker, within the window.
     fn on_agent_chunk(&mut self, chunk: Chunk, body: Bytes, ctx: &mut Context<Self>) {
-        if self.done {
-            return;
-        }
-        if self.direction() != Direction::Fetch {
-            debug!(target = %self.target_name, "ignoring agent \"chunk\" frame for a transfer");
+        if self.stream.done {
             return;
         }
         if let Some(size) = chunk.size {
-            self.total = Some(size);
+            self.stream.total = Some(size);
         }
-        self.sent += body.len() as u64;
-        if self.sent.saturating_sub(self.acked) > TRANSFER_WINDOW + WINDOW_SLACK {
-            let unacked = self.sent - self.acked;
-            self.fail(
+        self.stream.sent += body.len() as u64;
+        if let Some(unacked) = self.stream.overrun() {
+            self.stream.fail(
                 ErrorKind::AgentError,
                 format!("the agent sent {unacked} bytes unacknowledged"),
                 ctx,
@@ -519,78 +710,46 @@ impl Transfer {
             return;
         }
         let chunk = Chunk {
-            id: self.worker_id,
+            id: self.stream.worker_id,
             ..chunk
         };
-        self.session.do_send(ToWorker::Chunk(chunk, body));
-    }
-
-    /// The call's reply: pass it on; the transfer is over.
-    fn on_reply(&mut self, reply: CallReply, ctx: &mut Context<Self>) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        let ok = reply.is_ok();
-        let bytes = self.acked.max(self.sent);
-        let secs = self.started.elapsed().as_secs_f64();
-        let mb_s = bytes as f64 / secs.max(1e-6) / 1e6;
-        if ok && bytes >= LOG_SIZE {
-            info!(target = %self.target_name, path = %self.path, bytes, secs, mb_s,
-                  "{} done", self.direction().as_str());
-        } else {
-            debug!(target = %self.target_name, path = %self.path, bytes, secs, mb_s, ok,
-                   "{} finished", self.direction().as_str());
-        }
-        self.reply_to.do_send(reply);
-        // Let frames already queued for the worker go out first (same mailbox, in order).
-        ctx.run_later(Duration::ZERO, |_, ctx| ctx.stop());
+        self.stream.session.do_send(ToWorker::Chunk(chunk, body));
     }
 }
 
-/// Handler for DescribeTransfer.
-impl Handler<DescribeTransfer> for Transfer {
-    type Result = MessageResult<DescribeTransfer>;
+stream_actor!(Fetch);
 
-    fn handle(&mut self, _: DescribeTransfer, _: &mut Self::Context) -> Self::Result {
-        let name = match &self.route {
-            Some(route) => format!("{}/{}#{}", self.target_name, route.interp, route.mux_id),
-            None => format!("{}#worker-{}", self.target_name, self.worker_id),
-        };
-        let rate = self.rate();
-        let doing = match self.total {
-            Some(total) => format!(
-                "{} {}: {} of {} bytes at {:.1} MB/s",
-                self.direction().as_str(),
-                self.path,
-                self.acked,
-                total,
-                rate / 1e6
-            ),
-            None => format!(
-                "{} {}: {} bytes at {:.1} MB/s",
-                self.direction().as_str(),
-                self.path,
-                self.acked,
-                rate / 1e6
-            ),
-        };
-        MessageResult(StatusRow::Transfer(TransferRow {
-            name,
-            state: if self.route.is_some() {
-                TransferState::Streaming
-            } else {
-                TransferState::Queued
-            },
-            direction: self.direction(),
-            path: self.path.clone(),
-            bytes: self.acked,
-            sent: self.sent,
-            total: self.total,
-            rate,
-            elapsed: self.started.elapsed().as_secs_f64(),
-            doing,
-        }))
+/// Handler for FromWorker: `ack` goes on to the agent; anything else fails the fetch.
+impl Handler<FromWorker> for Fetch {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromWorker, ctx: &mut Self::Context) {
+        if self.stream.done {
+            return;
+        }
+        match (msg, &self.stream.route) {
+            (FromWorker::Ack(ack), Some(route)) => {
+                self.stream.acked = self.stream.acked.max(ack.bytes);
+                route.send(Outgoing::Ack(ack));
+            }
+            (msg, _) => self.stream.unexpected(msg, ctx),
+        }
+    }
+}
+
+/// Handler for the call's events: routed, the agent's `chunk` frames (booked, passed on to
+/// the worker with its id), the reply (passed on; the fetch is over).
+impl Handler<CallEvent> for Fetch {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallEvent, ctx: &mut Self::Context) {
+        match msg {
+            routed @ CallEvent::Routed { .. } => self.stream.take_route(routed),
+            CallEvent::Ack(_) if self.stream.done => {}
+            CallEvent::Ack(_) => self.stream.ignore("ack"),
+            CallEvent::Chunk(chunk, body) => self.on_agent_chunk(chunk, body, ctx),
+            CallEvent::Reply(reply) => self.stream.on_reply(reply, ctx),
+        }
     }
 }
 
@@ -660,15 +819,10 @@ mod tests {
         json!({"path": file.path(), "dev": meta.dev(), "ino": meta.ino()})
     }
 
-    fn transfer(
-        direction: Direction,
-        mut args: Value,
-        sink: &Sink,
-    ) -> Result<Transfer, SourceError> {
+    fn put(mut args: Value, sink: &Sink) -> Result<Put, SourceError> {
         let addr = sink.clone().start();
-        Transfer::new(
+        Put::new(
             7,
-            direction,
             &mut args,
             "web1".into(),
             addr.clone().recipient(),
@@ -676,15 +830,15 @@ mod tests {
         )
     }
 
-    fn start_put(sink: &Sink, content: &[u8]) -> (Addr<Transfer>, tempfile::NamedTempFile) {
+    fn start_put(sink: &Sink, content: &[u8]) -> (Addr<Put>, tempfile::NamedTempFile) {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, content).unwrap();
         let args = json!({"path": "/dest", "size": content.len(), "source": source_of(&file)});
-        let transfer = transfer(Direction::Put, args, sink).unwrap().start();
+        let transfer = put(args, sink).unwrap().start();
         (transfer, file)
     }
 
-    fn attach(transfer: &Addr<Transfer>, sink: &Sink, interp: u32) {
+    fn attach(transfer: &Addr<Put>, sink: &Sink, interp: u32) {
         transfer.do_send(CallEvent::Routed {
             mux_id: 41,
             interp,
@@ -813,7 +967,7 @@ mod tests {
     async fn a_put_source_must_be_the_regular_file_the_worker_opened() {
         let sink = Sink::default();
         let file = tempfile::NamedTempFile::new().unwrap();
-        let refused = |args: Value| transfer(Direction::Put, args, &sink).err().unwrap();
+        let refused = |args: Value| put(args, &sink).err().unwrap();
 
         let missing = refused(json!({"path": "/dest", "source": {"path": "/nonexistent/src"}}));
         assert_eq!(missing.kind, ErrorKind::NotFound);
@@ -846,7 +1000,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut file, b"abcdef").unwrap();
         let args = json!({"path": "/dest", "size": 3, "source": source_of(&file)});
-        let transfer = transfer(Direction::Put, args, &sink).unwrap().start();
+        let transfer = put(args, &sink).unwrap().start();
         attach(&transfer, &sink, 0);
         settle(&sink).await;
         let worker = sink.worker.lock().unwrap().clone();
@@ -863,7 +1017,7 @@ mod tests {
         let file = tempfile::NamedTempFile::new().unwrap();
         let mut args = json!({"path": "/dest", "size": 0, "source": source_of(&file)});
         let addr = sink.clone().start();
-        Transfer::new(
+        start(
             7,
             Direction::Put,
             &mut args,
@@ -896,9 +1050,15 @@ mod tests {
     #[actix::test]
     async fn fetch_chunks_reach_the_worker_and_its_acks_the_agent() {
         let sink = Sink::default();
-        let transfer = transfer(Direction::Fetch, json!({"path": "/src"}), &sink)
-            .unwrap()
-            .start();
+        let addr = sink.clone().start();
+        let transfer = Fetch::new(
+            7,
+            &json!({"path": "/src"}),
+            "web1".into(),
+            addr.clone().recipient(),
+            addr.recipient(),
+        )
+        .start();
         let link = sink.clone().start().recipient();
         transfer.do_send(CallEvent::Routed {
             mux_id: 9,

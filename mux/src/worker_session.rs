@@ -29,7 +29,7 @@ use crate::{
         Submit, ToWorker,
     },
     registry::Registry,
-    transfer::{direction_of, Transfer},
+    transfer::{self, direction_of},
 };
 
 /// How long a closing session waits for its last frame to flush before stopping anyway.
@@ -67,7 +67,7 @@ pub struct WorkerSession {
     closing: bool,
     /// Streamed transfers in flight, by the worker's call id: where its `chunk`, `put_end`
     /// and `ack` frames go. Dropped with the session.
-    transfers: HashMap<u64, Addr<Transfer>>,
+    transfers: HashMap<u64, Recipient<FromWorker>>,
     /// Detached calls already acknowledged whose outcome is still to come, with their op:
     /// never cancelled when the worker goes, and their replies are not written.
     detached: HashMap<u64, String>,
@@ -209,7 +209,7 @@ impl WorkerSession {
                             .name
                             .clone()
                             .unwrap_or_else(|| call.target.key().to_string());
-                        let transfer = match Transfer::new(
+                        let transfer = match transfer::start(
                             call.id,
                             direction,
                             &mut call.args,
@@ -217,17 +217,17 @@ impl WorkerSession {
                             ctx.address().recipient(),
                             ctx.address().recipient(),
                         ) {
-                            Ok(transfer) => transfer.start(),
+                            Ok(transfer) => transfer,
                             Err(err) => {
                                 self.in_flight.remove(&call.id);
                                 self.write_reply(CallReply::error(call.id, err.kind, err.message));
                                 return;
                             }
                         };
-                        self.transfers.insert(call.id, transfer.clone());
+                        self.transfers.insert(call.id, transfer.from_worker);
                         let sink = CallSink {
-                            events: transfer.clone().recipient(),
-                            status: Some(transfer.recipient()),
+                            events: transfer.events,
+                            status: Some(transfer.status),
                         };
                         (sink, true)
                     }

@@ -16,7 +16,7 @@ use ferrogen_mux::{
     bootstrap::Bootstrap,
     messages::{CallEvent, CallReply, CallSink, CancelCalls, StoreBlob, Submit},
     registry::Registry,
-    transport::{Connecting, Connector, Started, StderrTail, TransportExit},
+    transport::{ConnectRequest, Connecting, Connector, Started, TransportExit},
 };
 use serde_json::{json, Value};
 use tokio::{
@@ -64,14 +64,7 @@ struct InMemory {
 }
 
 impl Connector for InMemory {
-    fn connect(
-        &self,
-        _: TargetSpec,
-        _: Bootstrap,
-        _: StderrTail,
-        _: String,
-        _: Duration,
-    ) -> Connecting {
+    fn connect(&self, _: ConnectRequest) -> Connecting {
         let (mux_side, agent_side) = tokio::io::duplex(1 << 20);
         let (read, write) = tokio::io::split(mux_side);
         let (exit_tx, exit) = oneshot::channel();

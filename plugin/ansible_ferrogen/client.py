@@ -53,7 +53,7 @@ class MuxClient:
         try:
             self._sock.sendall(frames.encode({'type': 'hello', 'version': frames.PROTOCOL_VERSION,
                                               'pid': self.pid}))
-            header, _ = frames.read_frame(self._sock)
+            header, _ = frames.read_frame(self._sock.recv)
         except (OSError, EOFError, frames.FrameError) as exc:
             self._sock.close()
             raise AnsibleConnectionFailure(f'cannot reach ferrogen-mux at {path}: {exc}') from exc
@@ -154,7 +154,7 @@ class MuxClient:
 
     def read(self) -> tuple[dict, bytes]:
         try:
-            return frames.read_frame(self._sock)
+            return frames.read_frame(self._sock.recv)
         except (OSError, EOFError, frames.FrameError) as exc:
             raise self._lost(exc) from exc
 

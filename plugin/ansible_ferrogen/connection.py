@@ -706,8 +706,8 @@ class Connection(ConnectionBase):
             return
         as_become = self.transfers_as_become(out_path)
         with handle:
-            data = handle.read(transfer.SMALL_FILE_LIMIT + 1)
-            if len(data) <= transfer.SMALL_FILE_LIMIT:
+            data = handle.read(frames.SMALL_FILE_LIMIT + 1)
+            if len(data) <= frames.SMALL_FILE_LIMIT:
                 display.vvv(f'ferrogen: put {in_path} to {out_path} ({len(data)} bytes in one call)',
                             host=self._host())
                 if self.detached_temp_dir and inside(out_path, self.detached_temp_dir):

@@ -1,19 +1,30 @@
-"""The frame format shared with ferrogen-mux (docs/protocol.md), for the worker side."""
+"""The frame format shared with ferrogen-mux (docs/protocol.md), for the worker and the agent.
 
-from __future__ import annotations
+The agent runs this module too (mux/agent/parts.txt puts it into the agent's bootstrap blob):
+it keeps to the standard library and to the agent's oldest Python (3.6), and imports nothing
+of the plugin.
+"""
 
 import json
-import socket
 import struct
 
 # -- Names and limits shared with the mux (docs/protocol.md) ---------------------------------
 # worker-ipc's tests/python_names.rs reads this block and fails when it differs from the Rust
-# side (PROTOCOL_VERSION and the limits in worker-ipc/src/lib.rs, ErrorKind).
+# side (PROTOCOL_VERSION and the limits in worker-ipc/src/lib.rs, ErrorKind); the agent's ops
+# are its `op_<name>` methods (mux/agent/ferrogen_agent/ops.py).
 PROTOCOL_VERSION = 1
 MAX_HEADER = 16 * 1024 * 1024
 MAX_BODY = 256 * 1024 * 1024
-# Error kinds of failed calls the worker acts on.
+# Files up to SMALL_FILE_LIMIT ride in one put_file call; larger ones stream in chunks of at
+# most TRANSFER_CHUNK bytes, with at most TRANSFER_WINDOW bytes sent and not yet acknowledged.
+SMALL_FILE_LIMIT = 126976
+TRANSFER_CHUNK = 1 << 20
+TRANSFER_WINDOW = 4 << 20
+# Error kinds of failed calls.
+AGENT_ERROR = 'agent_error'
+BAD_REQUEST = 'bad_request'
 BECOME_FAILED = 'become_failed'
+CANCELLED = 'cancelled'
 CONNECTION_LOST = 'connection_lost'
 MISSING_BLOB = 'missing_blob'
 NO_INTERPRETER = 'no_interpreter'
@@ -22,61 +33,90 @@ OTHER_INTERPRETER = 'other_interpreter'
 UNREACHABLE = 'unreachable'
 # -- end of the names and limits shared with the mux -----------------------------------------
 
-PREFIX = struct.Struct('>II')
+FRAME_PREFIX = struct.Struct('>II')
 
 
-class FrameError(Exception):
+class FrameError(ValueError):
     """The peer sent something that is not a valid frame."""
 
 
-def encode(header: dict, body: bytes = b'') -> bytes:
-    """Return one frame: lengths, JSON header, body."""
+def encode_frame(header, body=b''):
+    """One frame: lengths, JSON header, body (the agent's replies, whose sizes its ops bound)."""
     encoded = json.dumps(header, separators=(',', ':')).encode('utf-8')
-    if len(encoded) > MAX_HEADER or len(body) > MAX_BODY:
-        raise FrameError(f'frame too large: header {len(encoded)} bytes, body {len(body)} bytes')
-    return PREFIX.pack(len(encoded), len(body)) + encoded + body
+    return FRAME_PREFIX.pack(len(encoded), len(body)) + encoded + body
 
 
-def decode(data: bytes) -> tuple[dict, bytes, int]:
-    """Decode the frame at the start of data; return (header, body, bytes consumed)."""
-    if len(data) < PREFIX.size:
+def encode(header, body=b''):
+    """One frame, refused (FrameError) if the mux would refuse it."""
+    frame = encode_frame(header, body)
+    header_len = len(frame) - FRAME_PREFIX.size - len(body)
+    if header_len > MAX_HEADER or len(body) > MAX_BODY:
+        raise FrameError('frame too large: header %d bytes, body %d bytes' % (header_len, len(body)))
+    return frame
+
+
+def take_frame(inbuf):
+    """Take the first frame out of the bytearray inbuf as (header, body), or None if it is not
+    complete."""
+    if len(inbuf) < FRAME_PREFIX.size:
+        return None
+    header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
+    if header_len > MAX_HEADER or body_len > MAX_BODY:
+        raise FrameError('frame too large: header %d body %d' % (header_len, body_len))
+    end = FRAME_PREFIX.size + header_len + body_len
+    if len(inbuf) < end:
+        return None
+    start = FRAME_PREFIX.size
+    # One copy of the body (a slice of the bytearray would make two); the view must be
+    # released before the bytearray shrinks.
+    with memoryview(inbuf) as view:
+        header = json.loads(bytes(view[start:start + header_len]).decode('utf-8'))
+        body = bytes(view[start + header_len:end])
+    del inbuf[:end]
+    return header, body
+
+
+def decode(data):
+    """Decode the frame at the start of data, checked; return (header, body, bytes consumed)."""
+    if len(data) < FRAME_PREFIX.size:
         raise FrameError('truncated frame prefix')
-    header_len, body_len = PREFIX.unpack_from(data)
+    header_len, body_len = FRAME_PREFIX.unpack_from(data)
     _check_lengths(header_len, body_len)
-    end = PREFIX.size + header_len + body_len
+    end = FRAME_PREFIX.size + header_len + body_len
     if len(data) < end:
         raise FrameError('truncated frame')
-    header = _parse_header(data[PREFIX.size:PREFIX.size + header_len])
-    return header, data[PREFIX.size + header_len:end], end
+    header = _parse_header(data[FRAME_PREFIX.size:FRAME_PREFIX.size + header_len])
+    return header, data[FRAME_PREFIX.size + header_len:end], end
 
 
-def read_frame(sock: socket.socket) -> tuple[dict, bytes]:
-    """Read one frame from a blocking socket."""
-    header_len, body_len = PREFIX.unpack(_recv_exactly(sock, PREFIX.size))
+def read_frame(recv):
+    """Read one checked frame through recv(n), which returns at most n bytes and b'' at the end
+    (a blocking socket's recv, a pipe's read); EOFError at the end."""
+    header_len, body_len = FRAME_PREFIX.unpack(_read_exactly(recv, FRAME_PREFIX.size))
     _check_lengths(header_len, body_len)
-    header = _parse_header(_recv_exactly(sock, header_len))
-    return header, _recv_exactly(sock, body_len)
+    header = _parse_header(_read_exactly(recv, header_len))
+    return header, _read_exactly(recv, body_len)
 
 
-def _check_lengths(header_len: int, body_len: int) -> None:
+def _check_lengths(header_len, body_len):
     if not 0 < header_len <= MAX_HEADER or body_len > MAX_BODY:
-        raise FrameError(f'bad frame lengths: header {header_len}, body {body_len}')
+        raise FrameError('bad frame lengths: header %d, body %d' % (header_len, body_len))
 
 
-def _parse_header(raw: bytes) -> dict:
+def _parse_header(raw):
     try:
         header = json.loads(raw.decode('utf-8'))
     except ValueError as exc:
-        raise FrameError(f'frame header is not JSON: {exc}') from exc
+        raise FrameError('frame header is not JSON: %s' % exc) from exc
     if not isinstance(header, dict) or not isinstance(header.get('type'), str):
         raise FrameError('frame header is not an object with a "type"')
     return header
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+def _read_exactly(recv, size):
     chunks = bytearray()
     while len(chunks) < size:
-        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        chunk = recv(min(size - len(chunks), 1 << 20))
         if not chunk:
             raise EOFError('ferrogen-mux closed the connection')
         chunks += chunk

@@ -36,7 +36,7 @@ from ansible.plugins.action import copy as copy_action
 from ansible.plugins.loader import action_loader
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansible_internals, transfer
+from ansible_ferrogen import ansible_internals, frames, transfer
 
 display = Display()
 
@@ -98,11 +98,11 @@ def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
     try:
         source = action._loader.path_dwim(source_full)
         with open(source, 'rb') as handle:
-            data = handle.read(transfer.SMALL_FILE_LIMIT + 1)
+            data = handle.read(frames.SMALL_FILE_LIMIT + 1)
             mode = os.fstat(handle.fileno()).st_mode
     except OSError:
         return None
-    if len(data) > transfer.SMALL_FILE_LIMIT or data.startswith(VAULT_HEADER):
+    if len(data) > frames.SMALL_FILE_LIMIT or data.startswith(VAULT_HEADER):
         return None
     dest_file = shell.join_path(dest, source_rel) if shell.path_has_trailing_slash(dest) else dest
     temp_source = shell.join_path(shell.tmpdir, '.source') + os.path.splitext(dest_file)[1]
@@ -182,7 +182,7 @@ def source_hashed_ahead(action) -> transfer.DigestsAhead | None:
             vault = handle.read(len(VAULT_HEADER)) == VAULT_HEADER
     except (AnsibleError, OSError):
         return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size <= transfer.SMALL_FILE_LIMIT or vault \
+    if not stat.S_ISREG(info.st_mode) or info.st_size <= frames.SMALL_FILE_LIMIT or vault \
             or source in transfer.DIGESTS_AHEAD:
         return None
     ahead = transfer.DIGESTS_AHEAD[source] = transfer.DigestsAhead(source)

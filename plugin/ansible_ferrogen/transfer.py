@@ -1,6 +1,6 @@
 """File transfer on the worker side (docs/protocol.md, "File transfer").
 
-Small files (up to SMALL_FILE_LIMIT) ride in one `put_file` call. Larger ones stream: a
+Small files (up to frames.SMALL_FILE_LIMIT) ride in one `put_file` call. Larger ones stream: a
 `put_begin` call naming the file, which the mux reads and sends in chunks itself, then
 `put_end` with its size and SHA-1 from this process. A fetch streams the other way: `chunk`
 frames, each acknowledged by this process. Whatever this process receives goes to a hidden
@@ -10,25 +10,18 @@ temp file in the destination directory that is fsync'd and renamed over the dest
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import re
 import select
 import stat
 import threading
 import time
 from collections.abc import Callable
 
-from ansible_ferrogen import frames
+from ansible_ferrogen import atomic_files, frames
 
-# Shared with the mux: worker-ipc's tests/python_names.rs checks it against the Rust side.
-SMALL_FILE_LIMIT = 126976
 # How much of a file this process hashes between looks at the mux's acks.
 CHUNK = 1 << 20
-
-# Same naming as the agent's: the writer's pid, for people; its lock tells a live writer's file.
-TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
 
 # How often a long transfer reports progress (display.vvv).
 PROGRESS_INTERVAL = 1.0
@@ -41,113 +34,13 @@ HASH_READ = 16 << 20
 EXTRA_DIGESTS = ('md5',)
 
 
-def lock_exclusively(fd: int, path: str) -> bool:
-    """Hold fd's lock for as long as this process writes the file (a sweeper takes it only
-    from a dead writer; a pid would say nothing across PID namespaces or hosts sharing the
-    directory). Waits for a sweeper holding it a moment; False if path no longer names fd's
-    file (that sweeper removed it), the caller then starts again. Same rule as the agent's."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    try:
-        return os.fstat(fd).st_nlink > 0 and os.lstat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def lock_if_free(path: str) -> int | None:
-    """An fd on path holding its lock, if path is a regular file of ours whose writer is gone."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            if os.lstat(path).st_ino == info.st_ino:
-                return fd
-    except OSError:
-        pass  # EWOULDBLOCK: its writer lives
-    os.close(fd)
-    return None
-
-
-def sweep_dead_temps(directory: str) -> None:
-    """Remove this account's temp files whose writer died mid-transfer; nothing else."""
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return
-    for entry in entries:
-        if TEMP_NAME.match(entry.name) is None:
-            continue
-        fd = lock_if_free(entry.path)
-        if fd is not None:
-            try:
-                os.unlink(entry.path)
-            except OSError:
-                pass
-            os.close(fd)
-
-
-class AtomicFile:
-    """A local file being received: readers of path see the old file or the new one."""
+class AtomicFile(atomic_files.AtomicFile):
+    """A local file being received (atomic_files.AtomicFile), its directory swept of dead
+    writers' temp files every time: a worker is short-lived, and one loop may fetch into the
+    same directory again after a writer died."""
 
     def __init__(self, path: str):
-        self.path = path
-        self.directory = os.path.dirname(path) or '.'
-        sweep_dead_temps(self.directory)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-        while True:
-            self.tmp_path = os.path.join(self.directory, f'.ferrogen-{os.getpid()}-{os.urandom(6).hex()}.tmp')
-            try:
-                self.fd: int | None = os.open(self.tmp_path, flags, 0o600)
-            except FileExistsError:
-                continue
-            if lock_exclusively(self.fd, self.tmp_path):
-                break
-            os.close(self.fd)
-        self.size = 0
-        self.digest = hashlib.sha1()
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
-        self.digest.update(data)
-        self.size += len(data)
-
-    def commit(self, mode: int) -> None:
-        """chmod, fsync, rename over the destination, fsync the directory."""
-        try:
-            os.fchmod(self.fd, mode)
-            os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = None
-            os.rename(self.tmp_path, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        dir_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-    def abort(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        try:
-            os.unlink(self.tmp_path)
-        except OSError:
-            pass
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if self.fd is not None:
-            self.abort()
+        super().__init__(path, sweep=atomic_files.sweep_directory_of)
 
 
 def fetched_mode(path: str, new_mode: int) -> int:

@@ -11,7 +11,7 @@ from unittest import mock
 import pytest
 from ansible.errors import AnsibleError
 
-from ansible_ferrogen import speculation, transfer
+from ansible_ferrogen import frames, speculation, transfer
 from ansible_ferrogen.connection import Connection
 from ansible_ferrogen.speculation import configure_module
 
@@ -78,9 +78,9 @@ class CopyAction:
 
 @pytest.fixture
 def files(tmp_path):
-    (tmp_path / 'large.bin').write_bytes(os.urandom(transfer.SMALL_FILE_LIMIT + 1))
+    (tmp_path / 'large.bin').write_bytes(os.urandom(frames.SMALL_FILE_LIMIT + 1))
     (tmp_path / 'small.txt').write_bytes(b'small')
-    (tmp_path / 'vault.yml').write_bytes(speculation.VAULT_HEADER + b'x' * transfer.SMALL_FILE_LIMIT)
+    (tmp_path / 'vault.yml').write_bytes(speculation.VAULT_HEADER + b'x' * frames.SMALL_FILE_LIMIT)
     (tmp_path / 'dir').mkdir()
     return tmp_path
 

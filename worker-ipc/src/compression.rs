@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn the_agent_uses_the_same_numbers() {
-        let agent = include_str!("../../mux/agent/agent.py");
+        let agent = include_str!("../../mux/agent/ferrogen_agent/link.py");
         for line in [
             format!("SEGMENT_FLAG = {SEGMENT_FLAG:#x}\n"),
             format!("SEGMENT_MAX = {SEGMENT_MAX:#x}\n"),
@@ -429,7 +429,10 @@ mod tests {
             format!("PROBE_SAMPLE = {PROBE_SAMPLE}\n"),
             format!("PROBE_PERCENT = {PROBE_PERCENT}\n"),
         ] {
-            assert!(agent.contains(&line), "mux/agent/agent.py lacks {line:?}");
+            assert!(
+                agent.contains(&line),
+                "mux/agent/ferrogen_agent/link.py lacks {line:?}"
+            );
         }
     }
 

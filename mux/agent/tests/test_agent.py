@@ -6,17 +6,16 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
 
+import ferrogen_agent
 import pytest
+from ansible_ferrogen import frames
 
-AGENT = os.path.join(os.path.dirname(__file__), '..', 'agent.py')
-PREFIX = struct.Struct('>II')
 
 
 class AgentProcess:
@@ -25,8 +24,7 @@ class AgentProcess:
         """Start the agent as the mux does; `early` follows the bootstrap payload in the same
         write, as frames the mux sends before `ready` do. `settings` are the debug statements
         the mux puts in the stub; `launcher` runs the interpreter (and keeps its pid)."""
-        with open(AGENT, 'rb') as handle:
-            source = zlib.compress(handle.read())
+        source = zlib.compress(ferrogen_agent.source())
         stub = (f'import sys,zlib;{settings}SOURCE=sys.stdin.buffer.read({len(source)});'
                 'exec(zlib.decompress(SOURCE))')
         self.proc = subprocess.Popen([*launcher, python, '-c', stub], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -36,12 +34,10 @@ class AgentProcess:
         self.next_id = 0
 
     def read(self):
-        header_len, body_len = PREFIX.unpack(self.proc.stdout.read(PREFIX.size))
-        return json.loads(self.proc.stdout.read(header_len)), self.proc.stdout.read(body_len)
+        return frames.read_frame(self.proc.stdout.read)
 
     def send(self, header, body=b''):
-        encoded = json.dumps(header).encode()
-        self.proc.stdin.write(PREFIX.pack(len(encoded), len(body)) + encoded + body)
+        self.proc.stdin.write(frames.encode_frame(header, body))
         self.proc.stdin.flush()
 
     def call(self, op, args, body=b''):
@@ -59,8 +55,7 @@ class AgentProcess:
 
 
 def frame(header, body=b''):
-    encoded = json.dumps(header).encode()
-    return PREFIX.pack(len(encoded), len(body)) + encoded + body
+    return frames.encode_frame(header, body)
 
 
 def test_calls_sent_behind_the_bootstrap_payload_are_answered_after_ready():

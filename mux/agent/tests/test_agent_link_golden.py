@@ -3,14 +3,12 @@ the agent's own frame code: the Rust side checks the same files against its type
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
+import ferrogen_agent
 import pytest
 
-spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
-agent_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agent_module)
+agent_module = ferrogen_agent.load()
 
 GOLDEN = os.path.join(os.path.dirname(__file__), '..', '..', '..', 'worker-ipc', 'tests', 'golden', 'agent')
 GOLDEN_FILES = sorted(name for name in os.listdir(GOLDEN) if name.endswith('.bin'))

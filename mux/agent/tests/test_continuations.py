@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
+import ferrogen_agent
 import pytest
 
-spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
-agent_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agent_module)
+agent_module = ferrogen_agent.load()
 
 SHA1 = 'a' * 40
 

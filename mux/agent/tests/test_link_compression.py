@@ -5,13 +5,13 @@ reads the mux's compressed segments."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 import zlib
 
 import pytest
-from test_agent import PREFIX, AgentProcess
+from ansible_ferrogen import frames
+from test_agent import AgentProcess
 from test_transfer_ops import CHUNK, fetch_all, put_stream
 
 SEGMENT = struct.Struct('>H')
@@ -36,27 +36,17 @@ class CompressingLink(AgentProcess):
                 return frame
             first = self.proc.stdout.peek(1)[:1]
             if not first[0] & 0x80:
-                header_len, body_len = PREFIX.unpack(self.proc.stdout.read(PREFIX.size))
-                frame = json.loads(self.proc.stdout.read(header_len)), self.proc.stdout.read(body_len)
+                frame = frames.read_frame(self.proc.stdout.read)
                 self.arrived.append((frame[0]['type'], 'plain'))
                 return frame
             size = SEGMENT.unpack(self.proc.stdout.read(SEGMENT.size))[0] & 0x7fff
             self.inflated += self.inflater.decompress(self.proc.stdout.read(size))
 
     def take_inflated(self):
-        if len(self.inflated) < PREFIX.size:
-            return None
-        header_len, body_len = PREFIX.unpack_from(self.inflated)
-        end = PREFIX.size + header_len + body_len
-        if len(self.inflated) < end:
-            return None
-        frame = json.loads(self.inflated[PREFIX.size:PREFIX.size + header_len]), bytes(self.inflated[PREFIX.size + header_len:end])
-        del self.inflated[:end]
-        return frame
+        return frames.take_frame(self.inflated)
 
     def send(self, header, body=b''):
-        encoded = json.dumps(header).encode()
-        data = self.deflater.compress(PREFIX.pack(len(encoded), len(body)) + encoded + body)
+        data = self.deflater.compress(frames.encode_frame(header, body))
         data += self.deflater.flush(zlib.Z_PARTIAL_FLUSH)
         for start in range(0, len(data), 0x7fff):
             piece = data[start:start + 0x7fff]

@@ -3,20 +3,14 @@ spec's rules for applying their changes, the resolver reloaded when resolv.conf 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
+import ferrogen_agent
 import pytest
-
-AGENT = os.path.join(os.path.dirname(__file__), '..', 'agent.py')
-
 
 @pytest.fixture(scope='module')
 def agent():
-    spec = importlib.util.spec_from_file_location('ferrogen_agent_under_test', AGENT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return ferrogen_agent.load()
 
 
 def test_pam_config_names_the_files_in_pams_order(agent, tmp_path, monkeypatch):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import types
 
-spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
-agent_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agent_module)
+import ferrogen_agent
+
+agent_module = ferrogen_agent.load()
 
 
 def test_a_task_reaped_in_the_same_round_of_events_is_not_answered_twice():

@@ -11,12 +11,11 @@ import sys
 import traceback
 import zipfile
 
+import ferrogen_agent
 import pytest
 from module_payloads import ModuleRunner
 
-spec = importlib.util.spec_from_file_location('ferrogen_agent', os.path.join(os.path.dirname(__file__), '..', 'agent.py'))
-agent_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(agent_module)
+agent_module = ferrogen_agent.load()
 
 LEAF_SOURCE = '''
 def fail():

@@ -215,33 +215,32 @@ pub struct Started {
 /// What [`Connector::connect`] returns.
 pub type Connecting = Pin<Box<dyn Future<Output = Result<Started, String>> + Send>>;
 
+/// What a Target hands its [`Connector`] to start one agent link.
+pub struct ConnectRequest {
+    /// The target to reach.
+    pub spec: TargetSpec,
+    /// The agent to send it.
+    pub bootstrap: Bootstrap,
+    /// Where the transport's stderr is kept, for failure messages.
+    pub stderr_tail: StderrTail,
+    /// The Target's name, for logs.
+    pub name: String,
+    /// Bounds writing the bootstrap.
+    pub timeout: Duration,
+}
+
 /// How a Target reaches its agent.
 pub trait Connector: Send + Sync {
-    /// Starts the agent link for `spec` with `bootstrap`, keeping the transport's stderr in
-    /// `stderr_tail`; `timeout` bounds writing the bootstrap.
-    fn connect(
-        &self,
-        spec: TargetSpec,
-        bootstrap: Bootstrap,
-        stderr_tail: StderrTail,
-        name: String,
-        timeout: Duration,
-    ) -> Connecting;
+    /// Starts the agent link `request` describes.
+    fn connect(&self, request: ConnectRequest) -> Connecting;
 }
 
 /// Transport processes, one per connection: what the mux runs with.
 pub struct Processes;
 
 impl Connector for Processes {
-    fn connect(
-        &self,
-        spec: TargetSpec,
-        bootstrap: Bootstrap,
-        stderr_tail: StderrTail,
-        name: String,
-        timeout: Duration,
-    ) -> Connecting {
-        Box::pin(async move { start(&spec, &bootstrap, stderr_tail, &name, timeout).await })
+    fn connect(&self, request: ConnectRequest) -> Connecting {
+        Box::pin(start(request))
     }
 }
 
@@ -258,18 +257,21 @@ pub fn argv_for(spec: &TargetSpec, bootstrap: &Bootstrap) -> Vec<String> {
     )
 }
 
-/// Starts the transport for `spec` and writes the bootstrap payload to it (within `timeout`).
+/// Starts the transport for the request's target and writes the bootstrap payload to it
+/// (within its timeout).
 ///
 /// # Errors
 ///
 /// The process cannot be started; the message names the program.
-pub async fn start(
-    spec: &TargetSpec,
-    bootstrap: &Bootstrap,
-    stderr_tail: StderrTail,
-    name: &str,
-    timeout: Duration,
-) -> Result<Started, String> {
+pub async fn start(request: ConnectRequest) -> Result<Started, String> {
+    let ConnectRequest {
+        spec,
+        bootstrap,
+        stderr_tail,
+        name,
+        timeout,
+    } = request;
+    let (spec, bootstrap, name) = (&spec, &bootstrap, name.as_str());
     let kind = kind_of(spec.transport);
     let argv = argv_for(spec, bootstrap);
     debug!(target = %name, argv = ?loggable(&argv), "connecting");
@@ -443,13 +445,13 @@ pub(crate) mod tests {
         let tail = StderrTail::default();
         let mut spec = TargetSpec::local();
         spec.python = Some("python3".into());
-        let started = start(
-            &spec,
-            &bootstrap,
-            tail.clone(),
-            "t",
-            Duration::from_secs(10),
-        )
+        let started = start(ConnectRequest {
+            spec,
+            bootstrap,
+            stderr_tail: tail.clone(),
+            name: "t".into(),
+            timeout: Duration::from_secs(10),
+        })
         .await
         .unwrap();
         assert_eq!(started.exit.await.unwrap(), TransportExit::Exited(3));

@@ -9,7 +9,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use actix::Recipient;
@@ -18,13 +17,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     sync::{mpsc, oneshot},
 };
-use worker_ipc::{InterpId, TargetSpec};
+use worker_ipc::InterpId;
 
-use super::{argv_for, Connecting, Connector, StderrTail};
-use crate::{
-    bootstrap::Bootstrap,
-    messages::{OpenRoute, RouteInput},
-};
+use super::{argv_for, ConnectRequest, Connecting, Connector};
+use crate::messages::{OpenRoute, RouteInput};
 
 /// Connects targets with a `via` through their hop, the others with `direct`.
 pub struct Routed {
@@ -35,19 +31,17 @@ pub struct Routed {
 }
 
 impl Connector for Routed {
-    fn connect(
-        &self,
-        spec: TargetSpec,
-        bootstrap: Bootstrap,
-        stderr_tail: StderrTail,
-        name: String,
-        timeout: Duration,
-    ) -> Connecting {
-        let Some(via) = spec.via.clone() else {
-            return self
-                .direct
-                .connect(spec, bootstrap, stderr_tail, name, timeout);
+    fn connect(&self, request: ConnectRequest) -> Connecting {
+        let Some(via) = request.spec.via.clone() else {
+            return self.direct.connect(request);
         };
+        let ConnectRequest {
+            spec,
+            bootstrap,
+            stderr_tail,
+            name,
+            ..
+        } = request;
         let argv = argv_for(&spec, &bootstrap);
         let payload = Bytes::copy_from_slice(bootstrap.payload());
         let registry = self.registry.clone();

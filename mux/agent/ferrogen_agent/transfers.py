@@ -1,0 +1,133 @@
+"""Streamed puts and fetches, and the digests of received files."""
+
+import collections
+import fcntl
+import hashlib
+import os
+import re
+import stat
+import sys
+
+from ansible_ferrogen.atomic_files import AtomicFile
+
+
+# How many streamed uploads' digests the interpreter keeps for modules that hash them again.
+RECEIVED_DIGESTS_KEPT = 32
+
+
+# File transfer (docs/protocol.md, "File transfer"); its limits are in the shared block above.
+F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
+
+
+class PutTransfer:
+    """A streamed put (put_begin ... chunk ... put_end) being received."""
+
+    def __init__(self, args):
+        self.file = AtomicFile(args['path'], args.get('mode'), args.get('owner'), args.get('group'))
+        self.expected = args.get('size')
+
+    def write(self, offset, data):
+        if offset != self.file.size:
+            raise ValueError('chunk at offset %s, expected %d' % (offset, self.file.size))
+        self.file.write(data)
+
+    def finish(self, size, digest):
+        """Commit the file if it holds what the sender sent."""
+        if size != self.file.size or digest != self.file.digest.hexdigest():
+            raise ValueError('received %d bytes with SHA-1 %s, the sender sent %s bytes with SHA-1 %s'
+                             % (self.file.size, self.file.digest.hexdigest(), size, digest))
+        self.file.commit()
+        return {'size': self.file.size, 'sha1': digest}
+
+    def abort(self):
+        self.file.abort()
+
+
+def verified_claims(claims):
+    """The digests a sender computed over the bytes whose SHA-1 this agent has just checked,
+    kept where each names an algorithm this Python has and has that algorithm's length."""
+    kept = {}
+    for name, value in (claims or {}).items():
+        try:
+            length = hashlib.new(name).digest_size * 2
+        except (TypeError, ValueError):
+            continue
+        if isinstance(value, str) and len(value) == length and re.fullmatch('[0-9a-f]+', value):
+            kept[name] = value
+    return kept
+
+
+def file_identity(info):
+    """What stays the same while a file holds the content it was written with (a chmod
+    changes none of it)."""
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+class ReceivedDigests:
+    """Digests of the files streamed into this interpreter's task temp dirs, by real path.
+
+    The copy module hashes its upload twice (SHA-1, then MD5) after it arrived; a task process
+    is handed these entries and answers such a module from them. An entry answers only while
+    its path holds the file written (file_identity), and goes with its task temp dir.
+    """
+
+    def __init__(self):
+        self.entries = collections.OrderedDict()
+
+    def record(self, path, digests):
+        real = os.path.realpath(path)
+        self.entries.pop(real, None)
+        self.entries[real] = file_identity(os.stat(real)) + [digests]
+        while len(self.entries) > RECEIVED_DIGESTS_KEPT:
+            self.entries.popitem(last=False)
+
+    def forget_under(self, directory):
+        prefix = os.path.realpath(directory).rstrip('/') + '/'
+        for path in [path for path in self.entries if path.startswith(prefix)]:
+            del self.entries[path]
+
+
+def answer_digests_from(entries):
+    """In a task process: AnsibleModule.digest_from_file answers from entries (a
+    ReceivedDigests table) for a file that is still the one received, by an algorithm the
+    module could use itself; anything else it hashes as before."""
+    basic = sys.modules.get('ansible.module_utils.basic')
+    if not entries or basic is None:
+        return
+    module_class = basic.AnsibleModule
+    hash_file = module_class.digest_from_file
+
+    def digest_from_file(module, filename, algorithm):
+        if isinstance(algorithm, str) and algorithm in basic.AVAILABLE_HASH_ALGORITHMS:
+            path = os.path.realpath(os.fsdecode(filename))
+            entry = entries.get(path)
+            if entry is not None and algorithm in entry[-1]:
+                try:
+                    if file_identity(os.stat(path)) == entry[:-1]:
+                        return entry[-1][algorithm]
+                except OSError:
+                    pass
+        return hash_file(module, filename, algorithm)
+
+    module_class.digest_from_file = digest_from_file
+
+
+class FetchTransfer:
+    """A streamed fetch (fetch_begin ... chunk/ack ...) being sent."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
+        info = os.fstat(self.fd)
+        if stat.S_ISDIR(info.st_mode):
+            os.close(self.fd)
+            raise IsADirectoryError('%s is a directory' % path)
+        self.size = info.st_size
+        self.mode = stat.S_IMODE(info.st_mode)
+        self.sent = 0
+        self.acked = 0
+        self.digest = hashlib.sha1()
+
+    def abort(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
