@@ -439,7 +439,9 @@ class Connection(ConnectionBase):
         minimum = ansible_internals.module_python_minimum()
         try:
             info = self.interpreter_info()
-        except NoInterpreter:
+        except AnsibleError:
+            # No agent (the module call says why), or a connection type whose mux target
+            # answers no interpreter_info (sudo, su, doas connections): nothing to tell.
             return None
         found = tuple(int(part) for part in str(info.get('version', '')).split('.') if part.isdigit())
         if minimum is None or not found or found >= minimum:
