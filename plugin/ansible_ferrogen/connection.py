@@ -237,7 +237,7 @@ class Connection(ConnectionBase):
 
     def __init__(self, *args, **kwargs):
         # Once per process; a worker forked by our strategy inherits the strategy's check.
-        ansible_internals.start()
+        ansible_internals.start(ansible_internals.EVERY_TASK)
         self._target_spec: tuple[str | None, dict] | None = None
         super().__init__(*args, **kwargs)
         self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}

@@ -32,7 +32,6 @@ import sys
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.action import copy as copy_action
 from ansible.plugins.loader import action_loader
 from ansible.utils.display import Display
 
@@ -42,6 +41,13 @@ display = Display()
 
 # How an Ansible Vault file starts: its content is decrypted on the controller first.
 VAULT_HEADER = b'$ANSIBLE_VAULT'
+
+# What this module installs (ansible_internals.OPTIMISATIONS).
+OPTIMISATIONS = ('copy_in_one_round_trip', 'copy_source_hashed_ahead')
+# The tasks that run the copy action (template runs it for the rendered file), by the names
+# Ansible resolves them under.
+COPYING_ACTIONS = frozenset(f'{prefix}{name}' for prefix in ('', 'ansible.builtin.', 'ansible.legacy.')
+                            for name in ('copy', 'template'))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +99,8 @@ def plain_case(action) -> bool:
 def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
     """The copy action's steps for this file in the plain case, as its _copy_file computes
     them, or None where the file is not small."""
+    from ansible.plugins.action import copy as copy_action  # loaded only by workers that copy
+
     args = action._task.args
     shell = action._connection._shell
     try:
@@ -247,6 +255,22 @@ def copy_file(original):
     return _copy_file
 
 
+def install_for(action) -> None:
+    """In connection-only mode, where nothing was installed before the worker forked: install
+    once the worker's task turns out to run the copy action, and warn then about what is off.
+    Other workers neither load the copy action nor check its internals."""
+    if _installed:
+        return
+    task = action._task
+    if task.action in COPYING_ACTIONS or getattr(task, 'resolved_action', None) in COPYING_ACTIONS:
+        ansible_internals.start(OPTIMISATIONS)
+        install()
+
+
+# Whether install() ran in this process (or the process it was forked from).
+_installed = False
+
+
 def install() -> None:
     """Patch the copy action (which template also runs), in the controller before workers fork;
     only ferrogen connections, whose task temp dir action_mixin made, see a change.
@@ -254,6 +278,8 @@ def install() -> None:
     The plugin loader may load the action's file under another module name than
     ansible.plugins.action.copy, once per process: the classes it hands out are patched.
     """
+    global _installed
+    _installed = True
     in_one_round_trip = ansible_internals.enabled('copy_in_one_round_trip')
     hashed_ahead = ansible_internals.enabled('copy_source_hashed_ahead')
     if not (in_one_round_trip or hashed_ahead):
