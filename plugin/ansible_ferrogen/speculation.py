@@ -36,6 +36,7 @@ from ansible.plugins.loader import action_loader
 from ansible.utils.display import Display
 
 from ansible_ferrogen import ansible_internals, transfer
+from ansible_ferrogen.connection import Connection
 
 display = Display()
 
@@ -44,29 +45,6 @@ VAULT_HEADER = b'$ANSIBLE_VAULT'
 
 # What this module installs (ansible_internals.OPTIMISATIONS).
 OPTIMISATIONS = ('copy_in_one_round_trip', 'copy_source_hashed_ahead')
-# The tasks that run the copy action (template runs it for the rendered file), by the names
-# Ansible resolves them under.
-COPYING_ACTIONS = frozenset(f'{prefix}{name}' for prefix in ('', 'ansible.builtin.', 'ansible.legacy.')
-                            for name in ('copy', 'template'))
-
-
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
-    """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
-
-    args: dict
-    blobs: dict
-    as_become: bool
-
-    @classmethod
-    def of(cls, payload, cwd: str | None, as_become: bool) -> ModuleCall:
-        args = dict(payload.args, cwd=cwd) if cwd else payload.args
-        return cls(args=args, blobs={payload.zip_hash: payload.zip_data}, as_become=as_become)
-
-    def key(self) -> str:
-        """Equal for calls that run the same module with the same arguments in the same account
-        (the payload's embedded date is not part of the arguments)."""
-        return json.dumps([self.as_become, self.args], sort_keys=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +176,6 @@ def source_hashed_ahead(action) -> transfer.DigestsAhead | None:
 
 
 def hash_source_ahead(original):
-    from ansible_ferrogen.connection import Connection  # connection.py imports this module
-
     def run(self, tmp=None, task_vars=None):
         ahead = source_hashed_ahead(self) if isinstance(self._connection, Connection) else None
         try:
@@ -255,18 +231,6 @@ def copy_file(original):
     return _copy_file
 
 
-def install_for(action) -> None:
-    """In connection-only mode, where nothing was installed before the worker forked: install
-    once the worker's task turns out to run the copy action, and warn then about what is off.
-    Other workers neither load the copy action nor check its internals."""
-    if _installed:
-        return
-    task = action._task
-    if task.action in COPYING_ACTIONS or getattr(task, 'resolved_action', None) in COPYING_ACTIONS:
-        ansible_internals.start(OPTIMISATIONS)
-        install()
-
-
 # Whether install() ran in this process (or the process it was forked from).
 _installed = False
 
@@ -279,6 +243,8 @@ def install() -> None:
     ansible.plugins.action.copy, once per process: the classes it hands out are patched.
     """
     global _installed
+    if _installed:
+        return
     _installed = True
     in_one_round_trip = ansible_internals.enabled('copy_in_one_round_trip')
     hashed_ahead = ansible_internals.enabled('copy_source_hashed_ahead')

@@ -111,25 +111,3 @@ def test_no_other_source_is_hashed_ahead(files, args):
     assert speculation.source_hashed_ahead(CopyAction(str(files), **args)) is None
     assert not transfer.DIGESTS_AHEAD
 
-
-@pytest.mark.parametrize(('task_action', 'resolved', 'installs'), [
-    ('copy', 'ansible.builtin.copy', True),
-    ('ansible.builtin.template', 'ansible.builtin.template', True),
-    ('ansible.legacy.copy', None, True),
-    ('command', 'ansible.builtin.command', False),
-    ('ansible.posix.synchronize', 'ansible.posix.synchronize', False),
-])
-def test_a_connection_only_worker_installs_the_copy_patches_only_for_a_task_that_copies(
-        monkeypatch, task_action, resolved, installs):
-    installed = []
-    monkeypatch.setattr(speculation, '_installed', False)
-    monkeypatch.setattr(speculation, 'install', lambda: installed.append(True))
-    task = SimpleNamespace(action=task_action, resolved_action=resolved)
-    speculation.install_for(SimpleNamespace(_task=task))
-    assert installed == ([True] if installs else [])
-
-
-def test_nothing_more_is_installed_once_installed(monkeypatch):
-    monkeypatch.setattr(speculation, '_installed', True)
-    monkeypatch.setattr(speculation, 'install', lambda: pytest.fail('installed twice'))
-    speculation.install_for(SimpleNamespace(_task=SimpleNamespace(action='copy', resolved_action=None)))
