@@ -24,6 +24,7 @@ from pathlib import Path
 import helpers
 import pytest
 from helpers import describe
+from test_connection_only import connection_only_env
 
 SMALL_FILE_LIMIT = 126976
 
@@ -533,19 +534,23 @@ def test_one_gigabyte_copy_in_bounded_memory_with_progress(tmp_path, crash_setup
 # --------------------------------------------------------------------------- round trips
 
 
-def _copy_once(tmp_path: Path, source: Path, dest: Path, remote_tmp: Path, rounds: int = 1) -> helpers.PlaybookRun:
+def _copy_once(tmp_path: Path, source: Path, dest: Path, remote_tmp: Path, rounds: int = 1,
+               extra_env: dict[str, str] | None = None) -> helpers.PlaybookRun:
     return helpers.run_playbook("transfer_repeat.yml", ferrogen=True, tmp_path=tmp_path, limit="sshroot",
-                                extra_env={"FERROGEN_LOG": "debug"},
+                                extra_env={"FERROGEN_LOG": "debug", **(extra_env or {})},
                                 extra_args=["-vvv", "-e", "op=copy", "-e", f"rounds={rounds}", "-e", f"version={source}",
                                             "-e", f"dest={dest}", "-e", f"ansible_remote_tmp={remote_tmp}"])  # fmt: skip
 
 
 @pytest.mark.mux_only
-def test_a_small_copy_waits_for_one_call_and_leaves_no_temp_dir(tmp_path):
+@pytest.mark.parametrize("mode", ["strategy", "connection-only"])
+def test_a_small_copy_waits_for_one_call_and_leaves_no_temp_dir(tmp_path, mode):
     source = tmp_path / "source.txt"
     source.write_text("small\n")
     remote_tmp = tmp_path / "rtmp"
-    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", remote_tmp, rounds=2)
+    # A connection-only worker installs the copy action's patches itself, for a copy task only.
+    extra_env = connection_only_env(tmp_path, "linear") if mode == "connection-only" else None
+    run = _copy_once(tmp_path, source, tmp_path / "dest.txt", remote_tmp, rounds=2, extra_env=extra_env)
     assert run.returncode == 0, describe(run)
     assert "WARNING" not in run.stdout + run.stderr, describe(run)
     assert (tmp_path / "dest.txt").read_text() == "small\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import json
 import shlex
 
 from ansible_ferrogen import ansible_internals, module_cache
@@ -104,3 +105,22 @@ def _environment_from_command(cmd: str) -> tuple[dict[str, str], str] | None:
             return None
         return environment, word
     return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleCall:
+    """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
+
+    args: dict
+    blobs: dict
+    as_become: bool
+
+    @classmethod
+    def of(cls, payload, cwd: str | None, as_become: bool) -> ModuleCall:
+        args = dict(payload.args, cwd=cwd) if cwd else payload.args
+        return cls(args=args, blobs={payload.zip_hash: payload.zip_data}, as_become=as_become)
+
+    def key(self) -> str:
+        """Equal for calls that run the same module with the same arguments in the same account
+        (the payload's embedded date is not part of the arguments)."""
+        return json.dumps([self.as_become, self.args], sort_keys=True)

@@ -1,9 +1,10 @@
 """Every private part of ansible-core that ferrogen calls or patches, in one place.
 
 ansible-core changes its private attributes between releases without notice. Each one ferrogen
-relies on is listed here with the parameters ferrogen expects it to take. `check()` looks them all
-up once per process, when the strategy starts (before workers fork, so they inherit the result)
-and when a connection plugin is first made:
+relies on is listed here with the parameters ferrogen expects it to take. `start()` looks them up
+once per process: all of them when the strategy starts (before workers fork, so they inherit the
+result); in connection-only mode, where each task's worker checks for itself, only those its task
+uses (EVERY_TASK when the connection plugin is first made, the copy action's when a task runs it):
 
 - an optimisation (OPTIMISATIONS) whose internals are all present, with the expected
   parameters, is installed; one whose internals are missing or changed is switched off with one
@@ -18,7 +19,7 @@ import dataclasses
 import importlib
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ansible import __version__ as ansible_version
 from ansible.errors import AnsibleError
@@ -183,6 +184,11 @@ OPTIMISATIONS: dict[str, Optimisation] = {
     )),
 }
 
+# What every task on a ferrogen connection uses (the strategy's own and the copy action's are
+# installed, and looked up, only where they are used).
+EVERY_TASK = ('module_arguments_only', 'module_zip_by_reference', 'connect_ahead', 'detached_temp_dirs',
+              'home_from_ready')
+
 # What the strategy and connection plugins cannot work without.
 REQUIRED: tuple[Internal, ...] = (
     internal('ansible.plugins.loader', 'connection_loader.get_with_context', ('name', 'args', 'kwargs'),
@@ -196,12 +202,13 @@ REQUIRED: tuple[Internal, ...] = (
 
 @dataclasses.dataclass
 class Report:
-    """What is wrong, by optimisation (an empty list: it may be installed), and what is missing
-    of REQUIRED (None until looked up)."""
+    """What is wrong, by optimisation (an empty list: it may be installed), what is missing
+    of REQUIRED (None until looked up), and the optimisations start() has warned about or found
+    on."""
 
     problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     missing: list[str] | None = None
-    warned: bool = False
+    started: set[str] = dataclasses.field(default_factory=set)
 
     @property
     def disabled(self) -> dict[str, list[str]]:
@@ -253,24 +260,28 @@ def enabled(name: str) -> bool:
     return not problems[name]
 
 
-def check() -> Report:
-    """Look every internal up."""
-    for name in OPTIMISATIONS:
+def check(names: Iterable[str] | None = None) -> Report:
+    """Look the internals of the optimisations named (every one by default) and REQUIRED up."""
+    for name in OPTIMISATIONS if names is None else names:
         enabled(name)
     if report().missing is None:
         report().missing = problems_of(REQUIRED)
     return report()
 
 
-def start() -> None:
-    """Check, then refuse to run without what is required, and warn once per process (the
-    controller folds the workers' equal warnings into one) for each optimisation switched off."""
-    found = check()
+def start(names: Iterable[str] | None = None) -> None:
+    """Check the optimisations named (every one by default), then refuse to run without what is
+    required, and warn once per process (the controller folds the workers' equal warnings into
+    one) for each of them switched off."""
+    names = list(OPTIMISATIONS if names is None else names)
+    found = check(names)
     if found.missing:
         raise AnsibleError(f'ferrogen cannot run with ansible-core {ansible_version}: ' + '; '.join(found.missing))
-    if found.warned:
-        return
-    found.warned = True
-    for name, problems in found.disabled.items():
-        display.warning(f'ferrogen: {OPTIMISATIONS[name].description} ({name}) is off with ansible-core '
-                        f'{ansible_version}: {"; ".join(problems)}. Ansible\'s own code path runs instead.')
+    for name in names:
+        if name in found.started:
+            continue
+        found.started.add(name)
+        if found.problems[name]:
+            display.warning(f'ferrogen: {OPTIMISATIONS[name].description} ({name}) is off with ansible-core '
+                            f'{ansible_version}: {"; ".join(found.problems[name])}. Ansible\'s own code path runs '
+                            'instead.')

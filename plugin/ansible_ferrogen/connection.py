@@ -15,7 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, speculation, transfer, via
+from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, transfer, via
 from ansible_ferrogen.client import MuxClient, MuxError
 
 display = Display()
@@ -260,7 +260,7 @@ class OtherInterpreter(AnsibleError):
 class Captured(Exception):
     """Stops a module call in capture mode, carrying the call it would have made."""
 
-    def __init__(self, call: speculation.ModuleCall):
+    def __init__(self, call: ansiballz.ModuleCall):
         super().__init__(call.args['module_fqn'])
         self.call = call
 
@@ -298,7 +298,7 @@ class Connection(ConnectionBase):
 
     def __init__(self, *args, **kwargs):
         # Once per process; a worker forked by our strategy inherits the strategy's check.
-        ansible_internals.start()
+        ansible_internals.start(ansible_internals.EVERY_TASK)
         self._target_spec: tuple[str | None, dict] | None = None
         super().__init__(*args, **kwargs)
         self._ready_results: dict[str, tuple[int, bytes, bytes]] = {}
@@ -527,7 +527,7 @@ class Connection(ConnectionBase):
         self._become_requested = False
         cwd = getattr(self, 'cwd', None)
         payload = self._parse_payload(in_data, cmd) if in_data else None
-        call = speculation.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become) if payload else None
+        call = ansiballz.ModuleCall.of(payload, to_text(cwd) if cwd else None, as_become) if payload else None
         if self._shell_channel is not None and not self._capturing:
             return self.exec_over_shell_channel(cmd, in_data, sudoable, as_become)
         if self._capturing:
@@ -610,7 +610,7 @@ class Connection(ConnectionBase):
             return captured[2]
         return ansiballz.parse(in_data, cmd)
 
-    def capture(self, run) -> speculation.ModuleCall | None:
+    def capture(self, run) -> ansiballz.ModuleCall | None:
         """The module call run() would make through this connection, without making it; None
         if run() makes none that we could run ahead (see speculation.py)."""
         self._capturing = True
@@ -624,8 +624,8 @@ class Connection(ConnectionBase):
             self._capturing = False
         return None
 
-    def run_module_then(self, first: speculation.ModuleCall,
-                        branches: list[tuple[dict, speculation.ModuleCall]]) -> None:
+    def run_module_then(self, first: ansiballz.ModuleCall,
+                        branches: list[tuple[dict, ansiballz.ModuleCall]]) -> None:
         """Run first and then the first module of branches whose condition first's result
         meets, in one call; keep their results for exec_command to answer the same calls with
         when the action makes them."""

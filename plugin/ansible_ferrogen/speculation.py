@@ -32,35 +32,19 @@ import sys
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.parsing.convert_bool import boolean
-from ansible.plugins.action import copy as copy_action
 from ansible.plugins.loader import action_loader
 from ansible.utils.display import Display
 
 from ansible_ferrogen import ansible_internals, frames, transfer
+from ansible_ferrogen.connection import Connection
 
 display = Display()
 
 # How an Ansible Vault file starts: its content is decrypted on the controller first.
 VAULT_HEADER = b'$ANSIBLE_VAULT'
 
-
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
-    """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
-
-    args: dict
-    blobs: dict
-    as_become: bool
-
-    @classmethod
-    def of(cls, payload, cwd: str | None, as_become: bool) -> ModuleCall:
-        args = dict(payload.args, cwd=cwd) if cwd else payload.args
-        return cls(args=args, blobs={payload.zip_hash: payload.zip_data}, as_become=as_become)
-
-    def key(self) -> str:
-        """Equal for calls that run the same module with the same arguments in the same account
-        (the payload's embedded date is not part of the arguments)."""
-        return json.dumps([self.as_become, self.args], sort_keys=True)
+# What this module installs (ansible_internals.OPTIMISATIONS).
+OPTIMISATIONS = ('copy_in_one_round_trip', 'copy_source_hashed_ahead')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +77,8 @@ def plain_case(action) -> bool:
 def plan_copy(action, source_full, source_rel, dest, follow) -> CopyPlan | None:
     """The copy action's steps for this file in the plain case, as its _copy_file computes
     them, or None where the file is not small."""
+    from ansible.plugins.action import copy as copy_action  # loaded only by workers that copy
+
     args = action._task.args
     shell = action._connection._shell
     try:
@@ -190,8 +176,6 @@ def source_hashed_ahead(action) -> transfer.DigestsAhead | None:
 
 
 def hash_source_ahead(original):
-    from ansible_ferrogen.connection import Connection  # connection.py imports this module
-
     def run(self, tmp=None, task_vars=None):
         ahead = source_hashed_ahead(self) if isinstance(self._connection, Connection) else None
         try:
@@ -247,6 +231,10 @@ def copy_file(original):
     return _copy_file
 
 
+# Whether install() ran in this process (or the process it was forked from).
+_installed = False
+
+
 def install() -> None:
     """Patch the copy action (which template also runs), in the controller before workers fork;
     only ferrogen connections, whose task temp dir action_mixin made, see a change.
@@ -254,6 +242,10 @@ def install() -> None:
     The plugin loader may load the action's file under another module name than
     ansible.plugins.action.copy, once per process: the classes it hands out are patched.
     """
+    global _installed
+    if _installed:
+        return
+    _installed = True
     in_one_round_trip = ansible_internals.enabled('copy_in_one_round_trip')
     hashed_ahead = ansible_internals.enabled('copy_source_hashed_ahead')
     if not (in_one_round_trip or hashed_ahead):

@@ -110,3 +110,4 @@ def test_a_large_source_is_hashed_from_the_start_of_the_action_until_its_end(fil
 def test_no_other_source_is_hashed_ahead(files, args):
     assert speculation.source_hashed_ahead(CopyAction(str(files), **args)) is None
     assert not transfer.DIGESTS_AHEAD
+
