@@ -138,6 +138,9 @@ def test_a_cached_blob_reaches_a_become_interpreter_after_the_temp_dir_vanished(
         data = base64.b64encode(os.urandom(1000))
         digest = hashlib.sha1(data).hexdigest()
         agent.send({'type': 'blob', 'hash': digest, 'interp': 1}, data)
+        # The agent takes frames in order: once this call is answered, the blob's copy is
+        # written and the temp dir can be removed without racing that write.
+        agent.call_in(1, 'ping', {})
         shutil.rmtree(agent.ready['tmpdir'])
         agent.send({'type': 'blob', 'hash': digest, 'interp': 2, 'cached': True})
         second = agent.call_in(2, 'ping', {})[0]['result']['pid']
