@@ -212,6 +212,15 @@ def is_agent_args(args: str) -> bool:
     return " mitogen:" in args or "SOURCE=sys.stdin.buffer.read" in args
 
 
+def sshd_config_of_own(settings: list[str], drop: tuple[str, ...] = ("Port ", "PidFile ")) -> str:
+    """The test sshd's config (ci/setup.sh) for another sshd: the lines starting with `drop`
+    left out, `settings` put in before the config's Match blocks, where global settings must
+    stay."""
+    lines = [line for line in (STATE / "sshd" / "sshd_config").read_text().splitlines() if not line.startswith(drop)]
+    at = next((i for i, line in enumerate(lines) if line.startswith("Match ")), len(lines))
+    return "\n".join([*lines[:at], *settings, *lines[at:]]) + "\n"
+
+
 # ci/setup.sh starts the test sshd on this port (FERROGEN_SSH_PORT, default 2222).
 SSH_PORT = int(os.environ.get("FERROGEN_SSH_PORT", "2222"))
 

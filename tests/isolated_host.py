@@ -44,12 +44,8 @@ class IsolatedHost:
         shutil.copytree("/etc", self.etc, symlinks=True)
         (self.root / ".ssh").mkdir(parents=True)
         shutil.copy("/root/.ssh/authorized_keys", self.root / ".ssh" / "authorized_keys")
-        config = (helpers.STATE / "sshd" / "sshd_config").read_text()
-        lines = [line for line in config.splitlines() if not line.startswith(("Port ", "PidFile "))]
-        # Before the config's Match blocks, where global settings must stay.
-        at = next((i for i, line in enumerate(lines) if line.startswith("Match ")), len(lines))
-        lines[at:at] = [f"Port {self.port}", f"PidFile {self.base}/sshd.pid"]
-        (self.base / "sshd_config").write_text("\n".join(lines) + "\n")
+        own = [f"Port {self.port}", f"PidFile {self.base}/sshd.pid"]
+        (self.base / "sshd_config").write_text(helpers.sshd_config_of_own(own))
         steps = [f"mount --bind {self.etc} /etc", f"mount --bind {self.root} /root"]
         if not self.python:
             upper, work = self.base / "bin-upper", self.base / "bin-work"

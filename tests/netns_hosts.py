@@ -61,12 +61,9 @@ class NetnsChain:
         return self
 
     def start_sshd(self, index: int) -> subprocess.Popen:
-        config = (helpers.STATE / "sshd" / "sshd_config").read_text()
-        skip = ("Port ", "PidFile ", "ListenAddress ")
-        lines = [line for line in config.splitlines() if not line.startswith(skip)]
-        lines += ["Port 22", f"ListenAddress {self.hosts[index]}", f"PidFile {self.base}/sshd{index + 1}.pid"]
+        own = ["Port 22", f"ListenAddress {self.hosts[index]}", f"PidFile {self.base}/sshd{index + 1}.pid"]
         path = self.base / f"sshd{index + 1}_config"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(helpers.sshd_config_of_own(own, drop=("Port ", "PidFile ", "ListenAddress ")))
         return subprocess.Popen(  # noqa: S603 - our own command line
             ["ip", "netns", "exec", self.namespaces[index], "/usr/sbin/sshd", "-D", "-f", str(path),
              "-E", str(self.log_path(index))],

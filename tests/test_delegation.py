@@ -21,9 +21,11 @@ pytestmark = [
 
 @pytest.fixture
 def chain(tmp_path):
-    hosts = NetnsChain(tmp_path, 3).start()
-    yield hosts
-    hosts.stop()
+    hosts = NetnsChain(tmp_path, 3)
+    try:
+        yield hosts.start()
+    finally:
+        hosts.stop()  # a chain half set up is taken down too
 
 
 def inventory(path: Path, chain: NetnsChain, final_via: str, extra_hops: str = "") -> Path:
