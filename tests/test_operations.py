@@ -32,7 +32,6 @@ pytestmark = pytest.mark.mux_only
 
 TOOLS = REPO / "tests" / "tools"
 MUX_BINARY = REPO / "target" / "release" / "ferrogen-mux"
-STUB_MARK = "SOURCE=sys.stdin.buffer.read"
 
 
 # --------------------------------------------------------------------------- helpers
