@@ -60,7 +60,7 @@ def by_task(run, task: str) -> dict[str, dict]:
 def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path):
     big = tmp_path / "big.bin"
     big.write_bytes(os.urandom(6 << 20))
-    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
+    run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
                                inventory=inventory(tmp_path / "inv.ini", chain, "hop2"),
                                extra_args=("-e", f"big_file={big}"))
     assert run.returncode == 0, helpers.describe(run)
@@ -101,7 +101,7 @@ ansible_ssh_private_key_file={helpers.SSH_KEY}
 ansible_python_interpreter=/usr/bin/python3
 ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
 """)
-    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+    run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
                                extra_env=ACTION_ENV)
     assert run.returncode == 0, helpers.describe(run)
     for result in by_task(run, "addresses of the host the task ran on").values():
@@ -127,7 +127,7 @@ ansible_ssh_private_key_file={helpers.SSH_KEY}
 ansible_python_interpreter=/usr/bin/python3
 ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
 """)
-    run = helpers.run_playbook("delegation.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+    run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
                                extra_env=ACTION_ENV)
     assert run.returncode == 0, helpers.describe(run)
     stack = by_task(run, "the route a task takes")["app1"]["result"]["result"]
