@@ -285,3 +285,26 @@ def start(names: Iterable[str] | None = None) -> None:
             display.warning(f'ferrogen: {OPTIMISATIONS[name].description} ({name}) is off with ansible-core '
                             f'{ansible_version}: {"; ".join(found.problems[name])}. Ansible\'s own code path runs '
                             'instead.')
+
+
+def current_task_vars() -> dict | None:
+    """The variables of the task this worker runs, hostvars included (connection delegation
+    reads the via hosts' variables there): ansible-core 2.21's task context
+    (`ansible._internal._task:TaskContext.current`), else the `_job_vars` of the TaskExecutor
+    found up the stack; None where neither is there."""
+    try:
+        from ansible._internal._task import TaskContext
+    except ImportError:
+        pass
+    else:
+        try:
+            return TaskContext.current().task_vars
+        except Exception:  # noqa: BLE001 - no current task: fall back to the executor's
+            pass
+    frame = sys._getframe(1)
+    while frame is not None:
+        owner = frame.f_locals.get('self')
+        if type(owner).__name__ == 'TaskExecutor':
+            return getattr(owner, '_job_vars', None)
+        frame = frame.f_back
+    return None

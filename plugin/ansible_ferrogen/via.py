@@ -10,10 +10,11 @@ targeted directly shares its connection (docs/protocol.md, "Connection delegatio
 from __future__ import annotations
 
 import os
-import sys
 
 from ansible.errors import AnsibleConnectionFailure
 from ansible.playbook.play_context import PlayContext
+
+from ansible_ferrogen import ansible_internals
 
 VIA_VAR = 'mitogen_via'
 
@@ -23,30 +24,9 @@ HOP_VARS = ('inventory_hostname', 'ansible_python_interpreter', 'ansible_host', 
             VIA_VAR)
 
 
-def job_vars() -> dict | None:
-    """The variables of the task this worker runs, hostvars included: the task context's
-    (ansible-core 2.21 on), else its TaskExecutor's."""
-    try:
-        from ansible._internal._task import TaskContext
-    except ImportError:
-        pass
-    else:
-        try:
-            return TaskContext.current().task_vars
-        except Exception:  # noqa: BLE001 - no current task: fall back to the executor's
-            pass
-    frame = sys._getframe(1)
-    while frame is not None:
-        owner = frame.f_locals.get('self')
-        if type(owner).__name__ == 'TaskExecutor':
-            return getattr(owner, '_job_vars', None)
-        frame = frame.f_back
-    return None
-
-
 def delegation(connection) -> dict:
     """The TargetSpec fields that route `connection` through its hops: {} without mitogen_via."""
-    variables = job_vars()
+    variables = ansible_internals.current_task_vars()
     if not variables:
         return {}
     hostvars = variables.get('hostvars') or {}
