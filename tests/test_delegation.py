@@ -28,6 +28,16 @@ def chain(tmp_path):
         hosts.stop()  # a chain half set up is taken down too
 
 
+# What every host of a chain inventory shares: root by key on each namespace's sshd.
+CHAIN_VARS = f"""[all:vars]
+ansible_user=root
+ansible_port=22
+ansible_ssh_private_key_file={helpers.SSH_KEY}
+ansible_python_interpreter=/usr/bin/python3
+ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
+"""
+
+
 def inventory(path: Path, chain: NetnsChain, final_via: str, extra_hops: str = "") -> Path:
     """hop1 <- hop2 <- the finals (app1 as root, app2 as ferrotest, both on host 3)."""
     h1, h2, h3 = chain.hosts
@@ -38,13 +48,7 @@ hop2 ansible_host={h2} mitogen_via=hop1 {extra_hops}
 [finals]
 app1 ansible_host={h3} mitogen_via={final_via}
 app2 ansible_host={h3} mitogen_via={final_via} ansible_user=ferrotest
-[all:vars]
-ansible_user=root
-ansible_port=22
-ansible_ssh_private_key_file={helpers.SSH_KEY}
-ansible_python_interpreter=/usr/bin/python3
-ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
-""")
+{CHAIN_VARS}""")
     return path
 
 
@@ -94,13 +98,7 @@ hop1 ansible_host={h1}
 [finals]
 app1 ansible_host={h2} mitogen_via=hop1
 app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
-[all:vars]
-ansible_user=root
-ansible_port=22
-ansible_ssh_private_key_file={helpers.SSH_KEY}
-ansible_python_interpreter=/usr/bin/python3
-ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
-""")
+{CHAIN_VARS}""")
     run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
                                extra_env=ACTION_ENV)
     assert run.returncode == 0, helpers.describe(run)
@@ -120,13 +118,7 @@ def test_a_via_through_a_become_account(chain, tmp_path):
 hop1 ansible_host={h1} ansible_user=ferrotest ansible_become_method=sudo ansible_become_password=testpass
 [finals]
 app1 ansible_host={h2} mitogen_via=root@hop1
-[all:vars]
-ansible_user=root
-ansible_port=22
-ansible_ssh_private_key_file={helpers.SSH_KEY}
-ansible_python_interpreter=/usr/bin/python3
-ansible_ssh_common_args='-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null'
-""")
+{CHAIN_VARS}""")
     run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
                                extra_env=ACTION_ENV)
     assert run.returncode == 0, helpers.describe(run)
