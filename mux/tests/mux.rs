@@ -503,7 +503,8 @@ fn ping_with_standin_agent(source: &str, timeout: u64) -> Frame {
 fn agent_that_never_gets_ready_times_out() {
     let started = Instant::now();
     let reply = ping_with_standin_agent(SLEEPY_AGENT, 1);
-    assert!(started.elapsed() < Duration::from_secs(8));
+    // Under the 10 s that the default timeout alone would take, however loaded the machine.
+    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(error_kind(&reply), "unreachable");
     let message = reply.header["error"]["message"].as_str().unwrap();
     assert!(message.contains("did not start within 1s"), "{message}");
