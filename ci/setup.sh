@@ -10,7 +10,8 @@
 #   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests;
 #                    ferropw logs in by password only
 #   inventory     -> .state/inventory.ini
-#   docker image  -> ferrogen-target:2 (ci/target-image.sh), where a Docker Engine runs
+#   docker image  -> ferrogen-target:2 (ci/target-image.sh), where a Docker Engine runs;
+#                    podman from apt and the same image in podman's store, there too
 #
 # Knobs (environment):
 #   FERROGEN_SETUP_SSHD=0   skip users, sshd and the ssh part of the inventory check (the demo uses this)
@@ -69,6 +70,13 @@ fi
 # The container tests' target image, built from this machine's files (ci/target-image.sh), once.
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
     bash "$REPO/ci/target-image.sh" docker
+    # Where containers run, the podman kind is tested against real containers too.
+    if ! command -v podman >/dev/null 2>&1; then
+        log "installing podman"
+        apt-get install -y -q --no-install-recommends podman </dev/null >/dev/null \
+            || { apt-get update -q && apt-get install -y -q --no-install-recommends podman </dev/null; }
+    fi
+    bash "$REPO/ci/target-image.sh" podman
 else
     log "no running Docker Engine: the docker container tests will be skipped"
 fi

@@ -50,16 +50,20 @@ def container():
 @pytest.fixture
 def podman_container():
     """A running podman container of the target image (built on first use), removed afterwards;
-    skipped where podman is absent or cannot start containers (as in unprivileged CI containers,
-    where runc may not set the rlimits podman asks for)."""
+    skipped where podman is absent (ci/setup.sh installs it where a Docker Engine runs) or cannot
+    start containers."""
     if shutil.which("podman") is None:
-        pytest.skip("no podman on this machine (ci/setup.sh does not install it: it cannot run containers here)")
+        pytest.skip("no podman on this machine (ci/setup.sh installs it only where a Docker Engine runs)")
     built = subprocess.run(["bash", str(REPO / "ci" / "target-image.sh"), "podman", IMAGE],
                            capture_output=True, text=True, check=False)  # fmt: skip
     if built.returncode != 0:
         pytest.skip(f"podman cannot build the target image here: {built.stderr.strip()[-300:]}")
     name = f"ferrogen-test-{uuid.uuid4().hex[:10]}"
-    started = subprocess.run(["podman", "run", "-d", "--name", name, f"localhost/{IMAGE}"],
+    # podman asks runc to raise the container's open-files and process limits to its defaults,
+    # which a sandbox that caps hard limits refuses ("error setting rlimit type 7"); lower
+    # limits are always allowed.
+    limits = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+    started = subprocess.run(["podman", "run", "-d", *limits, "--name", name, f"localhost/{IMAGE}"],
                              capture_output=True, text=True, check=False)  # fmt: skip
     try:
         if started.returncode != 0:
