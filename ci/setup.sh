@@ -4,7 +4,8 @@
 #
 #   apt packages  -> openssh, sudo, doas, python3 (the targets' /usr/bin/python3), procps, iproute2
 #   Rust build    -> cargo build --release --workspace  (target/release/ferrogen-mux)
-#   .venv         -> pinned ansible-core, pytest, ruff from ci/requirements.txt
+#   .venv         -> pinned ansible-core, pytest, ruff from ci/requirements.txt, and
+#                    community.docker (vanilla's docker plugin, for comparison)
 #   plugin/       -> compiled to bytecode, as pip would compile an installed package
 #   sshd          -> a private sshd on 127.0.0.1:2222 (.state/sshd/), key login for root and ferrotest
 #   test users    -> ferrotest, ferrosudo, ferrosu, ferronopw with sudo/su/doas rules for become tests;
@@ -127,6 +128,26 @@ else
     echo "$REQ_SUM" >"$VENV/.ferrogen-requirements"
 fi
 VENV_PY="$VENV/bin/python"
+
+# ---------------------------------------------------------------- vanilla's docker plugin
+# The docker tests compare ferrogen with community.docker's own connection plugin. That
+# collection ships in the community `ansible` package; only its folder is taken from the wheel,
+# into the venv's site-packages, where Ansible finds collections without ansible-galaxy.
+COMMUNITY_WHEEL_PIN="ansible==14.5.0"
+SITE_PACKAGES="$("$VENV_PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ -f "$SITE_PACKAGES/ansible_collections/community/docker/MANIFEST.json" ]; then
+    log "community.docker already in the virtualenv"
+else
+    log "community.docker from $COMMUNITY_WHEEL_PIN"
+    rm -rf "$STATE/community-wheel"
+    "$VENV_PY" -m pip download -q --disable-pip-version-check --no-deps -d "$STATE/community-wheel" "$COMMUNITY_WHEEL_PIN"
+    "$VENV_PY" - "$SITE_PACKAGES" "$STATE"/community-wheel/*.whl <<'PY'
+import sys, zipfile
+site_packages, wheel = sys.argv[1], zipfile.ZipFile(sys.argv[2])
+wheel.extractall(site_packages, [n for n in wheel.namelist() if n.startswith('ansible_collections/community/docker/')])
+PY
+    rm -rf "$STATE/community-wheel"
+fi
 
 # ---------------------------------------------------------------- plugin bytecode
 # pip compiles what it installs; a checkout's plugin would be compiled again by every
