@@ -82,8 +82,12 @@ SCENARIOS = {
     "become-30": Scenario(BENCH_PLAYBOOKS / "become30.yml", tasks=30),
 }
 # ferrogen runs in strategy mode (mitogen_linear); ferrogen-conn in connection-only mode (Ansible's
-# own linear strategy, ferrogen.mux.ssh as the connection).
+# own linear strategy, ferrogen.mux.ssh as the connection). ferrogen-conn-floor, run only when
+# named, is ferrogen-conn with the plugin loaded in the controller before workers fork
+# (bench/plugin_in_controller.py): what connection-only workers spend on loading it is the
+# difference.
 ENGINES = ["vanilla", "mitogen", "ferrogen", "ferrogen-conn"]
+PLUGIN_IN_CONTROLLER = REPO / "bench" / "plugin_in_controller.py"
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -125,7 +129,7 @@ def engine_env(engine: str, tmp: Path) -> dict[str, str]:
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()), "ANSIBLE_STRATEGY": "mitogen_linear"})
     elif engine == "ferrogen":
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(FERROGEN_STRATEGY), "ANSIBLE_STRATEGY": "mitogen_linear"})
-    elif engine == "ferrogen-conn":
+    elif engine in ("ferrogen-conn", "ferrogen-conn-floor"):
         env.update({"ANSIBLE_COLLECTIONS_PATH": str(FERROGEN_COLLECTIONS), "ANSIBLE_TRANSPORT": "ferrogen.mux.ssh"})
     else:
         raise ValueError(engine)
@@ -369,13 +373,15 @@ def find_mux() -> int | None:
 
 
 def version_env(checkout: Path) -> dict[str, str]:
-    """The environment that runs checkout's plugin and mux instead of this one's (for A/B runs)."""
+    """The environment that runs checkout's plugin (strategies and collection) and mux instead of
+    this one's (for A/B runs)."""
     strategy = checkout / "plugin" / "ansible_ferrogen" / "plugins" / "strategy"
     mux = checkout / "target" / "release" / "ferrogen-mux"
     for needed in (strategy, mux):
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: is {checkout} a built ferrogen checkout?")
-    return {"ANSIBLE_STRATEGY_PLUGINS": str(strategy), "FERROGEN_MUX": str(mux)}
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(strategy), "ANSIBLE_COLLECTIONS_PATH": str(checkout / "plugin"),
+            "FERROGEN_MUX": str(mux)}
 
 
 def versions_from(specs: list[str]) -> dict[str, dict[str, str]]:
@@ -420,7 +426,8 @@ def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path, direct_p
         inventory = tmp / "inventory.ini"
         write_inventory(inventory, proxies.ports if proxies else direct_ports, user)
         env = engine_env(engine, tmp) | {"ANSIBLE_FORKS": str(spec.forks)} | (env_extra or {})
-        cmd = [str(playbook_bin), "-i", str(inventory), str(spec.playbook), *spec.extra]
+        start = [sys.executable, str(PLUGIN_IN_CONTROLLER)] if engine == "ferrogen-conn-floor" else [str(playbook_bin)]
+        cmd = [*start, "-i", str(inventory), str(spec.playbook), *spec.extra]
         cpu0 = children_cpu()
         rss = PeakRss() if engine.startswith("ferrogen") else None
         t0 = time.monotonic()

@@ -9,10 +9,10 @@ put a reference in place of the zip, the zip is looked up rather than sliced out
 from __future__ import annotations
 
 import ast
-import dataclasses
 import hashlib
 import json
 import shlex
+from typing import NamedTuple
 
 from ansible_ferrogen import ansible_internals, module_cache
 
@@ -23,8 +23,9 @@ ZIP_ARGUMENT = b"\nzip_data='"
 ENV_ASSIGNMENT_CHARS = frozenset('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_')
 
 
-@dataclasses.dataclass(frozen=True)
-class ModulePayload:
+# NamedTuples rather than dataclasses, which a connection-only worker would compile the methods
+# of for every task.
+class ModulePayload(NamedTuple):
     """What the agent needs to run one pipelined module. zip_data is the zip in base64."""
 
     zip_data: bytes
@@ -107,8 +108,7 @@ def _environment_from_command(cmd: str) -> tuple[dict[str, str], str] | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class ModuleCall:
+class ModuleCall(NamedTuple):
     """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
 
     args: dict

@@ -19,7 +19,9 @@ import dataclasses
 import importlib
 import inspect
 import sys
+import types
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from ansible import __version__ as ansible_version
 from ansible.errors import AnsibleError
@@ -28,8 +30,12 @@ from ansible.utils.display import Display
 display = Display()
 
 
-@dataclasses.dataclass(frozen=True)
-class Internal:
+# The records here are NamedTuples and plain classes rather than dataclasses: a connection-only
+# worker imports this module for every task, and making a dataclass compiles its methods (about
+# a millisecond each).
+
+
+class Internal(NamedTuple):
     """One private attribute of ansible-core.
 
     name: how messages name it (`module.path:Class.attribute`).
@@ -56,10 +62,10 @@ class Internal:
         except AttributeError:
             return f'{self.name} is missing'
         if self.parameters is not None:
-            try:
-                names = [name for name in inspect.signature(found).parameters if name not in ('self', 'cls')]
-            except (TypeError, ValueError):
+            names = parameter_names(found)
+            if names is None:
                 return f'{self.name} is not a function'
+            names = [name for name in names if name not in ('self', 'cls')]
             expected = list(self.parameters)
             if (names != expected) if self.patched else not set(expected) <= set(names):
                 return f'{self.name} takes ({", ".join(names)}), ferrogen expects ({", ".join(expected)})'
@@ -67,6 +73,29 @@ class Internal:
             wrong = self.check(found)
             if wrong:
                 return f'{self.name} {wrong}'
+        return None
+
+
+def parameter_names(found) -> list[str] | None:
+    """The names of a callable's parameters in order, as inspect.signature lists them; None for
+    what is not callable. A plain function's are read off its code object: inspect.signature
+    costs a connection-only worker about a millisecond for the internals of every task."""
+    function = found.__func__ if isinstance(found, types.MethodType) else found
+    if isinstance(function, types.FunctionType) and not hasattr(function, '__wrapped__') \
+            and not hasattr(function, '__signature__'):
+        code = function.__code__
+        positional = code.co_argcount + code.co_kwonlyargcount
+        names = list(code.co_varnames[:positional])
+        extra = positional
+        if code.co_flags & inspect.CO_VARARGS:
+            names.insert(code.co_argcount, code.co_varnames[extra])
+            extra += 1
+        if code.co_flags & inspect.CO_VARKEYWORDS:
+            names.append(code.co_varnames[extra])
+        return names[1:] if function is not found else names
+    try:
+        return list(inspect.signature(found).parameters)
+    except (TypeError, ValueError):
         return None
 
 
@@ -122,8 +151,7 @@ ACTION = 'ansible.plugins.action'
 CONFIGURE_MODULE = ('module_name', 'module_args', 'task_vars')
 
 
-@dataclasses.dataclass(frozen=True)
-class Optimisation:
+class Optimisation(NamedTuple):
     """Something ferrogen does faster than Ansible's own code path, and what it relies on."""
 
     description: str
@@ -200,15 +228,15 @@ REQUIRED: tuple[Internal, ...] = (
 )
 
 
-@dataclasses.dataclass
 class Report:
     """What is wrong, by optimisation (an empty list: it may be installed), what is missing
     of REQUIRED (None until looked up), and the optimisations start() has warned about or found
     on."""
 
-    problems: dict[str, list[str]] = dataclasses.field(default_factory=dict)
-    missing: list[str] | None = None
-    started: set[str] = dataclasses.field(default_factory=set)
+    def __init__(self):
+        self.problems: dict[str, list[str]] = {}
+        self.missing: list[str] | None = None
+        self.started: set[str] = set()
 
     @property
     def disabled(self) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ import socket
 from ansible.errors import AnsibleConnectionFailure, AnsibleError
 from ansible.utils.display import Display
 
-from ansible_ferrogen import frames, transfer
+from ansible_ferrogen import frames
 
 display = Display()
 
@@ -27,6 +27,10 @@ class MuxError(Exception):
         super().__init__(message)
         self.kind = kind
         self.detail = detail
+
+
+class StreamError(Exception):
+    """The mux or agent broke the transfer protocol (transfer.py)."""
 
 
 class MuxGone(AnsibleConnectionFailure):
@@ -120,10 +124,14 @@ class MuxClient:
     def put_stream(self, target: dict, args: dict, source, size: int, become: dict | None = None,
                    report=None) -> dict:
         """Stream an open file to args['path'] on target (transfer.put_stream)."""
+        from ansible_ferrogen import transfer  # most workers transfer nothing
+
         return self._stream(transfer.put_stream, target, args, become, source, size, report)
 
     def fetch_stream(self, target: dict, path: str, sink, become: dict | None = None, report=None) -> dict:
         """Stream a target file into sink, an uncommitted transfer.AtomicFile."""
+        from ansible_ferrogen import transfer  # most workers transfer nothing
+
         return self._stream(transfer.fetch_stream, target, {'path': path}, become, sink, report)
 
     def _stream(self, run, target: dict, args: dict, become: dict | None, *rest):
@@ -132,7 +140,7 @@ class MuxClient:
             request['become'] = become
         try:
             return run(self, request, *rest)
-        except (MuxError, transfer.StreamError):
+        except (MuxError, StreamError):
             raise  # the transfer is over; the socket is in step
         except BaseException:
             # Stopped mid-stream (local disk full, interrupted): closing the socket makes the

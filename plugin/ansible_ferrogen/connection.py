@@ -15,8 +15,8 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, transfer, via
-from ansible_ferrogen.client import MuxClient, MuxError
+from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, via
+from ansible_ferrogen.client import MuxClient, MuxError, StreamError
 
 display = Display()
 
@@ -492,7 +492,7 @@ class Connection(ConnectionBase):
                 raise BecomeFailed(f'{op} on {target.get("name")}: {exc}',
                                    not any(words in str(exc) for words in BECOME_TIMEOUTS)) from exc
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
-        except transfer.StreamError as exc:
+        except StreamError as exc:
             raise AnsibleError(f'{op} on {target.get("name")}: {exc}') from exc
 
     def exec_command(self, cmd: str, in_data: bytes | None = None, sudoable: bool = True) -> tuple[int, bytes, bytes]:
@@ -718,6 +718,8 @@ class Connection(ConnectionBase):
                 else:
                     self._call('put_file', {'path': out_path}, data, as_become=as_become)
                 return
+            from ansible_ferrogen import transfer  # only workers that stream a file import it
+
             handle.seek(0)
             size = os.fstat(handle.fileno()).st_size
             ahead = ', hashed ahead' if os.path.realpath(in_path) in transfer.DIGESTS_AHEAD else ''
@@ -729,6 +731,8 @@ class Connection(ConnectionBase):
     def fetch_file(self, in_path: str, out_path: str) -> None:
         """Copy a target file to the controller, streamed; the local file is replaced
         atomically (hidden temp file, fsync, rename, directory fsync)."""
+        from ansible_ferrogen import transfer  # only workers that fetch import it
+
         super().fetch_file(in_path, out_path)
         display.vvv(f'ferrogen: fetch {in_path} to {out_path}', host=self._host())
         report = self._progress('fetch', in_path)

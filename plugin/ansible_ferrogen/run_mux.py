@@ -32,7 +32,6 @@ import time
 from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
-from ansible_ferrogen import mux_process
 from ansible_ferrogen.client import SOCKET_ENV
 
 display = Display()
@@ -158,6 +157,9 @@ def _run_stderr(pid: int) -> int:
 
 
 def _start(path: str, directory: str) -> None:
+    # Only the worker that starts the mux, or learns how it ended, imports mux_process.
+    from ansible_ferrogen import mux_process
+
     sweep_ended_runs()
     binary = mux_process.find_binary()
     mux_process.check_version(binary)
@@ -207,6 +209,8 @@ def _spawn_detached(argv: list[str], env: dict[str, str], stdout: int, stderr: i
 
 def describe(wait_status: int) -> str:
     """A wait(2) status in words."""
+    from ansible_ferrogen import mux_process
+
     return mux_process.exit_in_words(os.waitstatus_to_exitcode(wait_status))
 
 
@@ -216,6 +220,8 @@ def _shell_status(text: str) -> str | None:
         status = int(text)
     except ValueError:
         return None
+    from ansible_ferrogen import mux_process
+
     return mux_process.exit_in_words(128 - status if status > 128 else status)
 
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from ansible_ferrogen import atomic_files, frames
+from ansible_ferrogen.client import StreamError
 
 # How much of a file this process hashes between looks at the mux's acks.
 CHUNK = 1 << 20
@@ -157,10 +158,6 @@ def sha1_ahead_or(hash_file):
 
     checksum.ferrogen_hashed_ahead = True
     return checksum
-
-
-class StreamError(Exception):
-    """The mux or agent broke the transfer protocol."""
 
 
 def _pending(sock) -> bool:

@@ -88,3 +88,34 @@ def test_every_optimisation_is_named_where_it_is_installed():
     sources = ''.join(inspect.getsource(module) for module in (action_mixin, ansiballz, module_cache, speculation, strategy))
     for name in ansible_internals.OPTIMISATIONS:
         assert f"'{name}'" in sources, name
+
+
+def test_parameters_are_read_as_inspect_reads_them():
+    """The code-object reading of a plain function's parameters gives inspect.signature's names,
+    for every internal checked and for each kind of parameter."""
+    import functools
+    import inspect
+
+    def every_kind(a, b=1, /, c=2, *rest, d, e=3, **more):
+        pass
+
+    class Owner:
+        def method(self, x, *args, y=None, **kwargs):
+            pass
+
+        @classmethod
+        def load(cls, path):
+            pass
+
+    @functools.wraps(every_kind)
+    def wrapped(*args, **kwargs):
+        pass
+
+    found = [every_kind, Owner.method, Owner().method, Owner.load, wrapped, functools.partial(every_kind, 0), len]
+    for optimisation in ansible_internals.OPTIMISATIONS.values():
+        for internal in optimisation.internals + ansible_internals.REQUIRED:
+            if internal.parameters is not None:
+                found.append(internal.locate())
+    for callable_ in found:
+        assert ansible_internals.parameter_names(callable_) == list(inspect.signature(callable_).parameters), callable_
+    assert ansible_internals.parameter_names(42) is None
