@@ -573,6 +573,30 @@ def test_a_stopped_interpreter_is_declared_dead_and_the_next_task_reconnects(run
     assert run.task("sshroot", "after the stop")["stdout"] == "after"
 
 
+def test_a_stopped_become_interpreter_is_declared_dead_alone_and_the_next_task_respawns_it(run_playbook, tmp_path):
+    """Issue 20: a become interpreter has a heartbeat of its own. Stopped while the login agent
+    answers, it is declared dead after the keepalive deadline; only its task fails."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+    env = {"FERROGEN_KEEPALIVE_INTERVAL": "1", "FERROGEN_KEEPALIVE_COUNT": "3"}
+    started = time.monotonic()
+    run = run_playbook("ops_stop_become_interpreter.yml", ferrogen=True, inventory=inventory, extra_env=env, timeout=120)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, describe(run)
+    first = run.task("sshroot", "a become task longer than the keepalive deadline")
+    assert first["status"] == "ok", first
+    stopped = run.task("sshroot", "stop the become interpreter")
+    assert stopped.get("unreachable"), stopped
+    message = stopped["msg"]
+    assert "ferronopw on sshroot" in message and "answered nothing for" in message, message
+    assert run.task("sshroot", "the login interpreter answers")["stdout"] == "login"
+    user, pid = run.task("sshroot", "a new become interpreter")["stdout"].split()
+    assert user == "ferronopw"
+    assert pid != first["stdout"].strip(), "the account's next task reused the dead interpreter"
+    # Without its own heartbeat the stopped task waits until the interpreter is continued
+    # (15 s on) and then for its 30 s sleep.
+    assert elapsed < 40, f"the run took {elapsed:.1f}s"
+
+
 def test_unreachable_and_hung_hosts_do_not_delay_the_others(run_playbook, tmp_path):
     """A refused host fails at once, a hung one (its ssh never answers) at its timeout; under
     mitogen_free the good host finishes meanwhile, long before the hung host gives up."""

@@ -215,12 +215,17 @@ class Agent(AgentOps):
                     os.kill(task.pid, signal.SIGKILL)
         elif kind == 'spawn':
             self.spawn(header)
-        elif kind == 'stop':
+        elif kind in ('stop', 'kill'):
             child = self.children.get(header.get('interp'))
             if child is None:
                 self.channel.send({'type': 'stopped', 'interp': header.get('interp')})
+            elif kind == 'kill':
+                self.log('warning', 'become %s: interpreter %d answered no heartbeat; killed'
+                         % (child.account, child.interp))
+                self.watch_child_input(child, False)
+                child.kill()
             else:
-                child.stop()
+                self.watch_child_input(child, child.stop())
         elif kind == 'shutdown':
             self.shutdown(0)
         else:
@@ -276,18 +281,38 @@ class Agent(AgentOps):
 
     def deliver(self, child, header, body):
         try:
-            child.send(header, body)
+            pending = child.send(header, body)
         except OSError as exc:
             if header.get('type') == 'call':
                 self.reply_error(header.get('id'), CONNECTION_LOST,
                                  'become interpreter for %s is gone: %s' % (child.account, exc))
+            return
+        self.watch_child_input(child, pending)
+
+    def watch_child_input(self, child, pending):
+        """Wait for the child's input to take more while frames for it are pending, and no
+        longer once none are."""
+        if pending and not child.input_watched:
+            self.selector.register(child.stdin_w, selectors.EVENT_WRITE, ('stdin', child))
+            child.input_watched = True
+        elif not pending and child.input_watched:
+            self.selector.unregister(child.stdin_w)
+            child.input_watched = False
 
     def on_child_output(self, stream, child):
-        fd = child.tty_r if stream == 'tty' else child.stdout_r
+        fd = {'tty': child.tty_r, 'stdin': child.stdin_w}.get(stream, child.stdout_r)
         registered = self.selector.get_map().get(fd)
         if registered is None or registered.data != (stream, child):
             # An event of the same select() batch as the child's exit (its fds are closed,
             # and their numbers may already belong to a newer child).
+            return
+        if stream == 'stdin':
+            try:
+                pending = child.flush()
+            except OSError as exc:
+                self.log('debug', 'become %s: its input is gone: %s' % (child.account, exc))
+                pending = False
+            self.watch_child_input(child, pending)
             return
         if stream == 'tty':
             chunk = child.read_tty()
@@ -319,11 +344,15 @@ class Agent(AgentOps):
             if child.state == 'booting' and header.get('type') == 'ready':
                 self.log('debug', 'become %s: interpreter %d ready, pid %s' % (child.account, child.interp, header.get('pid')))
                 child.state = 'ready'
+                child.interpreter_pid = header.get('pid')
                 self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': True, 'ready': header})
                 held, child.held = child.held, []
                 for held_header, held_body in held:
                     self.deliver(child, held_header, held_body)
             else:
+                if header.get('type') == 'heartbeat':
+                    # The mux tells its interpreters' heartbeats apart by this.
+                    header['interp'] = child.interp
                 self.channel.send(header, body)
 
     def check_prompts(self):
@@ -356,6 +385,7 @@ class Agent(AgentOps):
                 self.reply_error(header.get('id'), BECOME_FAILED, message)
 
     def child_exited(self, child, status):
+        self.watch_child_input(child, False)
         for fd in (child.stdout_r, child.tty_r):
             try:
                 self.selector.unregister(fd)

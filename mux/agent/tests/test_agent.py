@@ -463,7 +463,40 @@ def test_a_heartbeat_for_a_become_interpreter_is_answered_by_it(as_user):
     child_pid = agent.call_in(3, 'ping', {})[0]['result']['pid']
     agent.send({'type': 'heartbeat', 'seq': 9, 'interp': 3})
     header, _ = agent.read()
-    assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid}
+    assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid, 'interp': 3}
+
+
+def test_a_stopped_child_never_blocks_the_login_agent_and_kill_ends_it(as_user):
+    """Issue 20, item 3: frames for a stopped become interpreter wait in the login agent,
+    which goes on answering; `kill` ends the child without waiting on it."""
+    import base64
+    import hashlib
+
+    agent = as_user()
+    assert agent.spawn(4, method='sudo', user='ferrotest')['ok']
+    child_pid = agent.call_in(4, 'ping', {})[0]['result']['pid']
+    os.kill(child_pid, signal.SIGSTOP)
+    try:
+        # Far more than the child's input pipe holds: a blocking write would wedge here.
+        blob = base64.b64encode(os.urandom(3 << 20))
+        agent.send({'type': 'blob', 'hash': hashlib.sha1(blob).hexdigest(), 'interp': 4}, blob)
+        agent.send({'type': 'heartbeat', 'seq': 1})
+        started = time.monotonic()
+        header, _ = agent.read()
+        assert header['type'] == 'heartbeat' and 'interp' not in header, header
+        assert time.monotonic() - started < 2, 'the login agent waited on its stopped child'
+        agent.send({'type': 'kill', 'interp': 4})
+        header, _ = agent.read()
+        while header['type'] == 'log':
+            header, _ = agent.read()
+        assert header == {'type': 'stopped', 'interp': 4}
+        wait_for(lambda: not os.path.exists(f'/proc/{child_pid}'))
+        assert whoami(agent, 0) == 'root'
+    finally:
+        try:
+            os.kill(child_pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 LIMIT_MODULE = """
