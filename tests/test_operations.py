@@ -55,6 +55,19 @@ def _ppid(pid: int) -> int | None:
     return None
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below pid."""
+    children: dict[int, list[int]] = {}
+    for child in _pids():
+        children.setdefault(_ppid(child), []).append(child)
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie is as good as gone)."""
     try:
@@ -487,6 +500,52 @@ def test_ctrl_c_takes_mux_and_ssh_down(tmp_path):
     finally:
         live.kill()
     assert_all_gone([mux, *ssh], marker, 2.0, "after Ctrl-C")
+
+
+def _task_tree_inventory(tmp_path: Path, marker: str, connection_only: bool) -> Path:
+    """An ssh login, the same login's become account and a local host, each running the tree."""
+    ssh = ssh_host_line("sshroot", extra=f"ansible_ssh_extra_args='-o SetEnv=FERROGEN_OPS={marker}'")
+    local = "ferrogen.mux.local" if connection_only else "local"
+    lines = [
+        ssh,
+        ssh.replace("sshroot", "sshbecome", 1) + " ansible_become=true ansible_become_user=ferronopw",
+        f"localhost ansible_connection={local} ansible_python_interpreter={helpers.VENV / 'bin' / 'python'}",
+    ]
+    return write_inventory(tmp_path / "inventory.ini", lines)
+
+
+@pytest.mark.parametrize("mode", ["strategy", "connection-only"])
+@pytest.mark.parametrize("how", ["kill-9", "ctrl-c"])
+def test_nothing_a_task_started_outlives_the_run(tmp_path, how, mode):
+    """Issue 20, item 4: after kill -9 of ansible-playbook (or Ctrl-C) a command a task
+    started, and its own child, used to go on running on the target; so did the run's
+    workers. Now all of it, on ssh, local and become interpreters, is gone within seconds."""
+    from test_connection_only import connection_only_env
+
+    marker = uuid.uuid4().hex
+    tree_id = str(int(time.time() * 1000) % 10**9)
+    env = connection_only_env(tmp_path, "linear") if mode == "connection-only" else {}
+    live = LiveRun("ops_task_tree.yml", tmp_path, _task_tree_inventory(tmp_path, marker, mode != "strategy"),
+                   extra_env=env, extra_args=["-e", f"ops_tree_id={tree_id}"])  # fmt: skip
+    tree = f"37.{tree_id}"
+    try:
+        for host in ("sshroot", "sshbecome", "localhost"):
+            live.wait_started(host)
+        sleeps = wait_until(lambda: [p for p, args in processes_with(tree) if args.startswith("sleep")], 10)
+        assert len(sleeps) >= 6, f"{processes_with(tree)}\n{live.output()}"
+        run_processes = _descendants(live.proc.pid)
+        workers = [pid for pid in run_processes if "ansible-playbook" in " ".join(_cmdline(pid))]
+        assert workers, f"no worker below ansible-playbook: {run_processes}"
+        if how == "kill-9":
+            live.proc.kill()  # ansible-playbook alone; its workers live on
+        else:
+            os.killpg(live.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        live.proc.wait(timeout=20)
+        assert_all_gone(run_processes, tree, 5.0, f"after {how} of ansible-playbook ({mode})")
+    finally:
+        live.kill()
+        for pid, _ in processes_with(tree):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_normal_exit_ends_mux_and_ssh_and_removes_temp_dirs(tmp_path):

@@ -36,7 +36,7 @@ from .transfers import FetchTransfer, PutTransfer, ReceivedDigests, verified_cla
 from .become_relay import BecomeChild, GO_MARKER, PROMPT_SETTLE, TTY_REQUIRED
 from .continuations import CONTINUATION_CONDITIONS, OutputTooLarge
 from .login_state import LoginState, login_service
-from .fork_server import Task, TaskProcess, apply_rlimit_nofile, close_descriptors_except, enter_task_directory, exit_code, flush_std_streams, freeze_garbage_collector, leave_unreachable_directory, names_of_this_interpreter, receive_task, run_module_in_child
+from .fork_server import Task, TaskProcess, apply_rlimit_nofile, kill_task_group, lead_own_process_group, parent_death_signaller, close_descriptors_except, enter_task_directory, exit_code, flush_std_streams, freeze_garbage_collector, leave_unreachable_directory, names_of_this_interpreter, receive_task, run_module_in_child
 from .routes import ROUTE_FRAMES, RouteStream, on_route_frame, stop_routes
 from .process_name import process_title, show_process_title
 from .importer import ZipModules, module_utils_in_zip, put_zip_first
@@ -54,6 +54,11 @@ class Agent(AgentOps):
         # A read fd on each blob's file, to put it back if the temp dir vanishes.
         self.blob_fds = {}
         self.tasks = {}
+        self.pid = os.getpid()
+        # What each task process arms its parent-death signal with: looked up (ctypes takes
+        # milliseconds to import) when the first spare is forked, off any task's path.
+        self.prctl = None
+        self.prctl_looked_up = False
         # Become interpreters started through this one, by interp id and by pid.
         self.children = {}
         self.child_pids = {}
@@ -137,6 +142,8 @@ class Agent(AgentOps):
                 self.check_prompts()
             if self.spare is None and self.spare_wanted:
                 self.spare_wanted = False
+                if not self.prctl_looked_up:
+                    self.prctl, self.prctl_looked_up = parent_death_signaller(), True
                 try:
                     self.spare = self.fork_task_process()
                 except OSError as exc:
@@ -156,14 +163,13 @@ class Agent(AgentOps):
             child.stop()
             child.close_fds()
         stop_routes(self)
+        # A running task's process group holds what it started (a command's children and
+        # theirs): none of it outlives the link.
         pids = [task.pid for task in self.tasks.values()]
         if self.spare is not None:
             pids.append(self.spare.pid)
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_task_group(pid)
         for path in [self.tmpdir, *self.task_dirs]:
             shutil.rmtree(path, ignore_errors=True)
         os._exit(code)
@@ -212,7 +218,7 @@ class Agent(AgentOps):
                 self.reply_error(header.get('id'), CANCELLED, 'transfer cancelled')
             for task in self.tasks.values():
                 if task.call_id == header.get('id'):
-                    os.kill(task.pid, signal.SIGKILL)
+                    kill_task_group(task.pid)
         elif kind == 'spawn':
             self.spawn(header)
         elif kind in ('stop', 'kill'):
@@ -651,6 +657,7 @@ class Agent(AgentOps):
         # A task lives milliseconds: collecting would only copy the parent's pages.
         gc.disable()
         try:
+            lead_own_process_group(self.prctl, self.pid)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -707,6 +714,11 @@ class Agent(AgentOps):
             os.close(command_w)
             os.close(done_r)
             self.run_task_process(command_r, done_w, stdout_file, stderr_file)
+        try:
+            # Here too, so the group exists before a cancel could be sent to it.
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         os.close(command_r)
         os.close(done_w)
         os.set_blocking(done_r, False)
