@@ -657,10 +657,10 @@ class Agent(AgentOps):
         # A task lives milliseconds: collecting would only copy the parent's pages.
         gc.disable()
         try:
-            lead_own_process_group(self.prctl, self.pid)
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            lead_own_process_group(self.prctl, self.pid)
             # The agent's other descriptors (its channel, become children's pipes, other
             # tasks' output) must not outlive it in a task, nor keep a pipe from closing.
             close_descriptors_except({command_fd, done_fd, stdout_file.fileno(), stderr_file.fileno()})

@@ -120,16 +120,23 @@ def parent_death_signaller():
 def lead_own_process_group(prctl, agent_pid):
     """Make this task process the leader of a process group of its own: what the task starts,
     grandchildren included, is killed with that group when the task is cancelled or the agent's
-    link closes (kill_task_group). Where prctl exists the process also dies with the agent
-    when that is killed outright."""
+    link closes (kill_task_group). Where prctl exists, the kernel sends the process SIGTERM when
+    the agent dies outright (SIGKILL, which leaves it no time to clean up), and the process
+    then kills its group, itself included; a command's shell, which replaces the process, just
+    dies of that SIGTERM."""
     try:
         os.setpgid(0, 0)
     except OSError:
         pass
     if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        signal.signal(signal.SIGTERM, kill_own_group)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != agent_pid:
-            os._exit(1)  # the agent died before the signal was armed
+            kill_own_group()  # the agent died before the signal was armed
+
+
+def kill_own_group(*_):
+    os.killpg(0, signal.SIGKILL)
 
 
 def kill_task_group(pid):

@@ -523,3 +523,49 @@ def test_a_module_runs_with_the_wrappers_open_files_limit_and_only_in_its_interp
     assert json.loads(body[:header['result']['stdout_len']])['nofile'] == 777, body
     header, _ = agent.call('run_module', dict(payload.args, interpreter='/bogus/path'))
     assert header['error']['kind'] == 'other_interpreter', header
+
+
+TREE_MODULE = """
+import subprocess
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={'tree': {'type': 'str'}})
+subprocess.run("sh -c 'sleep %s; : grandchild' & sleep %s" % (module.params['tree'], module.params['tree']), shell=True)
+module.exit_json(changed=False)
+"""
+
+
+def test_a_module_tasks_processes_die_with_an_agent_killed_outright(agent, tmp_path, monkeypatch):
+    """Issue 20, item 4: the agent SIGKILLed (no time to clean up) takes its running tasks'
+    process groups with it: the kernel's parent-death signal reaches the task process, which
+    kills its group."""
+    from module_payloads import ModuleRunner
+
+    assert agent.call('exec_command', {'cmd': 'true'})[0]['ok']  # the first spare is forked armed
+    time.sleep(0.5)
+    tree = '37.%d' % (time.monotonic_ns() % 10**9)
+    module_path = tmp_path / 'ferrogen_tree.py'
+    module_path.write_text(TREE_MODULE)
+    payload = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp').payload({'tree': tree})
+    agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
+    agent.send({'type': 'call', 'id': 90, 'op': 'run_module', 'args': payload.args})
+
+    def tree_processes():
+        found = []
+        for entry in os.listdir('/proc'):
+            try:
+                with open(f'/proc/{entry}/cmdline', 'rb') as handle:
+                    if tree.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return [pid for pid in found if pid != os.getpid()]
+
+    wait_for(lambda: len(tree_processes()) >= 3)
+    agent.proc.kill()
+    agent.proc.wait()
+    try:
+        wait_for(lambda: not tree_processes(), timeout=3)
+    finally:
+        for pid in tree_processes():
+            os.kill(pid, signal.SIGKILL)
