@@ -55,6 +55,19 @@ def _ppid(pid: int) -> int | None:
     return None
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every live process below pid."""
+    children: dict[int, list[int]] = {}
+    for child in _pids():
+        children.setdefault(_ppid(child), []).append(child)
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie is as good as gone)."""
     try:
@@ -489,6 +502,52 @@ def test_ctrl_c_takes_mux_and_ssh_down(tmp_path):
     assert_all_gone([mux, *ssh], marker, 2.0, "after Ctrl-C")
 
 
+def _task_tree_inventory(tmp_path: Path, marker: str, connection_only: bool) -> Path:
+    """An ssh login, the same login's become account and a local host, each running the tree."""
+    ssh = ssh_host_line("sshroot", extra=f"ansible_ssh_extra_args='-o SetEnv=FERROGEN_OPS={marker}'")
+    local = "ferrogen.mux.local" if connection_only else "local"
+    lines = [
+        ssh,
+        ssh.replace("sshroot", "sshbecome", 1) + " ansible_become=true ansible_become_user=ferronopw",
+        f"localhost ansible_connection={local} ansible_python_interpreter={helpers.VENV / 'bin' / 'python'}",
+    ]
+    return write_inventory(tmp_path / "inventory.ini", lines)
+
+
+@pytest.mark.parametrize("mode", ["strategy", "connection-only"])
+@pytest.mark.parametrize("how", ["kill-9", "ctrl-c"])
+def test_nothing_a_task_started_outlives_the_run(tmp_path, how, mode):
+    """Issue 20, item 4: after kill -9 of ansible-playbook (or Ctrl-C) a command a task
+    started, and its own child, used to go on running on the target; so did the run's
+    workers. Now all of it, on ssh, local and become interpreters, is gone within seconds."""
+    from test_connection_only import connection_only_env
+
+    marker = uuid.uuid4().hex
+    tree_id = str(int(time.time() * 1000) % 10**9)
+    env = connection_only_env(tmp_path, "linear") if mode == "connection-only" else {}
+    live = LiveRun("ops_task_tree.yml", tmp_path, _task_tree_inventory(tmp_path, marker, mode != "strategy"),
+                   extra_env=env, extra_args=["-e", f"ops_tree_id={tree_id}"])  # fmt: skip
+    tree = f"37.{tree_id}"
+    try:
+        for host in ("sshroot", "sshbecome", "localhost"):
+            live.wait_started(host)
+        sleeps = wait_until(lambda: [p for p, args in processes_with(tree) if args.startswith("sleep")], 10)
+        assert len(sleeps) >= 6, f"{processes_with(tree)}\n{live.output()}"
+        run_processes = _descendants(live.proc.pid)
+        workers = [pid for pid in run_processes if "ansible-playbook" in " ".join(_cmdline(pid))]
+        assert workers, f"no worker below ansible-playbook: {run_processes}"
+        if how == "kill-9":
+            live.proc.kill()  # ansible-playbook alone; its workers live on
+        else:
+            os.killpg(live.proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        live.proc.wait(timeout=20)
+        assert_all_gone(run_processes, tree, 5.0, f"after {how} of ansible-playbook ({mode})")
+    finally:
+        live.kill()
+        for pid, _ in processes_with(tree):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_normal_exit_ends_mux_and_ssh_and_removes_temp_dirs(tmp_path):
     marker = uuid.uuid4().hex
     lines = [
@@ -571,6 +630,30 @@ def test_a_stopped_interpreter_is_declared_dead_and_the_next_task_reconnects(run
     assert "sshroot" in message and "answered nothing for" in message, message
     # Without the heartbeat the task ends "ok" once the interpreter is continued (15 s on).
     assert run.task("sshroot", "after the stop")["stdout"] == "after"
+
+
+def test_a_stopped_become_interpreter_is_declared_dead_alone_and_the_next_task_respawns_it(run_playbook, tmp_path):
+    """Issue 20: a become interpreter has a heartbeat of its own. Stopped while the login agent
+    answers, it is declared dead after the keepalive deadline; only its task fails."""
+    inventory = marked_inventory(tmp_path, uuid.uuid4().hex)
+    env = {"FERROGEN_KEEPALIVE_INTERVAL": "1", "FERROGEN_KEEPALIVE_COUNT": "3"}
+    started = time.monotonic()
+    run = run_playbook("ops_stop_become_interpreter.yml", ferrogen=True, inventory=inventory, extra_env=env, timeout=120)
+    elapsed = time.monotonic() - started
+    assert run.returncode == 0, describe(run)
+    first = run.task("sshroot", "a become task longer than the keepalive deadline")
+    assert first["status"] == "ok", first
+    stopped = run.task("sshroot", "stop the become interpreter")
+    assert stopped.get("unreachable"), stopped
+    message = stopped["msg"]
+    assert "ferronopw on sshroot" in message and "answered nothing for" in message, message
+    assert run.task("sshroot", "the login interpreter answers")["stdout"] == "login"
+    user, pid = run.task("sshroot", "a new become interpreter")["stdout"].split()
+    assert user == "ferronopw"
+    assert pid != first["stdout"].strip(), "the account's next task reused the dead interpreter"
+    # Without its own heartbeat the stopped task waits until the interpreter is continued
+    # (15 s on) and then for its 30 s sleep.
+    assert elapsed < 40, f"the run took {elapsed:.1f}s"
 
 
 def test_unreachable_and_hung_hosts_do_not_delay_the_others(run_playbook, tmp_path):

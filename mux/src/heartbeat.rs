@@ -10,6 +10,12 @@
 //! (UNREACHABLE) with the host and how long it was silent; the next call connects afresh
 //! (docs/protocol.md, "Heartbeat"). ssh is given the same figures as `ServerAliveInterval`
 //! and `ServerAliveCountMax`, so a dead network path is noticed by both ends of the link.
+//!
+//! Each become interpreter that is up gets a heartbeat of its own with the same figures,
+//! relayed by the login agent (which writes to its children without ever waiting on one). One
+//! silent for the deadline while the login agent answers is declared dead alone: its calls
+//! fail as `connection_lost` naming the account, the host and the silence, the login agent
+//! kills it, and the account's next call spawns a new one.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
@@ -75,6 +81,17 @@ impl Keepalive {
     /// How long an agent may stay silent before it is declared dead.
     pub fn deadline(self) -> Duration {
         self.interval.saturating_mul(self.count)
+    }
+
+    /// "answered nothing for 3.1s (3 heartbeats of 1.0s missed)": why an agent silent for
+    /// `silent` is declared dead, for the messages of the calls that fail.
+    pub fn silence(self, silent: Duration) -> String {
+        format!(
+            "answered nothing for {:.1}s ({} heartbeats of {:.1}s missed)",
+            silent.as_secs_f64(),
+            self.count,
+            self.interval.as_secs_f64()
+        )
     }
 }
 

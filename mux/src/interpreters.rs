@@ -10,7 +10,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -61,6 +61,9 @@ struct Interpreter {
     created: Instant,
     /// When a call last started or finished here (or it was created).
     last_used: Instant,
+    /// When it last answered a heartbeat or a call (or came up): a become interpreter silent
+    /// for the keepalive deadline is declared dead on its own (see the heartbeat module).
+    last_heard: Instant,
     /// Hashes of blobs already sent to it.
     sent_blobs: HashSet<String>,
 }
@@ -76,6 +79,7 @@ impl Interpreter {
             pid: None,
             created: Instant::now(),
             last_used: Instant::now(),
+            last_heard: Instant::now(),
             sent_blobs: HashSet::new(),
         }
     }
@@ -194,7 +198,39 @@ impl Interpreters {
             interp.spawn_deadline = None;
             interp.pid = pid;
             interp.last_used = Instant::now();
+            interp.last_heard = Instant::now();
         }
+    }
+
+    /// Interpreter `id` said something (a heartbeat's answer, a reply).
+    pub fn heard_from(&mut self, id: InterpId) {
+        if let Some(interp) = self.entries.get_mut(&id) {
+            interp.last_heard = Instant::now();
+        }
+    }
+
+    /// The become interpreters that are up (not spawning), which get heartbeats of their own.
+    pub fn become_ready(&self) -> Vec<InterpId> {
+        let mut ids: Vec<InterpId> = self
+            .entries
+            .iter()
+            .filter(|(_, i)| i.account.is_some() && i.spawn_deadline.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The become interpreters that are up and have said nothing for `deadline` or longer,
+    /// with how long each has been silent.
+    pub fn silent_become(&self, deadline: Duration) -> Vec<(InterpId, Duration)> {
+        self.become_ready()
+            .into_iter()
+            .filter_map(|id| {
+                let silent = self.entries.get(&id)?.last_heard.elapsed();
+                (silent >= deadline).then_some((id, silent))
+            })
+            .collect()
     }
 
     /// Forgets interpreter `id` (failed, lost or stopped). Its calls stay until taken.
@@ -573,5 +609,31 @@ mod tests {
             table.interpreter_for(&account("pg"), deadline),
             Placement::Existing(id)
         );
+    }
+
+    #[actix::test]
+    async fn only_a_ready_become_interpreter_gets_heartbeats_and_is_silent_until_heard_from() {
+        let mut table = Interpreters::new(5);
+        send(&mut table, LOGIN_INTERP, 1);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+        let Placement::New { id, .. } = table.interpreter_for(&account("pg"), deadline) else {
+            panic!("a new account gets a new interpreter");
+        };
+        assert!(
+            table.become_ready().is_empty(),
+            "a spawning one is not asked"
+        );
+        table.spawned(id, Some(42));
+        assert_eq!(table.become_ready(), vec![id]);
+        assert!(table.silent_become(Duration::from_secs(60)).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        let silent = table.silent_become(Duration::from_millis(10));
+        assert_eq!(
+            silent.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            vec![id]
+        );
+        assert!(silent[0].1 >= Duration::from_millis(20));
+        table.heard_from(id);
+        assert!(table.silent_become(Duration::from_millis(10)).is_empty());
     }
 }

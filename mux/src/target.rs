@@ -336,7 +336,9 @@ impl Target {
         ctx.run_interval(keepalive.interval, |act, ctx| act.heartbeat(ctx));
     }
 
-    /// Sends the next heartbeat, or declares the agent dead if it has been silent too long.
+    /// Sends the next heartbeat to the login agent and to each become interpreter that is up,
+    /// or declares whichever has been silent too long dead: the login agent takes the whole
+    /// connection with it, a become interpreter only its own calls.
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if !matches!(self.phase, Phase::Ready { .. }) {
             return;
@@ -345,20 +347,36 @@ impl Target {
         let keepalive = heartbeat::Keepalive::of(&self.spec);
         if silent >= keepalive.deadline() {
             self.link.kill();
-            let reason = format!(
-                "the agent on {} answered nothing for {:.1}s ({} heartbeats of {:.1}s missed)",
-                self.name,
-                silent.as_secs_f64(),
-                keepalive.count,
-                keepalive.interval.as_secs_f64()
-            );
+            let reason = format!("the agent on {} {}", self.name, keepalive.silence(silent));
             warn!(target = %self.name, "{reason}");
             self.begin_dying(reason, ctx);
             return;
         }
+        for (id, silent) in self.interpreters.silent_become(keepalive.deadline()) {
+            self.declare_interp_dead(id, &keepalive.silence(silent));
+        }
         self.heartbeat_seq += 1;
         let seq = self.heartbeat_seq;
-        self.transmit(ToAgent::Heartbeat(Heartbeat { seq }), Bytes::new());
+        for interp in std::iter::once(LOGIN_INTERP).chain(self.interpreters.become_ready()) {
+            self.transmit(ToAgent::Heartbeat(Heartbeat { seq, interp }), Bytes::new());
+        }
+    }
+
+    /// A become interpreter answered nothing for the keepalive deadline (stopped or wedged,
+    /// while the login agent answers): its calls fail `connection_lost`, the login agent kills
+    /// it without waiting on it, and the account's next call spawns a new one.
+    fn declare_interp_dead(&mut self, id: InterpId, silence: &str) {
+        let why = format!("the become interpreter {silence}");
+        if let Some(key) = self.interpreters.account_of(id) {
+            let text = format!(
+                "via {}: become {}: {why}",
+                self.name,
+                self.account_label(key)
+            );
+            self.routes.fail_interp(id, &text);
+        }
+        self.lose_interp(id, &why, true);
+        self.transmit(ToAgent::Kill(InterpRef { interp: id }), Bytes::new());
     }
 
     /// Sends `call` to its interpreter (the phase is Ready), spawning a become interpreter for
@@ -559,14 +577,19 @@ impl Target {
 
     /// A become interpreter exited: its calls fail with `connection_lost`.
     fn on_interp_lost(&mut self, lost: InterpLost) {
-        let id = lost.interp;
         let why = lost.message.unwrap_or_else(|| "it exited".to_owned());
+        self.lose_interp(lost.interp, &why, false);
+    }
+
+    /// Become interpreter `id` is gone (`why`): its calls fail with `connection_lost` and it
+    /// is forgotten. With `abandon`, replies that still come for its calls are dropped quietly.
+    fn lose_interp(&mut self, id: InterpId, why: &str, abandon: bool) {
         let Some(key) = self.interpreters.account_of(id).cloned() else {
             debug!(target = %self.name, interp = id, %why, "lost an interpreter already forgotten");
             return;
         };
         let message = format!("connection to {} lost: {why}", self.account_label(&key));
-        let lost = self.interpreters.take_calls_of(id, false);
+        let lost = self.interpreters.take_calls_of(id, abandon);
         if lost.is_empty() {
             debug!(target = %self.name, interp = id, "{message}");
         } else {
@@ -594,6 +617,7 @@ impl Target {
                 return;
             }
         };
+        self.interpreters.heard_from(call.interp);
         for (victim, account) in evict {
             self.stop_interpreter(victim, &account, "over MITOGEN_MAX_INTERPRETERS");
         }
@@ -953,7 +977,7 @@ impl StreamHandler<Result<Frame, FrameError>> for Target {
                 self.on_transfer_frame(chunk.id, CallEvent::Chunk(chunk, body))
             }
             FromAgent::Log(log) => self.on_log(&log),
-            FromAgent::Heartbeat => {}
+            FromAgent::Heartbeat(interp) => self.interpreters.heard_from(interp),
             FromAgent::Spawned(spawned) if ready => self.on_interp_spawned(spawned),
             FromAgent::InterpLost(lost) if ready => self.on_interp_lost(lost),
             FromAgent::RouteData { route, body } => {

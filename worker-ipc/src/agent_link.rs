@@ -133,6 +133,10 @@ pub enum ToAgent {
     Spawn(Spawn),
     /// Shut a become interpreter down; answered by [`FromAgent::Stopped`].
     Stop(InterpRef),
+    /// A become interpreter that answered no heartbeat: the login agent kills it at once (its
+    /// tool's process group, and the interpreter where it may), without waiting on it;
+    /// answered by [`FromAgent::Stopped`].
+    Kill(InterpRef),
     /// The login agent stops its become children and exits.
     Shutdown,
     /// File data of a put; the body is the data.
@@ -202,11 +206,21 @@ pub struct RouteOutput {
     pub route: u64,
 }
 
-/// `{"type": "heartbeat", "seq": 7}`: the mux's liveness probe, numbered for the logs.
+/// `{"type": "heartbeat", "seq": 7, "interp": 3}`: the mux's liveness probe, numbered for the
+/// logs; to the login agent itself when `interp` is left out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Counts up from 1 on each connection.
     pub seq: u64,
+    /// The interpreter asked: a become one has a heartbeat of its own, relayed by the login
+    /// agent, which puts the same `interp` on the answer.
+    #[serde(default, skip_serializing_if = "is_login")]
+    pub interp: InterpId,
+}
+
+/// Whether `interp` is the login agent's (left out of the frames that default to it).
+fn is_login(interp: &InterpId) -> bool {
+    *interp == LOGIN_INTERP
 }
 
 /// `{"type": "call", "id": 12, "interp": 0, "op": "exec_command", "args": {...}}`.
@@ -403,8 +417,9 @@ pub enum FromAgent {
     },
     /// A log record, forwarded to the mux's log.
     Log(AgentLog),
-    /// The answer to [`ToAgent::Heartbeat`]; any frame counts as a sign of life.
-    Heartbeat,
+    /// The answer to [`ToAgent::Heartbeat`] of this interpreter (the login one's unless the
+    /// frame names another); any frame counts as a sign of life of the login agent.
+    Heartbeat(InterpId),
     /// The answer to [`ToAgent::Spawn`].
     Spawned(Spawned),
     /// A become interpreter exited.
@@ -444,6 +459,13 @@ struct SpawnedFields {
     error: Option<Value>,
 }
 
+/// The `heartbeat` frame's fields.
+#[derive(Deserialize)]
+struct HeartbeatFields {
+    #[serde(default)]
+    interp: InterpId,
+}
+
 /// The `stopped` frame's fields.
 #[derive(Deserialize)]
 struct StoppedFields {
@@ -460,7 +482,7 @@ impl FromAgent {
             FromAgent::Ack(_) => "ack",
             FromAgent::Chunk { .. } => "chunk",
             FromAgent::Log(_) => "log",
-            FromAgent::Heartbeat => "heartbeat",
+            FromAgent::Heartbeat(_) => "heartbeat",
             FromAgent::Spawned(_) => "spawned",
             FromAgent::InterpLost(_) => "interp_lost",
             FromAgent::Stopped(_) => "stopped",
@@ -496,7 +518,9 @@ impl FromAgent {
                 Err(err) => malformed(err),
             },
             "log" => frame.parse().map_or_else(malformed, FromAgent::Log),
-            "heartbeat" => FromAgent::Heartbeat,
+            "heartbeat" => frame
+                .parse::<HeartbeatFields>()
+                .map_or_else(malformed, |fields| FromAgent::Heartbeat(fields.interp)),
             "spawned" => match frame.parse::<SpawnedFields>() {
                 Ok(fields) => FromAgent::Spawned(Spawned {
                     interp: fields.interp,

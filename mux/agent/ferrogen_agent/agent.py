@@ -36,7 +36,7 @@ from .transfers import FetchTransfer, PutTransfer, ReceivedDigests, verified_cla
 from .become_relay import BecomeChild, GO_MARKER, PROMPT_SETTLE, TTY_REQUIRED
 from .continuations import CONTINUATION_CONDITIONS, OutputTooLarge
 from .login_state import LoginState, login_service
-from .fork_server import Task, TaskProcess, apply_rlimit_nofile, close_descriptors_except, enter_task_directory, exit_code, flush_std_streams, freeze_garbage_collector, leave_unreachable_directory, names_of_this_interpreter, receive_task, run_module_in_child
+from .fork_server import Task, TaskProcess, apply_rlimit_nofile, kill_task_group, lead_own_process_group, parent_death_signaller, close_descriptors_except, enter_task_directory, exit_code, flush_std_streams, freeze_garbage_collector, leave_unreachable_directory, names_of_this_interpreter, receive_task, run_module_in_child
 from .routes import ROUTE_FRAMES, RouteStream, on_route_frame, stop_routes
 from .process_name import process_title, show_process_title
 from .importer import ZipModules, module_utils_in_zip, put_zip_first
@@ -54,6 +54,11 @@ class Agent(AgentOps):
         # A read fd on each blob's file, to put it back if the temp dir vanishes.
         self.blob_fds = {}
         self.tasks = {}
+        self.pid = os.getpid()
+        # What each task process arms its parent-death signal with: looked up (ctypes takes
+        # milliseconds to import) when the first spare is forked, off any task's path.
+        self.prctl = None
+        self.prctl_looked_up = False
         # Become interpreters started through this one, by interp id and by pid.
         self.children = {}
         self.child_pids = {}
@@ -137,6 +142,8 @@ class Agent(AgentOps):
                 self.check_prompts()
             if self.spare is None and self.spare_wanted:
                 self.spare_wanted = False
+                if not self.prctl_looked_up:
+                    self.prctl, self.prctl_looked_up = parent_death_signaller(), True
                 try:
                     self.spare = self.fork_task_process()
                 except OSError as exc:
@@ -156,14 +163,13 @@ class Agent(AgentOps):
             child.stop()
             child.close_fds()
         stop_routes(self)
+        # A running task's process group holds what it started (a command's children and
+        # theirs): none of it outlives the link.
         pids = [task.pid for task in self.tasks.values()]
         if self.spare is not None:
             pids.append(self.spare.pid)
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+            kill_task_group(pid)
         for path in [self.tmpdir, *self.task_dirs]:
             shutil.rmtree(path, ignore_errors=True)
         os._exit(code)
@@ -212,15 +218,20 @@ class Agent(AgentOps):
                 self.reply_error(header.get('id'), CANCELLED, 'transfer cancelled')
             for task in self.tasks.values():
                 if task.call_id == header.get('id'):
-                    os.kill(task.pid, signal.SIGKILL)
+                    kill_task_group(task.pid)
         elif kind == 'spawn':
             self.spawn(header)
-        elif kind == 'stop':
+        elif kind in ('stop', 'kill'):
             child = self.children.get(header.get('interp'))
             if child is None:
                 self.channel.send({'type': 'stopped', 'interp': header.get('interp')})
+            elif kind == 'kill':
+                self.log('warning', 'become %s: interpreter %d answered no heartbeat; killed'
+                         % (child.account, child.interp))
+                self.watch_child_input(child, False)
+                child.kill()
             else:
-                child.stop()
+                self.watch_child_input(child, child.stop())
         elif kind == 'shutdown':
             self.shutdown(0)
         else:
@@ -276,18 +287,38 @@ class Agent(AgentOps):
 
     def deliver(self, child, header, body):
         try:
-            child.send(header, body)
+            pending = child.send(header, body)
         except OSError as exc:
             if header.get('type') == 'call':
                 self.reply_error(header.get('id'), CONNECTION_LOST,
                                  'become interpreter for %s is gone: %s' % (child.account, exc))
+            return
+        self.watch_child_input(child, pending)
+
+    def watch_child_input(self, child, pending):
+        """Wait for the child's input to take more while frames for it are pending, and no
+        longer once none are."""
+        if pending and not child.input_watched:
+            self.selector.register(child.stdin_w, selectors.EVENT_WRITE, ('stdin', child))
+            child.input_watched = True
+        elif not pending and child.input_watched:
+            self.selector.unregister(child.stdin_w)
+            child.input_watched = False
 
     def on_child_output(self, stream, child):
-        fd = child.tty_r if stream == 'tty' else child.stdout_r
+        fd = {'tty': child.tty_r, 'stdin': child.stdin_w}.get(stream, child.stdout_r)
         registered = self.selector.get_map().get(fd)
         if registered is None or registered.data != (stream, child):
             # An event of the same select() batch as the child's exit (its fds are closed,
             # and their numbers may already belong to a newer child).
+            return
+        if stream == 'stdin':
+            try:
+                pending = child.flush()
+            except OSError as exc:
+                self.log('debug', 'become %s: its input is gone: %s' % (child.account, exc))
+                pending = False
+            self.watch_child_input(child, pending)
             return
         if stream == 'tty':
             chunk = child.read_tty()
@@ -319,11 +350,15 @@ class Agent(AgentOps):
             if child.state == 'booting' and header.get('type') == 'ready':
                 self.log('debug', 'become %s: interpreter %d ready, pid %s' % (child.account, child.interp, header.get('pid')))
                 child.state = 'ready'
+                child.interpreter_pid = header.get('pid')
                 self.channel.send({'type': 'spawned', 'interp': child.interp, 'ok': True, 'ready': header})
                 held, child.held = child.held, []
                 for held_header, held_body in held:
                     self.deliver(child, held_header, held_body)
             else:
+                if header.get('type') == 'heartbeat':
+                    # The mux tells its interpreters' heartbeats apart by this.
+                    header['interp'] = child.interp
                 self.channel.send(header, body)
 
     def check_prompts(self):
@@ -356,6 +391,7 @@ class Agent(AgentOps):
                 self.reply_error(header.get('id'), BECOME_FAILED, message)
 
     def child_exited(self, child, status):
+        self.watch_child_input(child, False)
         for fd in (child.stdout_r, child.tty_r):
             try:
                 self.selector.unregister(fd)
@@ -624,6 +660,7 @@ class Agent(AgentOps):
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            lead_own_process_group(self.prctl, self.pid)
             # The agent's other descriptors (its channel, become children's pipes, other
             # tasks' output) must not outlive it in a task, nor keep a pipe from closing.
             close_descriptors_except({command_fd, done_fd, stdout_file.fileno(), stderr_file.fileno()})
@@ -677,6 +714,11 @@ class Agent(AgentOps):
             os.close(command_w)
             os.close(done_r)
             self.run_task_process(command_r, done_w, stdout_file, stderr_file)
+        try:
+            # Here too, so the group exists before a cancel could be sent to it.
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
         os.close(command_r)
         os.close(done_w)
         os.set_blocking(done_r, False)

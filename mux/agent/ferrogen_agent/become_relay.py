@@ -107,11 +107,17 @@ class BecomeChild:
         self.password = spec.get('password')
         self.deadline = time.monotonic() + float(timeout or 10)
         self.state = 'authenticating'
+        # The interpreter's own pid, from its `ready` (the tool may stand between).
+        self.interpreter_pid = None
         self.stopping = False
         self.prompt_text = bytearray()
         self.prompt_seen_at = None
         self.password_sent = False
         self.inbuf = bytearray()
+        # Frames for the child that its input did not take yet: written as it reads, so that a
+        # stopped or wedged child never blocks this agent (the mux's heartbeat finds it out).
+        self.outbox = bytearray()
+        self.input_watched = False
         self.source = source
         # Frames the mux sent without waiting for `spawned`, delivered once the agent is up.
         self.held = []
@@ -151,7 +157,7 @@ class BecomeChild:
             os._exit(127)
         for fd in {child_stdin, child_stdout, child_stderr}:
             os.close(fd)
-        for fd in (self.stdout_r, self.tty_r):
+        for fd in (self.stdout_r, self.tty_r, self.stdin_w):
             os.set_blocking(fd, False)
 
     @property
@@ -217,17 +223,52 @@ class BecomeChild:
         return text.strip()[-500:]
 
     def send(self, header, body=b''):
-        write_all(self.stdin_w, encode_frame(header, body))
+        """Queue a frame and write what the child's input takes now; True while some waits."""
+        if self.stdin_w is None:
+            raise BrokenPipeError('its input is closed')
+        self.outbox += encode_frame(header, body)
+        return self.flush()
+
+    def flush(self):
+        """Write what the child's input takes without waiting; True while some is left."""
+        while self.outbox and self.stdin_w is not None:
+            try:
+                written = os.write(self.stdin_w, self.outbox)
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            del self.outbox[:written]
+        return bool(self.outbox)
 
     def stop(self):
         self.stopping = True
         try:
-            self.send({'type': 'shutdown'})
+            return self.send({'type': 'shutdown'})
         except OSError:
-            pass
+            return False
+
+    def kill(self):
+        """End it without waiting on it (it answered no heartbeat): the tool's process group,
+        the interpreter itself where this account may signal it, and its input."""
+        self.stopping = True
+        for kill, pid in ((os.killpg, self.pid), (os.kill, self.interpreter_pid)):
+            try:
+                if pid:
+                    kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        del self.outbox[:]
+        self.close_input()
+
+    def close_input(self):
+        if self.stdin_w is not None:
+            os.close(self.stdin_w)
+            self.stdin_w = None
 
     def close_fds(self):
-        for fd in (self.stdin_w, self.stdout_r, self.tty_r):
+        self.close_input()
+        for fd in (self.stdout_r, self.tty_r):
             try:
                 os.close(fd)
             except OSError:

@@ -3,6 +3,7 @@
 import gc
 import json
 import os
+import signal
 import sys
 
 from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, encode_frame
@@ -99,6 +100,54 @@ class TaskProcess:
         os.close(self.done_fd)
         self.stdout_file.close()
         self.stderr_file.close()
+
+
+# prctl(2)'s PR_SET_PDEATHSIG (Linux).
+PR_SET_PDEATHSIG = 1
+
+
+def parent_death_signaller():
+    """prctl from the C library, looked up once in the agent so that each task process, forked
+    from it, finds it ready; None where there is none (not Linux, no ctypes)."""
+    try:
+        import ctypes
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    return prctl
+
+
+def lead_own_process_group(prctl, agent_pid):
+    """Make this task process the leader of a process group of its own: what the task starts,
+    grandchildren included, is killed with that group when the task is cancelled or the agent's
+    link closes (kill_task_group). Where prctl exists, the kernel sends the process SIGTERM when
+    the agent dies outright (SIGKILL, which leaves it no time to clean up), and the process
+    then kills its group, itself included; a command's shell, which replaces the process, just
+    dies of that SIGTERM."""
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    if prctl is not None:
+        signal.signal(signal.SIGTERM, kill_own_group)
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != agent_pid:
+            kill_own_group()  # the agent died before the signal was armed
+
+
+def kill_own_group(*_):
+    os.killpg(0, signal.SIGKILL)
+
+
+def kill_task_group(pid):
+    """SIGKILL to task process pid and everything in its process group."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def receive_task(command_fd):

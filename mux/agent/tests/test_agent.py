@@ -463,7 +463,40 @@ def test_a_heartbeat_for_a_become_interpreter_is_answered_by_it(as_user):
     child_pid = agent.call_in(3, 'ping', {})[0]['result']['pid']
     agent.send({'type': 'heartbeat', 'seq': 9, 'interp': 3})
     header, _ = agent.read()
-    assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid}
+    assert header == {'type': 'heartbeat', 'seq': 9, 'pid': child_pid, 'interp': 3}
+
+
+def test_a_stopped_child_never_blocks_the_login_agent_and_kill_ends_it(as_user):
+    """Issue 20, item 3: frames for a stopped become interpreter wait in the login agent,
+    which goes on answering; `kill` ends the child without waiting on it."""
+    import base64
+    import hashlib
+
+    agent = as_user()
+    assert agent.spawn(4, method='sudo', user='ferrotest')['ok']
+    child_pid = agent.call_in(4, 'ping', {})[0]['result']['pid']
+    os.kill(child_pid, signal.SIGSTOP)
+    try:
+        # Far more than the child's input pipe holds: a blocking write would wedge here.
+        blob = base64.b64encode(os.urandom(3 << 20))
+        agent.send({'type': 'blob', 'hash': hashlib.sha1(blob).hexdigest(), 'interp': 4}, blob)
+        agent.send({'type': 'heartbeat', 'seq': 1})
+        started = time.monotonic()
+        header, _ = agent.read()
+        assert header['type'] == 'heartbeat' and 'interp' not in header, header
+        assert time.monotonic() - started < 2, 'the login agent waited on its stopped child'
+        agent.send({'type': 'kill', 'interp': 4})
+        header, _ = agent.read()
+        while header['type'] == 'log':
+            header, _ = agent.read()
+        assert header == {'type': 'stopped', 'interp': 4}
+        wait_for(lambda: not os.path.exists(f'/proc/{child_pid}'))
+        assert whoami(agent, 0) == 'root'
+    finally:
+        try:
+            os.kill(child_pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 LIMIT_MODULE = """
@@ -490,3 +523,49 @@ def test_a_module_runs_with_the_wrappers_open_files_limit_and_only_in_its_interp
     assert json.loads(body[:header['result']['stdout_len']])['nofile'] == 777, body
     header, _ = agent.call('run_module', dict(payload.args, interpreter='/bogus/path'))
     assert header['error']['kind'] == 'other_interpreter', header
+
+
+TREE_MODULE = """
+import subprocess
+from ansible.module_utils.basic import AnsibleModule
+
+module = AnsibleModule(argument_spec={'tree': {'type': 'str'}})
+subprocess.run("sh -c 'sleep %s; : grandchild' & sleep %s" % (module.params['tree'], module.params['tree']), shell=True)
+module.exit_json(changed=False)
+"""
+
+
+def test_a_module_tasks_processes_die_with_an_agent_killed_outright(agent, tmp_path, monkeypatch):
+    """Issue 20, item 4: the agent SIGKILLed (no time to clean up) takes its running tasks'
+    process groups with it: the kernel's parent-death signal reaches the task process, which
+    kills its group."""
+    from module_payloads import ModuleRunner
+
+    assert agent.call('exec_command', {'cmd': 'true'})[0]['ok']  # the first spare is forked armed
+    time.sleep(0.5)
+    tree = '37.%d' % (time.monotonic_ns() % 10**9)
+    module_path = tmp_path / 'ferrogen_tree.py'
+    module_path.write_text(TREE_MODULE)
+    payload = ModuleRunner(agent, module_path, monkeypatch, tmp_path / 'local-tmp').payload({'tree': tree})
+    agent.send({'type': 'blob', 'hash': payload.zip_hash}, payload.zip_data)
+    agent.send({'type': 'call', 'id': 90, 'op': 'run_module', 'args': payload.args})
+
+    def tree_processes():
+        found = []
+        for entry in os.listdir('/proc'):
+            try:
+                with open(f'/proc/{entry}/cmdline', 'rb') as handle:
+                    if tree.encode() in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return [pid for pid in found if pid != os.getpid()]
+
+    wait_for(lambda: len(tree_processes()) >= 3)
+    agent.proc.kill()
+    agent.proc.wait()
+    try:
+        wait_for(lambda: not tree_processes(), timeout=3)
+    finally:
+        for pid in tree_processes():
+            os.kill(pid, signal.SIGKILL)
