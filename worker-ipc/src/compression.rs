@@ -153,13 +153,17 @@ impl AgentLinkCodec {
     /// Appends `plain` (an encoded frame) to `dst` as a patch of the last frame sent, if it
     /// differs from that in one run of at most [`PATCH_INSERT_MAX`] bytes; says whether it did.
     fn patch_into(last: &[u8], plain: &[u8], dst: &mut BytesMut) -> bool {
-        let common = |a: &mut dyn Iterator<Item = (&u8, &u8)>| a.take_while(|(x, y)| x == y).count();
+        let common =
+            |a: &mut dyn Iterator<Item = (&u8, &u8)>| a.take_while(|(x, y)| x == y).count();
         let start = common(&mut last.iter().zip(plain));
         let shorter = last.len().min(plain.len()) - start;
         let end = common(&mut last.iter().rev().zip(plain.iter().rev())).min(shorter);
         let removed = last.len() - start - end;
         let inserted = &plain[start..plain.len() - end];
-        if inserted.len() > PATCH_INSERT_MAX || start > usize::from(u16::MAX) || removed > usize::from(u16::MAX) {
+        if inserted.len() > PATCH_INSERT_MAX
+            || start > usize::from(u16::MAX)
+            || removed > usize::from(u16::MAX)
+        {
             return false;
         }
         dst.put_u8(PATCH_TAG);
@@ -445,7 +449,11 @@ mod tests {
         assert!(wire(&mut codec, &[call(10)])[0] & 0x80 != 0);
         let patch = wire(&mut codec, &[call(11)]);
         let plain = call(10).to_bytes().unwrap();
-        let start = plain.iter().zip(call(11).to_bytes().unwrap().iter()).take_while(|(a, b)| a == b).count();
+        let start = plain
+            .iter()
+            .zip(call(11).to_bytes().unwrap().iter())
+            .take_while(|(a, b)| a == b)
+            .count();
         let [high, low] = (start as u16).to_be_bytes();
         assert_eq!(&patch[..], &[PATCH_TAG, high, low, 0, 1, 1, b'1'][..]);
         let text = chunk(text(2 * PROBE_MIN_BODY));
