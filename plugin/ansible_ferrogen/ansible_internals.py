@@ -115,27 +115,32 @@ def internal(module: str, path: str, parameters: tuple[str, ...] | None = None, 
     return Internal(f'{module}:{path}', attribute(module, path), parameters, **kwargs)
 
 
-def copy_action_class():
-    """The class the plugin loader hands out for the copy action."""
+def action_class(name: str):
+    """The class the plugin loader hands out for the builtin action name."""
     from ansible.plugins.loader import action_loader
 
-    cls = action_loader.get('ansible.builtin.copy', class_only=True)
+    cls = action_loader.get(f'ansible.builtin.{name}', class_only=True)
     if cls is None:
-        raise LookupError('the plugin loader finds no ansible.builtin.copy action')
+        raise LookupError(f'the plugin loader finds no ansible.builtin.{name} action')
     return cls
 
 
-def copy_action(path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
-    """An attribute of the copy action's class, or (`module.name`) of its module."""
+def action_member(action: str, path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
+    """An attribute of the builtin action's class, or (`module.name`) of its module."""
 
     def locate():
-        cls = copy_action_class()
+        cls = action_class(action)
         found = sys.modules[cls.__module__] if path.startswith('module.') else cls
         for part in path.removeprefix('module.').split('.'):
             found = getattr(found, part)
         return found
 
-    return Internal(f'the copy action\'s {path.removeprefix("module.")}', locate, parameters, **kwargs)
+    return Internal(f'the {action} action\'s {path.removeprefix("module.")}', locate, parameters, **kwargs)
+
+
+def copy_action(path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
+    """An attribute of the copy action's class, or (`module.name`) of its module."""
+    return action_member('copy', path, parameters, **kwargs)
 
 
 def has_field(name: str) -> Callable[[object], str | None]:
@@ -201,6 +206,11 @@ OPTIMISATIONS: dict[str, Optimisation] = {
         copy_action('_find_needle', ('dirname', 'needle')),
         copy_action('module.checksum', ('filename',)),
     )),
+    # transfer.py
+    'fetch_digests_from_stream': Optimisation("a fetched file's SHA-1 and MD5 taken from its stream", (
+        action_member('fetch', 'module.secure_hash', ('filename', 'hash_func'), patched=True),
+        action_member('fetch', 'module.md5', ('filename',), patched=True),
+    )),
     # strategy.py
     'task_names': Optimisation('calls named by their task in the mux status table', (
         internal('ansible.executor.process.worker', 'WorkerProcess._run', (), patched=True),
@@ -215,7 +225,7 @@ OPTIMISATIONS: dict[str, Optimisation] = {
 # What every task on a ferrogen connection uses (the strategy's own and the copy action's are
 # installed, and looked up, only where they are used).
 EVERY_TASK = ('module_arguments_only', 'module_zip_by_reference', 'connect_ahead', 'detached_temp_dirs',
-              'home_from_ready')
+              'home_from_ready', 'fetch_digests_from_stream')
 
 # What the strategy and connection plugins cannot work without.
 REQUIRED: tuple[Internal, ...] = (

@@ -740,6 +740,7 @@ class Connection(ConnectionBase):
             result = self._run('fetch_file', lambda client, target, account: client.fetch_stream(
                 target, in_path, sink, account, report), self.transfers_as_become(in_path))
             sink.commit(transfer.fetched_mode(out_path, self.fetched_file_mode(result.get('mode'))))
+            transfer.record_fetched(out_path, sink.digests())
 
     def fetched_file_mode(self, remote_mode: int | None) -> int:
         """The mode (before the umask) a newly fetched file gets: the remote file's, as sftp

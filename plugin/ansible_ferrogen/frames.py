@@ -42,8 +42,13 @@ class FrameError(ValueError):
 
 def encode_frame(header, body=b''):
     """One frame: lengths, JSON header, body (the agent's replies, whose sizes its ops bound)."""
+    return frame_head(header, len(body)) + body
+
+
+def frame_head(header, body_len):
+    """What comes before a frame's body of body_len bytes: lengths and JSON header."""
     encoded = json.dumps(header, separators=(',', ':')).encode('utf-8')
-    return FRAME_PREFIX.pack(len(encoded), len(body)) + encoded + body
+    return FRAME_PREFIX.pack(len(encoded), body_len) + encoded
 
 
 def encode(header, body=b''):

@@ -38,10 +38,80 @@ EXTRA_DIGESTS = ('md5',)
 class AtomicFile(atomic_files.AtomicFile):
     """A local file being received (atomic_files.AtomicFile), its directory swept of dead
     writers' temp files every time: a worker is short-lived, and one loop may fetch into the
-    same directory again after a writer died."""
+    same directory again after a writer died. Besides its SHA-1 it hashes what it receives with
+    EXTRA_DIGESTS, for the fetch action (FETCHED)."""
 
     def __init__(self, path: str):
         super().__init__(path, sweep=atomic_files.sweep_directory_of)
+        self.extra_digests = {}
+        for name in EXTRA_DIGESTS:
+            try:
+                self.extra_digests[name] = hashlib.new(name)
+            except ValueError:
+                pass  # a FIPS build has no MD5; the fetch action then reports none either
+
+    def write(self, data) -> None:
+        super().write(data)
+        for digest in self.extra_digests.values():
+            digest.update(data)
+
+    def digests(self) -> dict[str, str]:
+        found = {name: digest.hexdigest() for name, digest in self.extra_digests.items()}
+        return dict(found, sha1=self.digest.hexdigest())
+
+
+# Files this worker fetched, by real path: (file_identity, digests of what was received). The
+# fetch action hashes the file it fetched again, twice (SHA-1, then MD5); an entry answers it
+# while the path holds the file written.
+FETCHED: dict[str, tuple[tuple[int, int, int, int], dict[str, str]]] = {}
+
+
+def record_fetched(path: str, digests: dict[str, str]) -> None:
+    real = os.path.realpath(path)
+    FETCHED[real] = (file_identity(os.stat(real)), digests)
+
+
+def fetched_digest(filename, name: str) -> str | None:
+    """The digest name of filename as it was fetched, if it still holds what was received."""
+    real = os.path.realpath(os.fsdecode(filename))
+    entry = FETCHED.get(real)
+    if entry is None or name not in entry[1]:
+        return None
+    try:
+        unchanged = file_identity(os.stat(real)) == entry[0]
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        del FETCHED[real]
+        return None
+    return entry[1][name]
+
+
+def fetched_digests_or(secure_hash, md5):
+    """Wrap the fetch action's secure_hash(filename, hash_func) and md5(filename): a file this
+    worker fetched is answered from its stream's digests."""
+
+    def fetched_secure_hash(filename, hash_func=hashlib.sha1):
+        try:
+            name = hash_func().name
+        except Exception:  # noqa: BLE001 - not a hashlib constructor: Ansible's own code decides
+            name = None
+        found = fetched_digest(filename, name) if name else None
+        return found if found is not None else secure_hash(filename, hash_func)
+
+    def fetched_md5(filename):
+        found = fetched_digest(filename, 'md5')
+        return found if found is not None else md5(filename)
+
+    fetched_secure_hash.ferrogen_fetched = fetched_md5.ferrogen_fetched = True
+    return fetched_secure_hash, fetched_md5
+
+
+def install_fetched_digests(action_module) -> None:
+    """Patch the fetch action's module (ansible_internals: fetch_digests_from_stream)."""
+    if not getattr(action_module.secure_hash, 'ferrogen_fetched', False):
+        action_module.secure_hash, action_module.md5 = fetched_digests_or(action_module.secure_hash,
+                                                                          action_module.md5)
 
 
 def fetched_mode(path: str, new_mode: int) -> int:

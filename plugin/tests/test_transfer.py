@@ -263,3 +263,27 @@ def test_the_md5_is_hashed_only_once_the_upload_starts(tmp_path):
     assert ahead.result(only_sha1=True) == {'sha1': hashlib.sha1(data).hexdigest()}
     assert set(ahead.threads) == {'sha1'}
     assert ahead.result() == {'sha1': hashlib.sha1(data).hexdigest(), 'md5': hashlib.md5(data).hexdigest()}
+
+
+def test_the_fetch_actions_digests_of_a_fetched_file_come_from_its_stream(tmp_path, monkeypatch):
+    data = os.urandom(2 * transfer.CHUNK + 3)
+    dest = tmp_path / 'dest'
+    monkeypatch.setattr(transfer, 'FETCHED', {})
+    with transfer.AtomicFile(str(dest)) as sink:
+        transfer.fetch_stream(FakeMux(fetch_data=data), {'type': 'call', 'target': {}, 'args': {'path': '/src'}}, sink)
+        sink.commit(0o600)
+    transfer.record_fetched(str(dest), sink.digests())
+    computed = []
+
+    def hashed(filename, hash_func=hashlib.sha1):
+        computed.append(hash_func().name)
+        return 'computed'
+
+    secure_hash, md5 = transfer.fetched_digests_or(hashed, lambda filename: hashed(filename, hashlib.md5))
+    assert secure_hash(str(dest)) == hashlib.sha1(data).hexdigest()
+    assert secure_hash(os.fsencode(dest), hashlib.sha1) == hashlib.sha1(data).hexdigest()
+    assert md5(str(dest)) == hashlib.md5(data).hexdigest()
+    assert secure_hash(str(dest), hashlib.sha256) == 'computed' and computed == ['sha256']
+    dest.write_bytes(data + b'changed')
+    assert secure_hash(str(dest)) == 'computed' and md5(str(dest)) == 'computed'
+    assert str(dest) not in transfer.FETCHED

@@ -7,7 +7,15 @@
 //! ```text
 //! frame     u32 BE header_len (its first byte is 0x00, or 0x01 for a 16 MiB header), ...
 //! segment   u16 BE 0x8000 | len (len 1 ..= SEGMENT_MAX), then len bytes of raw deflate data
+//! patch     u8 0x02, u16 BE start, u16 BE removed, u8 len, then len bytes
 //! ```
+//!
+//! A patch is the frame before it in the same direction, its encoding's bytes `start ..
+//! start + removed` replaced by the patch's `len` bytes: the next loop item's call, which
+//! differs from the last one in its id, costs 7 bytes where a segment costs 20 (deflate covers
+//! at most 258 repeated bytes per code, and a call is a kilobyte). The frame patched is the
+//! last one sent whatever way it went, if its encoding is at most [`PATCH_BASE_MAX`] bytes
+//! (none otherwise). Only the mux sends patches; the agent reads them (link.py).
 //!
 //! Segments continue one deflate stream per direction, kept for the link's lifetime, so a
 //! frame much like an earlier one (the next loop item's call, its reply) costs a few bytes.
@@ -53,6 +61,15 @@ pub const PROBE_PERCENT: usize = 90;
 /// does not depend on either.
 pub const MUX_LEVEL: u32 = 2;
 
+/// The first byte of a patch.
+pub const PATCH_TAG: u8 = 0x02;
+
+/// Largest encoding of a frame that a patch may start from: a call is about a kilobyte.
+pub const PATCH_BASE_MAX: usize = 16 * 1024;
+
+/// Most bytes a patch replaces a frame's with: past a few, a segment is as small.
+pub const PATCH_INSERT_MAX: usize = 8;
+
 /// Most bytes deflate data can inflate to per byte (RFC 1951's longest match per code).
 pub const INFLATE_RATIO_MAX: usize = 1032;
 
@@ -95,6 +112,9 @@ pub struct AgentLinkCodec {
     inflated: BytesMut,
     /// This side's stream and its scratch compressor; `None` when it sends plain frames only.
     deflater: Option<(Compress, Compress)>,
+    /// The encoding of the last frame sent, which the next may be a patch of (compressing
+    /// codecs only; `None` after a frame over [`PATCH_BASE_MAX`]).
+    last_sent: Option<Bytes>,
 }
 
 impl std::fmt::Debug for AgentLinkCodec {
@@ -126,7 +146,32 @@ impl AgentLinkCodec {
             inflater: Decompress::new(false),
             inflated: BytesMut::new(),
             deflater: None,
+            last_sent: None,
         }
+    }
+
+    /// Appends `plain` (an encoded frame) to `dst` as a patch of the last frame sent, if it
+    /// differs from that in one run of at most [`PATCH_INSERT_MAX`] bytes; says whether it did.
+    fn patch_into(last: &[u8], plain: &[u8], dst: &mut BytesMut) -> bool {
+        let common =
+            |a: &mut dyn Iterator<Item = (&u8, &u8)>| a.take_while(|(x, y)| x == y).count();
+        let start = common(&mut last.iter().zip(plain));
+        let shorter = last.len().min(plain.len()) - start;
+        let end = common(&mut last.iter().rev().zip(plain.iter().rev())).min(shorter);
+        let removed = last.len() - start - end;
+        let inserted = &plain[start..plain.len() - end];
+        if inserted.len() > PATCH_INSERT_MAX
+            || start > usize::from(u16::MAX)
+            || removed > usize::from(u16::MAX)
+        {
+            return false;
+        }
+        dst.put_u8(PATCH_TAG);
+        dst.put_u16(start as u16);
+        dst.put_u16(removed as u16);
+        dst.put_u8(inserted.len() as u8);
+        dst.put_slice(inserted);
+        true
     }
 
     /// Inflates one segment's deflate data onto the frame buffer.
@@ -197,6 +242,9 @@ impl Decoder for AgentLinkCodec {
             let Some(&first) = src.first() else {
                 return Ok(None);
             };
+            if first == PATCH_TAG {
+                return Err(bad_segment("a patch, which only the mux sends"));
+            }
             if first & 0x80 == 0 {
                 if !self.inflated.is_empty() || self.inner.in_frame() {
                     return Err(bad_segment("a plain frame inside a compressed one"));
@@ -241,9 +289,17 @@ impl Encoder<&Frame> for AgentLinkCodec {
         if let Some((stream, probe)) = &mut self.deflater {
             if worth_compressing(&frame.body, probe) {
                 let plain: Bytes = frame.to_bytes()?;
-                AgentLinkCodec::deflate_into(stream, &plain, dst);
+                let patched = self
+                    .last_sent
+                    .as_ref()
+                    .is_some_and(|last| AgentLinkCodec::patch_into(last, &plain, dst));
+                if !patched {
+                    AgentLinkCodec::deflate_into(stream, &plain, dst);
+                }
+                self.last_sent = (plain.len() <= PATCH_BASE_MAX).then_some(plain);
                 return Ok(());
             }
+            self.last_sent = None;
         }
         frame.encode_into(dst)
     }
@@ -382,6 +438,39 @@ mod tests {
     }
 
     #[test]
+    fn a_call_like_the_last_but_its_id_goes_as_a_patch() {
+        let call = |id: u64| {
+            Frame::new("call").with("id", id).with(
+                "args",
+                json!({"params": "x".repeat(1000), "module_fqn": "ansible.builtin.command"}),
+            )
+        };
+        let mut codec = AgentLinkCodec::compressing();
+        assert!(wire(&mut codec, &[call(10)])[0] & 0x80 != 0);
+        let patch = wire(&mut codec, &[call(11)]);
+        let plain = call(10).to_bytes().unwrap();
+        let start = plain
+            .iter()
+            .zip(call(11).to_bytes().unwrap().iter())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let [high, low] = (start as u16).to_be_bytes();
+        assert_eq!(&patch[..], &[PATCH_TAG, high, low, 0, 1, 1, b'1'][..]);
+        let text = chunk(text(2 * PROBE_MIN_BODY));
+        assert!(wire(&mut codec, &[text])[0] & 0x80 != 0);
+        // After a frame too different, a segment again; after a random chunk, no patch either.
+        assert!(wire(&mut codec, &[call(12)])[0] & 0x80 != 0);
+        assert_eq!(wire(&mut codec, &[call(13)])[0], PATCH_TAG);
+        wire(&mut codec, &[chunk(random_bytes(1 << 16))]);
+        assert!(wire(&mut codec, &[call(14)])[0] & 0x80 != 0);
+        let plain_wire = wire(&mut AgentLinkCodec::plain(), &[call(1), call(2)]);
+        let both = [call(1).to_bytes().unwrap(), call(2).to_bytes().unwrap()].concat();
+        assert_eq!(plain_wire, both, "a plain codec sends no patches");
+        let err = decode_all(patch).unwrap_err();
+        assert!(err.to_string().contains("only the mux sends"), "{err}");
+    }
+
+    #[test]
     fn inflated_frame_over_the_limit_is_refused() {
         // A segment of zeros inflates to a prefix announcing a 0-byte header: refused as soon
         // as it is inflated, before anything more is buffered.
@@ -428,6 +517,8 @@ mod tests {
             format!("PROBE_MIN_BODY = {PROBE_MIN_BODY}\n"),
             format!("PROBE_SAMPLE = {PROBE_SAMPLE}\n"),
             format!("PROBE_PERCENT = {PROBE_PERCENT}\n"),
+            format!("PATCH_TAG = {PATCH_TAG:#x}\n"),
+            format!("PATCH_BASE_MAX = {PATCH_BASE_MAX}\n"),
         ] {
             assert!(
                 agent.contains(&line),

@@ -26,7 +26,7 @@ import sys
 import time
 import traceback
 
-from ansible_ferrogen.frames import AGENT_ERROR, BAD_REQUEST, BECOME_FAILED, CANCELLED, CONNECTION_LOST, MAX_BODY, TRANSFER_CHUNK, TRANSFER_WINDOW
+from ansible_ferrogen.frames import AGENT_ERROR, BAD_REQUEST, BECOME_FAILED, CANCELLED, CONNECTION_LOST, MAX_BODY, TRANSFER_WINDOW
 from ansible_ferrogen.atomic_files import write_atomically
 from .settings import LOG_LEVEL, SOURCE
 from .link import Channel, read_frames, read_raw
@@ -553,14 +553,13 @@ class Agent(AgentOps):
 
     def pump(self, call_id, transfer):
         while transfer.sent - transfer.acked < TRANSFER_WINDOW:
-            data = os.read(transfer.fd, TRANSFER_CHUNK)
+            data = transfer.read_chunk()
             if not data:
                 del self.transfers[call_id]
                 transfer.abort()
                 self.reply(call_id, {'size': transfer.sent, 'sha1': transfer.digest.hexdigest(),
                                      'mode': transfer.mode})
                 return
-            transfer.digest.update(data)
             self.channel.send({'type': 'chunk', 'id': call_id, 'offset': transfer.sent,
                                'size': transfer.size}, data)
             transfer.sent += len(data)

@@ -7,7 +7,7 @@ import struct
 import sys
 import zlib
 
-from ansible_ferrogen.frames import TRANSFER_CHUNK, encode_frame, take_frame
+from ansible_ferrogen.frames import FRAME_PREFIX, TRANSFER_CHUNK, encode_frame, frame_head, take_frame
 from .settings import COMPRESS_LINK
 from .transfers import F_SETPIPE_SZ
 
@@ -18,6 +18,11 @@ SEGMENT_MAX = 0x7fff
 PROBE_MIN_BODY = 4096
 PROBE_SAMPLE = 4096
 PROBE_PERCENT = 90
+# A patch of the last frame (worker-ipc/src/compression.rs): tag, start, bytes removed, bytes
+# inserted, then those bytes; it patches a frame of at most PATCH_BASE_MAX bytes.
+PATCH_TAG = 0x2
+PATCH_PREFIX = struct.Struct('>BHHB')
+PATCH_BASE_MAX = 16384
 AGENT_LEVEL = 1
 # Z_PARTIAL_FLUSH, as ssh's compression flushes: a few bits per flush where a sync flush costs
 # four bytes.
@@ -47,14 +52,25 @@ class Channel:
             except (OSError, ValueError):
                 pass
         self.deflater = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
+        # Kept for every probe: a compressor's set-up costs as much as deflating the samples.
+        self.probe = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15)
         self.inflater = zlib.decompressobj(-15)
         self.inflated = bytearray()
+        # The encoding of the last frame read, which a patch from the mux applies to (None after
+        # one larger than PATCH_BASE_MAX).
+        self.last_frame = None
 
     def send(self, header, body=b''):
-        data = encode_frame(header, body)
-        if self.deflater is not None and worth_compressing(body):
-            data = segments(self.deflater.compress(data) + self.deflater.flush(LINK_FLUSH))
-        write_all(self.wfd, data)
+        """Send one frame; body may be any bytes-like object (a memoryview of a buffer the caller
+        reuses: it is written, or deflated, before this returns)."""
+        if self.deflater is not None and worth_compressing(body, self.probe):
+            data = self.deflater.compress(encode_frame(header, body)) + self.deflater.flush(LINK_FLUSH)
+            write_all(self.wfd, segments(data))
+        elif len(body) < PROBE_MIN_BODY:
+            write_all(self.wfd, encode_frame(header, body))
+        else:
+            # Head and body in one write, without joining them: a chunk's body is a megabyte.
+            write_all_of(self.wfd, [frame_head(header, len(body)), body])
 
     def read_available(self):
         """Read what the pipe holds; return the complete frames, or None at end of stream."""
@@ -63,10 +79,14 @@ class Channel:
         frames = []
         inbuf = self.inbuf
         while inbuf:
+            if inbuf[0] == PATCH_TAG:
+                if not self.take_patch(inbuf, frames):
+                    break
+                continue
             if not inbuf[0] & 0x80:
                 if self.inflated:
                     raise ValueError('a plain frame inside a compressed one')
-                frame = take_frame(inbuf)
+                frame = self.take_frame(inbuf)
                 if frame is None:
                     break
                 frames.append(frame)
@@ -83,11 +103,43 @@ class Channel:
             # lengths as soon as its prefix is inflated.
             self.inflated += self.inflater.decompress(bytes(inbuf[SEGMENT_PREFIX.size:end]))
             del inbuf[:end]
-            frame = take_frame(self.inflated)
+            frame = self.take_frame(self.inflated)
             while frame is not None:
                 frames.append(frame)
-                frame = take_frame(self.inflated)
+                frame = self.take_frame(self.inflated)
         return frames
+
+    def take_frame(self, buffer):
+        """take_frame(buffer), keeping the frame's encoding as the one a patch applies to."""
+        encoding = None
+        if len(buffer) >= FRAME_PREFIX.size:
+            end = FRAME_PREFIX.size + sum(FRAME_PREFIX.unpack_from(buffer))
+            encoding = bytes(buffer[:end]) if end <= min(len(buffer), PATCH_BASE_MAX) else None
+        frame = take_frame(buffer)
+        if frame is not None:
+            self.last_frame = encoding
+        return frame
+
+    def take_patch(self, inbuf, frames):
+        """Take the patch at the start of inbuf, and the frame it makes, if it is complete."""
+        if len(inbuf) < PATCH_PREFIX.size:
+            return False
+        _, start, removed, size = PATCH_PREFIX.unpack_from(inbuf)
+        end = PATCH_PREFIX.size + size
+        if len(inbuf) < end:
+            return False
+        if self.inflated:
+            raise ValueError('a patch inside a compressed frame')
+        last = self.last_frame
+        if last is None or start + removed > len(last):
+            raise ValueError('a patch of no frame, or past its end')
+        patched = bytearray(last[:start] + inbuf[PATCH_PREFIX.size:end] + last[start + removed:])
+        del inbuf[:end]
+        frame = self.take_frame(patched)
+        if frame is None or patched:
+            raise ValueError('a patch that makes no whole frame')
+        frames.append(frame)
+        return True
 
 
 def segments(deflated):
@@ -99,16 +151,16 @@ def segments(deflated):
     return b''.join(pieces)
 
 
-def worth_compressing(body):
+def worth_compressing(body, probe):
     """Whether a frame with this body is sent compressed: always for a small one (its header
-    repeats an earlier one's), and for a larger one when level 1 shrinks three samples of it."""
+    repeats an earlier one's), and for a larger one when level 1 shrinks three samples of it.
+    probe is a compressor at AGENT_LEVEL; a full flush after each sample leaves it as new."""
     if len(body) < PROBE_MIN_BODY:
         return True
     size = deflated = 0
     for start in (0, len(body) // 2 - PROBE_SAMPLE // 2, len(body) - PROBE_SAMPLE):
         sample = body[start:start + PROBE_SAMPLE]
-        probe = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15)
-        deflated += len(probe.compress(sample)) + len(probe.flush())
+        deflated += len(probe.compress(sample)) + len(probe.flush(zlib.Z_FULL_FLUSH))
         size += len(sample)
     return deflated * 100 < size * PROBE_PERCENT
 
@@ -154,11 +206,23 @@ def read_frames(fd, inbuf):
 
 def write_all(fd, data):
     """Write everything, waiting when fd is non-blocking (a pty master shares its flags)."""
-    view = memoryview(data)
-    while view:
+    write_all_of(fd, [data])
+
+
+def write_all_of(fd, pieces):
+    """Write the pieces (bytes-like), in order and in as few writes as the fd takes, waiting
+    when fd is non-blocking."""
+    views = [memoryview(piece).cast('B') for piece in pieces if len(piece)]
+    while views:
         try:
-            view = view[os.write(fd, view):]
+            written = os.writev(fd, views)
         except BlockingIOError:
             select.select([], [fd], [])
+            continue
         except InterruptedError:
             continue
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]

@@ -108,3 +108,25 @@ def test_an_agent_without_the_setting_sends_plain_frames_but_reads_segments(tmp_
         assert {how for _, how in link.arrived} == {'plain'}, link.arrived
     finally:
         link.close()
+
+
+def test_a_patch_of_the_last_call_is_that_call_with_its_bytes_replaced(link):
+    call = {'type': 'call', 'id': 5, 'op': 'ping', 'args': {}}
+    link.send(call)
+    assert link.read()[0]['id'] == 5
+    encoded = frames.encode_frame(call)
+    start = encoded.index(b'"id":5') + len(b'"id":')
+    for new_id in (b'6', b'7'):
+        # worker-ipc/src/compression.rs: tag, start, bytes removed, bytes inserted, the bytes.
+        link.proc.stdin.write(struct.pack('>BHHB', 2, start, 1, 1) + new_id)
+        link.proc.stdin.flush()
+        header, _ = link.read()
+        assert header['type'] == 'reply' and header['id'] == int(new_id) and header['ok'], header
+
+
+def test_a_patch_past_the_end_of_the_last_frame_ends_the_agent(link):
+    link.send({'type': 'call', 'id': 5, 'op': 'ping', 'args': {}})
+    link.read()
+    link.proc.stdin.write(struct.pack('>BHHB', 2, 5000, 1, 1) + b'x')
+    link.proc.stdin.flush()
+    assert link.proc.wait(timeout=30) != 0

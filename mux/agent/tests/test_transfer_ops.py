@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from ansible_ferrogen import frames
 from test_agent import AgentProcess
 
 CHUNK = 1 << 20
@@ -294,3 +295,22 @@ def pwd_uid(user):
     import pwd
 
     return pwd.getpwnam(user).pw_uid
+
+
+def test_a_put_chunk_arriving_in_pieces_is_read_whole(agent, tmp_path):
+    data = os.urandom(CHUNK)
+    dest = tmp_path / 'dest'
+    agent.send({'type': 'call', 'id': 7, 'op': 'put_begin', 'args': {'path': str(dest), 'size': len(data)}})
+    frame = frames.encode_frame({'type': 'chunk', 'id': 7, 'offset': 0}, data)
+    # Prefix and part of the header, then the rest of the header and part of the body, then
+    # the rest.
+    for start, end in ((0, 10), (10, 200), (200, len(frame))):
+        agent.proc.stdin.write(frame[start:end])
+        agent.proc.stdin.flush()
+        time.sleep(0.2)
+    header, _ = agent.read()
+    assert header == {'type': 'ack', 'id': 7, 'bytes': len(data)}
+    agent.send({'type': 'put_end', 'id': 7, 'size': len(data), 'sha1': hashlib.sha1(data).hexdigest()})
+    header, _ = agent.read()
+    assert header['ok'], header
+    assert dest.read_bytes() == data
