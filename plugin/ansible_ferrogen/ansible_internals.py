@@ -109,6 +109,22 @@ def copy_action(path: str, parameters: tuple[str, ...] | None = None, **kwargs) 
     return Internal(f'the copy action\'s {path.removeprefix("module.")}', locate, parameters, **kwargs)
 
 
+def fetch_action(path: str, parameters: tuple[str, ...] | None = None, **kwargs) -> Internal:
+    """An attribute of the fetch action's class."""
+
+    def locate():
+        from ansible.plugins.loader import action_loader
+
+        found = action_loader.get('ansible.builtin.fetch', class_only=True)
+        if found is None:
+            raise LookupError('the plugin loader finds no ansible.builtin.fetch action')
+        for part in path.split('.'):
+            found = getattr(found, part)
+        return found
+
+    return Internal(f'the fetch action\'s {path}', locate, parameters, **kwargs)
+
+
 def has_field(name: str) -> Callable[[object], str | None]:
     def check(cls) -> str | None:
         if not dataclasses.is_dataclass(cls) or name not in {field.name for field in dataclasses.fields(cls)}:
@@ -172,6 +188,12 @@ OPTIMISATIONS: dict[str, Optimisation] = {
         copy_action('run', ('tmp', 'task_vars'), patched=True),
         copy_action('_find_needle', ('dirname', 'needle')),
         copy_action('module.checksum', ('filename',)),
+    )),
+    # fetch_become.py
+    'fetch_streamed_with_become': Optimisation('a fetch with become streamed rather than slurped', (
+        fetch_action('run', ('tmp', 'task_vars'), patched=True),
+        fetch_action('_execute_remote_stat', ('path', 'all_vars', 'follow')),
+        fetch_action('_remote_expand_user', ('path', 'sudoable')),
     )),
     # strategy.py
     'task_names': Optimisation('calls named by their task in the mux status table', (
