@@ -169,7 +169,8 @@ def big_dir():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def run_measured(run_playbook, tmp_path: Path, login: str, extra: list[str]) -> tuple[dict[str, int], object]:
+def run_measured(run_playbook, tmp_path: Path, login: str, extra: list[str],
+                 playbook: str = "big_data.yml") -> tuple[dict[str, int], object]:
     marker = uuid.uuid4().hex
     users = {"sshroot": "root", "sshuser": "ferrotest"}
     become_password = " ansible_become_password=testpass" if login == "sshuser" else ""
@@ -178,7 +179,7 @@ def run_measured(run_playbook, tmp_path: Path, login: str, extra: list[str]) -> 
     )
     with PeakSampler(marker) as sampler:
         run = run_playbook(
-            "big_data.yml", ferrogen=True, inventory=inventory, timeout=900,
+            playbook, ferrogen=True, inventory=inventory, timeout=900,
             extra_env={"FERROGEN_BIG_DATA_RUN": marker},
             extra_args=["-e", json.dumps({"big_accounts": list(ACCOUNTS)}), *extra],
         )  # fmt: skip
@@ -188,12 +189,13 @@ def run_measured(run_playbook, tmp_path: Path, login: str, extra: list[str]) -> 
     return peaks, run
 
 
-def assert_bounded(small: dict[str, int], big: dict[str, int]) -> None:
+def assert_bounded(small: dict[str, int], big: dict[str, int], kinds=("agent", "mux", "worker"),
+                   allowed: int = GROWTH_ALLOWED, what: str = f"{SMALL >> 20} MiB -> {BIG >> 20} MiB file") -> None:
     report = {kind: f"{small[kind] / MIB:.0f} -> {big[kind] / MIB:.0f} MiB" for kind in ("agent", "mux", "worker")}
-    print(f"peak RSS, {SMALL >> 20} MiB -> {BIG >> 20} MiB file: {report}")
-    for kind in ("agent", "mux", "worker"):
-        assert big[kind] <= small[kind] + GROWTH_ALLOWED, (
-            f"the {kind}'s peak RSS grew with the file: {report}, allowed {GROWTH_ALLOWED / MIB:.0f} MiB"
+    print(f"peak RSS, {what}: {report}")
+    for kind in kinds:
+        assert big[kind] <= small[kind] + allowed, (
+            f"the {kind}'s peak RSS grew with the data: {report}, allowed {allowed / MIB:.0f} MiB"
         )
 
 
@@ -241,3 +243,28 @@ def test_fetch_of_1gib_as_become_accounts_stays_in_window(run_playbook, tmp_path
         items = [item for r in results for item in r["result"].get("results", [])]
         assert len(items) == len(ACCOUNTS) and all(item.get("changed") for item in items), results
     assert_bounded(peaks[SMALL], peaks[BIG])
+
+
+# Outputs of commands (exec_command) and of a module: over the agent's STREAMED_OUTPUT_MIN
+# (1 MiB) in the small run, near MAX_BODY (256 MiB) in the big one; the module's result JSON
+# holds its stdout twice (stdout and stdout_lines).
+SMALL_OUTPUT = 2 * MIB
+BIG_RAW_OUTPUT = 120_000_000
+BIG_MODULE_OUTPUT = 48_000_000
+# An output streams like a fetch: the agent and the mux hold one window and a chunk of it, plus
+# allocator slack. The worker holds the whole output, as Ansible needs it.
+OUTPUT_GROWTH_ALLOWED = WINDOW + CHUNK + 24 * MIB
+
+
+def test_large_outputs_stream_as_login_and_become(run_playbook, tmp_path):
+    """A command's output of 120 MB and a module's of 48 MB (96 MB of result JSON), as the
+    login account and as root: whole in Ansible, and no agent or mux holds them."""
+    peaks = {}
+    for raw, module in ((SMALL_OUTPUT, SMALL_OUTPUT), (BIG_RAW_OUTPUT, BIG_MODULE_OUTPUT)):
+        peaks[raw], run = run_measured(
+            run_playbook, tmp_path, "sshuser",
+            ["-e", f"raw_output={raw}", "-e", f"module_output={module}"], playbook="large_outputs.yml",
+        )  # fmt: skip
+        assert run.task("sshuser", "every output whole")["status"] == "ok", describe(run)
+    assert_bounded(peaks[SMALL_OUTPUT], peaks[BIG_RAW_OUTPUT], kinds=("agent", "mux"),
+                   allowed=OUTPUT_GROWTH_ALLOWED, what="outputs of 2 MiB -> 120 MB")
