@@ -211,6 +211,12 @@ OPTIMISATIONS: dict[str, Optimisation] = {
         action_member('fetch', 'module.secure_hash', ('filename', 'hash_func'), patched=True),
         action_member('fetch', 'module.md5', ('filename',), patched=True),
     )),
+    # fetch_become.py
+    'fetch_streamed_with_become': Optimisation('a fetch with become streamed rather than slurped', (
+        action_member('fetch', 'run', ('tmp', 'task_vars'), patched=True),
+        action_member('fetch', '_execute_remote_stat', ('path', 'all_vars', 'follow')),
+        action_member('fetch', '_remote_expand_user', ('path', 'sudoable')),
+    )),
     # strategy.py
     'task_names': Optimisation('calls named by their task in the mux status table', (
         internal('ansible.executor.process.worker', 'WorkerProcess._run', (), patched=True),

@@ -114,7 +114,17 @@ class MuxClient:
             for digest in header['error'].get('hashes') or list(blobs):
                 self._send(frames.encode({'type': 'blob', 'hash': digest}, blobs[digest]))
             header, reply_body = self._roundtrip(request, body)
-        return self._result(header), reply_body
+        result = self._result(header)
+        if result.get('output') is not None:
+            reply_body = self.fetch_output(target, op, result['output'], become)
+        return result, reply_body
+
+    def fetch_output(self, target: dict, op: str, output: int, become: dict | None) -> bytes:
+        """A task output too large for one frame, fetched in chunks from the interpreter that
+        ran the task (docs/protocol.md, "Streamed output")."""
+        sink = transfer.OutputSink()
+        self._stream(transfer.fetch_stream, target, {'output': output, 'path': f'output of {op}'}, become, sink)
+        return bytes(sink.data)
 
     def connect_ahead(self, target: dict) -> None:
         """Have the mux start connecting to target now; nothing comes back, and a failure

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -283,6 +284,8 @@ class Connection(ConnectionBase):
     # Set by the wrapped become plugin when Ansible asks for a become command; the next
     # sudoable exec_command then runs in the become account's interpreter.
     _become_requested = False
+    # The become plugin while become_seen_only_by_transfers() hides it from the action.
+    _become_for_transfers_only = None
     # The task temp dir action_mixin made in the login interpreter's temp dir: small uploads
     # into it are detached calls.
     detached_temp_dir: str | None = None
@@ -357,7 +360,23 @@ class Connection(ConnectionBase):
 
     def become_account(self) -> dict:
         """The account a become call runs as: the task's become plugin decides."""
-        return become.become_spec(self.become, self.python_interpreter())
+        return become.become_spec(self.become or self._become_for_transfers_only, self.python_interpreter())
+
+    def become_for_transfers(self):
+        """The become plugin transfers run as, where the agent drives its method; else None."""
+        plugin = self.become or self._become_for_transfers_only
+        return plugin if plugin is not None and become.method_of(plugin) is not None else None
+
+    @contextlib.contextmanager
+    def become_seen_only_by_transfers(self):
+        """Within: the action sees no become plugin (`connection.become` is None), while
+        put_file and fetch_file still run as the become account (fetch_become.py)."""
+        plugin, self.become = self.become, None
+        self._become_for_transfers_only = plugin
+        try:
+            yield
+        finally:
+            self.become, self._become_for_transfers_only = plugin, None
 
     def call_account(self, as_become: bool) -> dict | None:
         """The account a call runs as, for every call path (commands, modules, transfers
@@ -675,7 +694,7 @@ class Connection(ConnectionBase):
         become account, so nothing the become account may read lands somewhere another
         account can read it.
         """
-        if self.become is None or become.method_of(self.become) is None:
+        if self.become_for_transfers() is None:
             return False
         tmpdir = getattr(self._shell, 'tmpdir', None)
         if tmpdir:

@@ -1,7 +1,7 @@
 """Connection-only mode: ferrogen's connection plugins under Ansible's own strategies.
 
 The ferrogen strategies install, in the controller before workers fork, what spares actions
-round trips on our connections (action_mixin, module_cache, speculation). Without one, the
+round trips on our connections (action_mixin, module_cache, speculation, fetch_become). Without one, the
 worker that loads one of the collection's connection plugins installs the same for itself, and
 its first call finds or starts the run's mux (run_mux.py). A worker runs one task, so it imports,
 checks and installs only what that task uses: speculation only once the task turns out to run
@@ -40,10 +40,22 @@ def install_speculation_for(action: ActionBase) -> None:
         speculation.install()
 
 
+def install_fetch_become_for(action: ActionBase) -> None:
+    """Install fetch_become, and warn if it is off, for a task that fetches."""
+    if 'ansible_ferrogen.fetch_become' in sys.modules and sys.modules['ansible_ferrogen.fetch_become']._installed:
+        return
+    from ansible_ferrogen import fetch_become  # noqa: PLC0415 - only in workers whose task fetches
+
+    if fetch_become.fetches(action):
+        ansible_internals.start(fetch_become.OPTIMISATIONS)
+        fetch_become.install()
+
+
 def init(original):
     def __init__(self, *args, **kwargs):
         original(self, *args, **kwargs)
         install_speculation_for(self)
+        install_fetch_become_for(self)
 
     __init__.ferrogen_connection_only = True
     return __init__

@@ -114,6 +114,22 @@ def install_fetched_digests(action_module) -> None:
                                                                           action_module.md5)
 
 
+class OutputSink:
+    """A task output being fetched (fetch_stream), held in memory: Ansible takes it as bytes."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.digest = hashlib.sha1()
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+        self.digest.update(data)
+
+
 def fetched_mode(path: str, new_mode: int) -> int:
     """The mode vanilla's fetch would leave at path: an existing file keeps its mode (sftp's
     `get` and shutil.copyfile both write into it), a new one gets new_mode less the umask

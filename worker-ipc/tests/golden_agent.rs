@@ -41,6 +41,17 @@ fn to_agent() -> Vec<(&'static str, ToAgent, &'static [u8])> {
             b"stdin\n",
         ),
         (
+            // A task's streamed output, fetched like a file (docs/protocol.md, "Streamed output").
+            "to_fetch_output",
+            ToAgent::Call(AgentCall {
+                id: 13,
+                interp: 3,
+                op: Op::FetchBegin,
+                args: json!({"output": 12, "path": "output of exec_command"}),
+            }),
+            b"",
+        ),
+        (
             "to_blob_cached",
             ToAgent::Blob(AgentBlob {
                 hash: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into(),
@@ -155,6 +166,18 @@ fn from_agent() -> Vec<(&'static str, Frame, FromAgent)> {
             FromAgent::Reply {
                 reply: Reply::ok(12, json!({"rc": 0, "stdout_len": 6})),
                 body: Bytes::from_static(b"hello\n"),
+            },
+        ),
+        (
+            "from_reply_streamed_output",
+            frame(
+                json!({"type": "reply", "id": 12, "ok": true,
+                       "result": {"rc": 0, "stdout_len": 2097152, "output": 12}}),
+                b"",
+            ),
+            FromAgent::Reply {
+                reply: Reply::ok(12, json!({"rc": 0, "stdout_len": 2097152, "output": 12})),
+                body: Bytes::new(),
             },
         ),
         (

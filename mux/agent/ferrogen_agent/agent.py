@@ -13,6 +13,7 @@ Standard library only; Python 3.6 or newer.
 """
 
 import base64
+import collections
 import errno
 import gc
 import hashlib
@@ -32,7 +33,7 @@ from .settings import LOG_LEVEL, SOURCE
 from .link import Channel, read_frames, read_raw
 from .debug_file import DebugFile
 from .temp_dirs import choose_temp_dir, claim_temp_dir, scratch_file
-from .transfers import FetchTransfer, PutTransfer, ReceivedDigests, verified_claims
+from .transfers import SPOOLS_KEPT, FetchTransfer, PutTransfer, ReceivedDigests, verified_claims
 from .become_relay import BecomeChild, GO_MARKER, PROMPT_SETTLE, TTY_REQUIRED
 from .continuations import CONTINUATION_CONDITIONS, OutputTooLarge
 from .login_state import LoginState, login_service
@@ -77,6 +78,8 @@ class Agent(AgentOps):
         self.answered_pids = set()
         # Streamed transfers in progress, by call id (PutTransfer or FetchTransfer).
         self.transfers = {}
+        # Task outputs too large for one frame, by call id, until their worker fetches them.
+        self.spools = collections.OrderedDict()
         self.received_digests = ReceivedDigests()
         # Task temp dirs made by make_dir and not removed yet.
         self.task_dirs = set()
@@ -750,8 +753,9 @@ class Agent(AgentOps):
             self.log('warning', 'call %s: %s' % (task.call_id, exc))
             self.reply_error(task.call_id, 'output_too_large', str(exc))
             return
-        self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
-                 % (task.call_id, rc, len(stdout), len(stderr)))
+        if stdout is not None:
+            self.log('debug', 'call %s finished: rc %d, %d bytes out, %d bytes err'
+                     % (task.call_id, rc, len(stdout), len(stderr)))
         self.finish_task(task, rc, stdout, stderr)
 
     def reap(self):
@@ -788,6 +792,9 @@ class Agent(AgentOps):
 
     def finish_task(self, task, rc, stdout, stderr):
         """Reply to the task's call, or first start its continuation if its condition holds."""
+        if stdout is None:
+            self.finish_streamed_task(task, rc)
+            return
         result, body = {'rc': rc, 'stdout_len': len(stdout)}, stdout + stderr
         if task.before is not None:
             first, first_body, index = task.before
@@ -811,6 +818,29 @@ class Agent(AgentOps):
             self.reply_error(task.call_id, 'output_too_large', str(OutputTooLarge(len(body))))
             return
         self.reply(task.call_id, result, body)
+
+    def finish_streamed_task(self, task, rc):
+        """Reply to a call whose output is too large for one frame: the reply names the
+        output (`output`), which the worker then fetches in chunks (docs/protocol.md,
+        "Streamed output"). No continuation follows: conditions read a stat module's result,
+        which is never that large."""
+        prefix = task.before[1] if task.before is not None else b''
+        spool = task.spool(prefix)
+        if spool.size > MAX_BODY:
+            spool.abort()
+            self.reply_error(task.call_id, 'output_too_large', str(OutputTooLarge(spool.size)))
+            return
+        result = {'rc': rc, 'stdout_len': spool.stdout_len}
+        if task.before is not None:
+            first, _, index = task.before
+            result = dict(first, then=dict(result, ran=index, body_len=spool.size - len(prefix)))
+        elif task.then:
+            result['then'] = {'ran': None}
+        self.spools[task.call_id] = spool
+        while len(self.spools) > SPOOLS_KEPT:
+            self.spools.popitem(last=False)[1].abort()
+        self.log('debug', 'call %s: %d bytes of output to be fetched in chunks' % (task.call_id, spool.size))
+        self.reply(task.call_id, dict(result, output=task.call_id))
 
 
 

@@ -8,7 +8,7 @@ import sys
 
 from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, encode_frame
 from .link import write_all
-from .transfers import answer_digests_from
+from .transfers import STREAMED_OUTPUT_MIN, OutputSpool, answer_digests_from
 from .continuations import OutputTooLarge
 from .importer import put_zip_first
 
@@ -37,13 +37,16 @@ class Task:
 
     def collect(self, rc):
         """(rc, stdout, stderr) once the task has written all its output; OutputTooLarge,
-        before any of it is read into memory, if a reply could not carry it."""
+        before any of it is read into memory, if a reply could not carry it. An output over
+        STREAMED_OUTPUT_MIN is not read: (rc, None, None), and spool() sends it."""
         files = [f for f in (self.stdout_file, self.stderr_file) if f is not None]
         size = sum(os.fstat(f.fileno()).st_size for f in files)
         if size > MAX_BODY:
             for handle in files:
                 handle.close()
             raise OutputTooLarge(size)
+        if size > STREAMED_OUTPUT_MIN:
+            return rc, None, None
         stdout = self._read(self.stdout_file)
         stderr = self._read(self.stderr_file) if self.stderr_file is not None else b''
         if self.emulate_tty:
@@ -52,6 +55,11 @@ class Task:
             if len(stdout) > MAX_BODY:
                 raise OutputTooLarge(len(stdout))
         return rc, stdout, stderr
+
+    def spool(self, prefix):
+        """The output collect() left unread, behind prefix, as an OutputSpool."""
+        files = [f for f in (self.stdout_file, self.stderr_file) if f is not None]
+        return OutputSpool(prefix, files, self.emulate_tty)
 
     @staticmethod
     def _read(handle):

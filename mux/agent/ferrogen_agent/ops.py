@@ -102,12 +102,19 @@ class AgentOps:
             self.on_transfer_frame('chunk', {'id': call_id, 'offset': 0}, body)
 
     def op_fetch_begin(self, call_id, args, body):
-        """Send the file in chunks, at most a window ahead of the receiver's acks."""
-        try:
-            transfer = FetchTransfer(args['path'])
-        except FileNotFoundError as exc:
-            self.reply_error(call_id, NOT_FOUND, 'cannot read %s: %s' % (args['path'], exc))
-            return
+        """Send the file, or with `output` the output of that call (finish_streamed_task), in
+        chunks, at most a window ahead of the receiver's acks."""
+        if 'output' in args:
+            transfer = self.spools.pop(args['output'], None)
+            if transfer is None:
+                self.reply_error(call_id, NOT_FOUND, 'no output of call %s is kept' % (args['output'],))
+                return
+        else:
+            try:
+                transfer = FetchTransfer(args['path'])
+            except FileNotFoundError as exc:
+                self.reply_error(call_id, NOT_FOUND, 'cannot read %s: %s' % (args['path'], exc))
+                return
         self.transfers[call_id] = transfer
         try:
             self.pump(call_id, transfer)

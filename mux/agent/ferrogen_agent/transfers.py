@@ -15,6 +15,12 @@ from ansible_ferrogen.frames import TRANSFER_CHUNK
 # How many streamed uploads' digests the interpreter keeps for modules that hash them again.
 RECEIVED_DIGESTS_KEPT = 32
 
+# A task output larger than this goes out as a stream (OutputSpool), not in its reply's body.
+STREAMED_OUTPUT_MIN = 1 << 20
+
+# How many streamed task outputs wait for their worker to fetch them; beyond, the oldest goes.
+SPOOLS_KEPT = 4
+
 
 # File transfer (docs/protocol.md, "File transfer"); its limits are in the shared block above.
 F_SETPIPE_SZ = getattr(fcntl, 'F_SETPIPE_SZ', 1031)
@@ -143,3 +149,63 @@ class FetchTransfer:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class OutputSpool(FetchTransfer):
+    """A task's output too large for one frame, sent like a fetched file (fetch_begin with
+    `output`) from the files it was written to, a chunk at a time: `prefix` (the output of
+    the task a continuation follows), then each file from its start. With `crlf` the first
+    file is a terminal's merged output, each newline sent as CRLF, as over ssh -tt."""
+
+    def __init__(self, prefix, files, crlf):
+        self.prefix = prefix
+        self.files = list(files)
+        self.crlf = crlf
+        for handle in self.files:
+            handle.seek(0)
+        sizes = [os.fstat(handle.fileno()).st_size for handle in self.files]
+        if crlf and self.files:
+            sizes[0] += self._count_newlines(self.files[0])
+        self.stdout_len = sizes[0] if sizes else 0
+        self.size = len(prefix) + sum(sizes)
+        self.mode = None
+        self.sent = 0
+        self.acked = 0
+        self.digest = hashlib.sha1()
+
+    @staticmethod
+    def _count_newlines(handle):
+        count = 0
+        while True:
+            block = handle.read(STREAMED_OUTPUT_MIN)
+            if not block:
+                handle.seek(0)
+                return count
+            count += block.count(b'\n')
+
+    def read_chunk(self):
+        data = self._next(TRANSFER_CHUNK)
+        self.digest.update(data)
+        return data
+
+    def _next(self, size):
+        if self.prefix:
+            data, self.prefix = self.prefix[:size], self.prefix[size:]
+            return data
+        while self.files:
+            handle = self.files[0]
+            if self.crlf:
+                data = handle.read(size // 2).replace(b'\n', b'\r\n')
+            else:
+                data = handle.read(size)
+            if data:
+                return data
+            handle.close()
+            self.files.pop(0)
+            self.crlf = False
+        return b''
+
+    def abort(self):
+        for handle in self.files:
+            handle.close()
+        self.files = []

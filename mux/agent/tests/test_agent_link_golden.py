@@ -55,6 +55,10 @@ def test_frames_to_the_agent_carry_what_its_dispatch_reads():
     header, body = read_golden('to_call')
     assert (header['type'], header['id'], header['interp'], header['op'], body) == ('call', 12, 0, 'exec_command', b'stdin\n')
     assert hasattr(agent_module.Agent, 'op_' + header['op'])
+    header, _ = read_golden('to_fetch_output')
+    assert header['op'] == 'fetch_begin' and header['args']['output'] == 12
+    header, body = read_golden('from_reply_streamed_output')
+    assert header['result']['output'] == header['id'] and body == b''
     header, _ = read_golden('to_spawn')
     assert header['become']['password'] == 'secret' and header['interp'] == 3
     header, _ = read_golden('to_put_end')
