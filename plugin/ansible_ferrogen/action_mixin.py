@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 import time
 
 from ansible import constants as C
 from ansible.plugins.action import ActionBase
 
-from ansible_ferrogen import ansible_internals, client, transfer
+from ansible_ferrogen import ansible_internals, client
 from ansible_ferrogen.connection import Connection, inside
 
 # Ansible removes only temp dirs whose name holds this (ActionBase._should_remove_tmp_path).
@@ -149,6 +148,4 @@ def install() -> None:
         if ansible_internals.enabled(optimisation):
             for name, wrap in patches.items():
                 setattr(ActionBase, name, wrap(getattr(ActionBase, name)))
-    if ansible_internals.enabled('fetch_digests_from_stream'):
-        transfer.install_fetched_digests(sys.modules[ansible_internals.action_class('fetch').__module__])
     ActionBase._ferrogen_action_mixin = True

@@ -206,12 +206,12 @@ OPTIMISATIONS: dict[str, Optimisation] = {
         copy_action('_find_needle', ('dirname', 'needle')),
         copy_action('module.checksum', ('filename',)),
     )),
-    # transfer.py
+    # fetch_action.py, with transfer.py
     'fetch_digests_from_stream': Optimisation("a fetched file's SHA-1 and MD5 taken from its stream", (
         action_member('fetch', 'module.secure_hash', ('filename', 'hash_func'), patched=True),
         action_member('fetch', 'module.md5', ('filename',), patched=True),
     )),
-    # fetch_become.py
+    # fetch_action.py
     'fetch_streamed_with_become': Optimisation('a fetch with become streamed rather than slurped', (
         action_member('fetch', 'run', ('tmp', 'task_vars'), patched=True),
         action_member('fetch', '_execute_remote_stat', ('path', 'all_vars', 'follow')),
@@ -231,7 +231,7 @@ OPTIMISATIONS: dict[str, Optimisation] = {
 # What every task on a ferrogen connection uses (the strategy's own and the copy action's are
 # installed, and looked up, only where they are used).
 EVERY_TASK = ('module_arguments_only', 'module_zip_by_reference', 'connect_ahead', 'detached_temp_dirs',
-              'home_from_ready', 'fetch_digests_from_stream')
+              'home_from_ready')
 
 # What the strategy and connection plugins cannot work without.
 REQUIRED: tuple[Internal, ...] = (

@@ -122,6 +122,8 @@ class MuxClient:
     def fetch_output(self, target: dict, op: str, output: int, become: dict | None) -> bytes:
         """A task output too large for one frame, fetched in chunks from the interpreter that
         ran the task (docs/protocol.md, "Streamed output")."""
+        from ansible_ferrogen import transfer  # most workers transfer nothing
+
         sink = transfer.OutputSink()
         self._stream(transfer.fetch_stream, target, {'output': output, 'path': f'output of {op}'}, become, sink)
         return bytes(sink.data)

@@ -370,7 +370,7 @@ class Connection(ConnectionBase):
     @contextlib.contextmanager
     def become_seen_only_by_transfers(self):
         """Within: the action sees no become plugin (`connection.become` is None), while
-        put_file and fetch_file still run as the become account (fetch_become.py)."""
+        put_file and fetch_file still run as the become account (fetch_action.py)."""
         plugin, self.become = self.become, None
         self._become_for_transfers_only = plugin
         try:

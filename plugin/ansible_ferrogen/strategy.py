@@ -11,7 +11,7 @@ from ansible.executor.process.worker import WorkerProcess
 from ansible.plugins.loader import action_loader, become_loader, connection_loader, module_loader
 from ansible.utils.display import Display
 
-from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, ansible_internals, client, fetch_become, module_cache, speculation
+from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, ansible_internals, client, fetch_action, module_cache, speculation
 from ansible_ferrogen.mux_process import MuxProcess
 
 display = Display()
@@ -134,7 +134,7 @@ def strategy_with_mux(base: type) -> type:
             module_cache.install()
             action_mixin.install()
             speculation.install()
-            fetch_become.install()
+            fetch_action.install()
             MuxProcess.ensure()
             warm_worker_caches()
             with redirected_connections():

@@ -1,4 +1,5 @@
-"""A fetch with become, streamed (issue 20).
+"""The fetch action on our connections: the fetched file's digests taken from its stream
+(transfer.py), and a fetch with become streamed (issue 20).
 
 Ansible's fetch action reads a file through the slurp module when the task becomes, because its
 connection plugins cannot read a file as another account: the whole file then travels base64
@@ -14,24 +15,18 @@ slurp included, so its messages are vanilla's.
 
 from __future__ import annotations
 
+import sys
+
 from ansible.errors import AnsibleError
 from ansible.plugins.loader import action_loader
 
-from ansible_ferrogen import ansible_internals
+from ansible_ferrogen import ansible_internals, transfer
 from ansible_ferrogen.connection import Connection
 
 # What this module installs (ansible_internals.OPTIMISATIONS).
-OPTIMISATIONS = ('fetch_streamed_with_become',)
-
-# The names Ansible resolves the fetch action under.
-FETCH_ACTIONS = frozenset(f'{prefix}fetch' for prefix in ('', 'ansible.builtin.', 'ansible.legacy.'))
+OPTIMISATIONS = ('fetch_digests_from_stream', 'fetch_streamed_with_become')
 
 _installed = False
-
-
-def fetches(action) -> bool:
-    task = action._task
-    return task.action in FETCH_ACTIONS or getattr(task, 'resolved_action', None) in FETCH_ACTIONS
 
 
 def readable_file_stat(action, source: str, task_vars: dict) -> dict | None:
@@ -81,6 +76,8 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    if ansible_internals.enabled('fetch_digests_from_stream'):
+        transfer.install_fetched_digests(sys.modules[ansible_internals.action_class('fetch').__module__])
     if not ansible_internals.enabled('fetch_streamed_with_become'):
         return
     for cls in {action_loader.get(name, class_only=True) for name in ('ansible.legacy.fetch', 'ansible.builtin.fetch')}:
