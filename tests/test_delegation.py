@@ -4,8 +4,12 @@ through every hop. Needs root and `ip netns` (CI runs as root)."""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import time
+from collections import Counter
 from pathlib import Path
 
 import helpers
@@ -106,6 +110,51 @@ app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
         assert h2 in result["stdout"], result
     assert chain.logins(0) == 1, chain.log(0)
     assert chain.logins(1) == 2, chain.log(1)
+
+
+def hop_blob_lines(since: float) -> tuple[list[Path], Counter, Counter]:
+    """The agents' debug logs (MITOGEN_ROUTER_DEBUG) since `since` that kept blobs for routes,
+    with how often each blob's content was kept (it crossed) and served (it did not)."""
+    logs = [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
+    kept: Counter = Counter()
+    served: Counter = Counter()
+    hops = []
+    for log in logs:
+        text = log.read_text(errors="replace")
+        # An agent's own log (the mux's repeats what agents said, in its own format).
+        if not re.match(r"\S+ \d+ debug agent ready", text) or "for the targets behind this hop" not in text:
+            continue
+        hops.append(log)
+        kept.update(re.findall(r"route \d+: kept blob (\w+)", text))
+        served.update(re.findall(r"route \d+: blob (\w+) served from this hop", text))
+    return hops, kept, served
+
+
+def test_module_code_crosses_the_hop_once_for_every_target_behind_it(chain, tmp_path):
+    """Three targets behind hop1 run the same modules: each module zip's content crosses the
+    mux's link to hop1 once, and hop1 serves it to the other targets."""
+    path = tmp_path / "inv.ini"
+    h1, h2, _ = chain.hosts
+    path.write_text(f"""
+[hops]
+hop1 ansible_host={h1}
+[finals]
+app1 ansible_host={h2} mitogen_via=hop1
+app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
+app3 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrosudo
+{CHAIN_VARS}""")
+    since = time.time() - 1
+    run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+                               extra_env={**ACTION_ENV, "MITOGEN_ROUTER_DEBUG": "1"})
+    assert run.returncode == 0, helpers.describe(run)
+    assert chain.logins(0) == 1, chain.log(0)
+    hops, kept, served = hop_blob_lines(since)
+    assert len(hops) == 1, f"expected hop1's agent alone to keep blobs for routes: {hops}"
+    assert kept, "hop1 kept no module code for the targets behind it"
+    assert all(count == 1 for count in kept.values()), f"content crossed hop1 more than once: {kept}"
+    # Every module the three targets ran crossed once and was served to the two others.
+    assert set(served) == set(kept), (kept, served)
+    assert all(served[digest] >= 2 for digest in kept), (kept, served)
 
 
 def test_a_via_through_a_become_account(chain, tmp_path):
