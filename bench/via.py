@@ -13,6 +13,7 @@ venv's Python (bench/run.sh makes it):  .state/bench-venv/bin/python bench/via.p
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,14 +28,14 @@ ENGINES = ("mitogen", "ferrogen")
 ROUTES = {"one hop": 1, "two hops": 2}
 
 
-def start_proxies(count: int, delay_ms: int, stats: Path) -> tuple[list[int], list[subprocess.Popen]]:
+def start_proxies(count: int, delay_ms: int, stats: list[Path]) -> tuple[list[int], list[subprocess.Popen]]:
     ports = [bench.free_port() for _ in range(count)]
     procs = [
         subprocess.Popen(  # noqa: S603 - the shared tool, our arguments
-            [sys.executable, str(bench.LATENCY_PROXY), str(port), str(bench.SSH_PORT), str(delay_ms), str(stats)],
+            [sys.executable, str(bench.LATENCY_PROXY), str(port), str(bench.SSH_PORT), str(delay_ms), str(path)],
             stdin=subprocess.DEVNULL,
         )
-        for port in ports
+        for port, path in zip(ports, stats, strict=True)
     ]
     bench.wait_for_ports(ports, "latency-proxy")
     return ports, procs
@@ -56,7 +57,9 @@ def inventory(path: Path, ports: list[int], hops: int) -> Path:
 
 
 def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
-    stats = work / f"{engine}-{hops}.stats"
+    # One stats file per proxy: a target's bytes cross every link of its route, so each link
+    # is shown on its own (controller->hop1, hop1->hop2, ..., last hop->target).
+    stats = [work / f"{engine}-{hops}-link{index + 1}.stats" for index in range(hops + 1)]
     ports, proxies = start_proxies(hops + 1, delay_ms, stats)
     try:
         inv = inventory(work / f"{engine}-{hops}.ini", ports, hops)
@@ -68,6 +71,9 @@ def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
             env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL,
         )
         wall = time.monotonic() - start
+        # A proxy counts a connection only when it closes, and an engine's connections may
+        # outlive the playbook: the ones still open are read from the kernel's counters.
+        still_open = [open_connection_bytes(port) for port in ports]
     finally:
         for proxy in proxies:
             proxy.terminate()
@@ -75,36 +81,54 @@ def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
             proxy.wait()
     if proc.returncode:
         raise SystemExit(f"{engine}, {hops} hop(s) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    sent = received = 0
+    links = [link_bytes(path) + open_bytes for path, open_bytes in zip(stats, still_open, strict=True)]
+    return {"wall": wall, "bytes": sum(links), "links": links}
+
+
+def open_connection_bytes(port: int) -> int:
+    """Bytes both ways on the established connections to a proxy's listening port (the
+    client side of each), from `ss -ti`'s bytes_sent and bytes_received."""
+    listing = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],  # noqa: S607
+                             capture_output=True, text=True, check=False).stdout
+    return sum(int(n) for n in re.findall(r"bytes_(?:sent|received):(\d+)", listing))
+
+
+def link_bytes(stats: Path) -> int:
+    """Bytes both ways through one proxy (its lines are written as its connections close)."""
+    total = 0
     if stats.exists():
         for line in stats.read_text().split():
             key, _, value = line.partition("=")
-            if key == "sent":
-                sent += int(value)
-            elif key == "received":
-                received += int(value)
-    return {"wall": wall, "bytes": sent + received}
+            if key in ("sent", "received"):
+                total += int(value)
+    return total
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delay", type=int, default=13, help="one-way delay each hop adds, ms")
     parser.add_argument("--runs", type=int, default=1, help="runs per engine and route; the best is shown")
+    parser.add_argument("--engine", choices=ENGINES, action="append",
+                        help="run only this engine (repeatable); the ratios need both")
     args = parser.parse_args()
+    engines = tuple(args.engine or ENGINES)
     results: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench-via-") as tmp:
         for route, hops in ROUTES.items():
-            for engine in ENGINES:
+            for engine in engines:
                 runs = [run_once(engine, hops, args.delay, Path(tmp)) for _ in range(args.runs)]
                 results[(route, engine)] = min(runs, key=lambda r: r["wall"])
     print(f"loop-100 through mitogen_via hops, {args.delay} ms each way per hop")
-    print(f"{'route':<10} {'engine':<9} {'wall s':>8} {'bytes':>10} {'wall vs mitogen':>16} {'bytes vs mitogen':>17}")
+    print(f"{'route':<10} {'engine':<9} {'wall s':>8} {'bytes':>10} {'wall vs mitogen':>16} {'bytes vs mitogen':>17}"
+          "  bytes by link (controller->hop1, ..., ->target)")
     for route in ROUTES:
-        base = results[(route, "mitogen")]
-        for engine in ENGINES:
+        base = results.get((route, "mitogen"))
+        for engine in engines:
             r = results[(route, engine)]
-            print(f"{route:<10} {engine:<9} {r['wall']:>8.2f} {r['bytes']:>10} "
-                  f"{r['wall'] / base['wall']:>16.2f} {r['bytes'] / max(base['bytes'], 1):>17.2f}")
+            ratios = (f"{r['wall'] / base['wall']:>16.2f} {r['bytes'] / max(base['bytes'], 1):>17.2f}" if base
+                      else f"{'-':>16} {'-':>17}")
+            print(f"{route:<10} {engine:<9} {r['wall']:>8.2f} {r['bytes']:>10} {ratios}  "
+                  + " ".join(str(link) for link in r["links"]))
 
 
 if __name__ == "__main__":

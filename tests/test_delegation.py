@@ -4,8 +4,14 @@ through every hop. Needs root and `ip netns` (CI runs as root)."""
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
+import subprocess
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import helpers
@@ -89,16 +95,23 @@ def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path
         assert (tmp_path / f"big.bin.{name}").read_bytes() == big.read_bytes()
 
 
-def test_two_hops_reach_the_host_behind_the_first(chain, tmp_path):
-    path = tmp_path / "inv.ini"
+def one_hop_inventory(path: Path, chain: NetnsChain, users: tuple[str, ...]) -> Path:
+    """app1, app2, ... on host 2 behind hop1, one per account in `users`."""
     h1, h2, _ = chain.hosts
+    finals = "\n".join(f"app{n} ansible_host={h2} mitogen_via=hop1 ansible_user={user}"
+                       for n, user in enumerate(users, 1))
     path.write_text(f"""
 [hops]
 hop1 ansible_host={h1}
 [finals]
-app1 ansible_host={h2} mitogen_via=hop1
-app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
+{finals}
 {CHAIN_VARS}""")
+    return path
+
+
+def test_two_hops_reach_the_host_behind_the_first(chain, tmp_path):
+    path = one_hop_inventory(tmp_path / "inv.ini", chain, ("root", "ferrotest"))
+    h2 = chain.hosts[1]
     run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
                                extra_env=ACTION_ENV)
     assert run.returncode == 0, helpers.describe(run)
@@ -106,6 +119,89 @@ app2 ansible_host={h2} mitogen_via=hop1 ansible_user=ferrotest
         assert h2 in result["stdout"], result
     assert chain.logins(0) == 1, chain.log(0)
     assert chain.logins(1) == 2, chain.log(1)
+
+
+def hop_blob_lines(since: float) -> tuple[list[Path], Counter, Counter]:
+    """The agents' debug logs (MITOGEN_ROUTER_DEBUG) since `since` that kept blobs for routes,
+    with how often each blob's content was kept (it crossed) and served (it did not)."""
+    logs = [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
+    kept: Counter = Counter()
+    served: Counter = Counter()
+    hops = []
+    for log in logs:
+        text = log.read_text(errors="replace")
+        # An agent's own log (the mux's repeats what agents said, in its own format).
+        if not re.match(r"\S+ \d+ debug agent ready", text) or "for the targets behind this hop" not in text:
+            continue
+        hops.append(log)
+        kept.update(re.findall(r"route \d+: kept blob (\w+)", text))
+        served.update(re.findall(r"route \d+: blob (\w+) served from this hop", text))
+    return hops, kept, served
+
+
+def test_module_code_crosses_the_hop_once_for_every_target_behind_it(chain, tmp_path):
+    """Three targets behind hop1 run the same modules: each module zip's content crosses the
+    mux's link to hop1 once, and hop1 serves it to the other targets."""
+    path = one_hop_inventory(tmp_path / "inv.ini", chain, ("root", "ferrotest", "ferrosudo"))
+    since = time.time() - 1
+    run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, inventory=path,
+                               extra_env={**ACTION_ENV, "MITOGEN_ROUTER_DEBUG": "1"})
+    assert run.returncode == 0, helpers.describe(run)
+    assert chain.logins(0) == 1, chain.log(0)
+    hops, kept, served = hop_blob_lines(since)
+    assert len(hops) == 1, f"expected hop1's agent alone to keep blobs for routes: {hops}"
+    assert kept, "hop1 kept no module code for the targets behind it"
+    assert all(count == 1 for count in kept.values()), f"content crossed hop1 more than once: {kept}"
+    # Every module the three targets ran crossed once and was served to the two others.
+    assert set(served) == set(kept), (kept, served)
+    assert all(served[digest] >= 2 for digest in kept), (kept, served)
+
+
+class PeakMemory(threading.Thread):
+    """The largest VmHWM (KiB) of each Python process (the agents) in some namespaces,
+    sampled until stopped."""
+
+    def __init__(self, namespaces: list[str]):
+        super().__init__(daemon=True)
+        self.namespaces = namespaces
+        self.peaks: dict[tuple[str, int], int] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for ns in self.namespaces:
+                pids = subprocess.run(["ip", "netns", "pids", ns],  # noqa: S603, S607
+                                      capture_output=True, text=True, check=False).stdout.split()
+                for pid in map(int, pids):
+                    try:
+                        status = Path(f"/proc/{pid}/status").read_text()
+                    except OSError:
+                        continue
+                    found = re.search(r"VmHWM:\s+(\d+)", status)
+                    if found and "ssh" not in status.split("\n", 1)[0]:
+                        key = (ns, pid)
+                        self.peaks[key] = max(self.peaks.get(key, 0), int(found.group(1)))
+
+
+def test_a_100_mib_copy_and_fetch_through_two_hops_keep_the_hops_memory_bounded(chain, tmp_path):
+    """The transfer window holds across hops: the hops' agents never hold the file."""
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(100 << 20))
+    sampler = PeakMemory(chain.namespaces[:2])
+    sampler.start()
+    try:
+        run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
+                                   inventory=inventory(tmp_path / "inv.ini", chain, "hop2"),
+                                   extra_args=("-e", f"big_file={big}", "--limit", "app1"))
+    finally:
+        sampler.done.set()
+        sampler.join()
+    assert run.returncode == 0, helpers.describe(run)
+    assert (tmp_path / "big.bin.app1").read_bytes() == big.read_bytes()
+    hops = {ns for ns, _ in sampler.peaks}
+    assert hops == set(chain.namespaces[:2]), sampler.peaks
+    # Far below the file's 100 MiB: an agent (~30 MiB) and a few transfer windows of 4 MiB.
+    assert max(sampler.peaks.values()) < 80 << 10, sampler.peaks
 
 
 def test_a_via_through_a_become_account(chain, tmp_path):

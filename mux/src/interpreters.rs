@@ -271,6 +271,7 @@ impl Interpreters {
                         hash,
                         interp,
                         cached,
+                        at_hop: false,
                     });
                     frames.push((blob, if cached { Bytes::new() } else { content }));
                 }

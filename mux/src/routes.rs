@@ -3,7 +3,10 @@
 //! route frames. Each open route is the routed Target's link: bytes from the agent go to its
 //! [`RouteReader`], its exit to the `exit` it waits on, its stderr to its tail.
 
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -26,6 +29,33 @@ struct Route {
     interp: InterpId,
 }
 
+/// The blobs a hop's agent holds because it relayed their content on one of its routes: it
+/// keeps every blob it sees go by and serves it to the later targets behind it, so module code
+/// crosses the hop once. Each interpreter on the hop keeps its own (a route through a become
+/// account runs in that account's interpreter). Shared by the hop's Target and the routed
+/// Targets it carries, each of which decides, as it sends a blob, whether the content must
+/// still cross.
+#[derive(Clone)]
+pub struct RelayedBlobs {
+    /// Hashes whose content went into one of the hop's routes, by the interpreter that runs it.
+    held: Arc<Mutex<HashSet<(InterpId, String)>>>,
+    /// The interpreter on the hop that runs this route.
+    interp: InterpId,
+}
+
+impl RelayedBlobs {
+    /// Whether `hash`'s content must be sent (the first time it goes through this hop);
+    /// after this call the hop counts as holding it. A target behind it that names it before
+    /// the content got there waits on the hop, which has it in flight.
+    pub fn must_send(&self, hash: &str) -> bool {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        held.insert((self.interp, hash.to_owned()))
+    }
+}
+
 /// A Target's routes.
 #[derive(Default)]
 pub struct Routes {
@@ -35,6 +65,8 @@ pub struct Routes {
     waiting: Vec<OpenRoute>,
     /// The number the next route gets.
     next: u64,
+    /// The blobs this Target's interpreters kept while relaying them on its routes.
+    relayed: Arc<Mutex<HashSet<(InterpId, String)>>>,
 }
 
 impl Routes {
@@ -69,6 +101,14 @@ impl Routes {
             },
         );
         (route, RouteReader::new(incoming), exited)
+    }
+
+    /// The blobs interpreter `interp` of this hop holds, for the routed Targets it carries.
+    pub fn relayed(&self, interp: InterpId) -> RelayedBlobs {
+        RelayedBlobs {
+            held: self.relayed.clone(),
+            interp,
+        }
     }
 
     /// Whether `route` is open.
@@ -139,12 +179,14 @@ pub fn started(
     writer: crate::transport::RouteWriter,
     reader: RouteReader,
     exit: oneshot::Receiver<TransportExit>,
+    relayed: RelayedBlobs,
 ) -> Started {
     Started {
         pid: None,
         stdin: Box::new(writer),
         stdout: Box::new(reader),
         exit,
+        hop_blobs: Some(relayed),
     }
 }
 
@@ -171,6 +213,18 @@ mod tests {
             vec!["ssh: connect to host 10.1.2.3 port 22: No route to host"]
         );
         assert!(!routes.is_open(route));
+    }
+
+    #[test]
+    fn a_blob_crosses_a_hop_once_for_every_target_behind_it() {
+        let routes = Routes::default();
+        let (first, second) = (routes.relayed(0), routes.relayed(0));
+        assert!(first.must_send("ab"));
+        assert!(!second.must_send("ab"));
+        assert!(second.must_send("cd"));
+        // A become interpreter on the hop keeps its own; another hop holds nothing yet.
+        assert!(routes.relayed(1).must_send("ab"));
+        assert!(Routes::default().relayed(0).must_send("ab"));
     }
 
     #[test]

@@ -118,6 +118,8 @@ struct Link {
     /// Set when the mux itself killed the transport (timeout, a bad frame, it would not
     /// exit): its exit status then says nothing about what went wrong.
     killed_by_mux: bool,
+    /// For a routed link, the blobs its hop holds (see [`Started::hop_blobs`]).
+    hop_blobs: Option<routes::RelayedBlobs>,
 }
 
 impl Link {
@@ -251,6 +253,7 @@ impl Target {
             }
         };
         self.link.pid = started.pid;
+        self.link.hop_blobs = started.hop_blobs.clone();
         let Phase::Connecting { permit: held, .. } = &mut self.phase else {
             // Shut down while the child was being spawned: its output is not wanted.
             self.link.stdout_closed = true;
@@ -492,7 +495,8 @@ impl Target {
             payload,
         );
         let writer = RouteWriter::new(route, interp, ctx.address().recipient());
-        let _ = reply.send(Ok(routes::started(writer, reader, exit)));
+        let relayed = self.routes.relayed(interp);
+        let _ = reply.send(Ok(routes::started(writer, reader, exit, relayed)));
     }
 
     /// Sends `call` to interpreter `interp`, behind the blobs it has not had yet, and records
@@ -513,6 +517,7 @@ impl Target {
             .interpreters
             .send(interp, call.op, call.args, call.body, call.blobs, in_flight);
         for (frame, body) in frames {
+            let (frame, body) = self.served_by_hop(frame, body);
             self.transmit(frame, body);
         }
         if call.streams {
@@ -522,6 +527,19 @@ impl Target {
                 interp,
                 link: ctx.address().recipient(),
             });
+        }
+    }
+
+    /// A blob whose content the hop in front of this routed target already holds goes as a
+    /// reference the hop answers (module code crosses each hop once); anything else as it is.
+    fn served_by_hop(&self, frame: ToAgent, body: Bytes) -> (ToAgent, Bytes) {
+        match (frame, &self.link.hop_blobs) {
+            (ToAgent::Blob(mut blob), Some(hop)) if !blob.cached && !hop.must_send(&blob.hash) => {
+                debug!(target = %self.name, hash = %blob.hash, "blob served by the hop");
+                blob.at_hop = true;
+                (ToAgent::Blob(blob), Bytes::new())
+            }
+            (frame, _) => (frame, body),
         }
     }
 

@@ -80,6 +80,7 @@ impl Connector for InMemory {
                 stdin: Box::new(write),
                 stdout: Box::new(read),
                 exit,
+                hop_blobs: None,
             })
         })
     }

@@ -236,7 +236,7 @@ pub struct AgentCall {
     pub args: Value,
 }
 
-/// `{"type": "blob", "hash": "<sha1 hex>", "interp": 3, "cached": true?}`.
+/// `{"type": "blob", "hash": "<sha1 hex>", "interp": 3, "cached": true?, "at_hop": true?}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentBlob {
     /// Lower-case SHA-1 hex digest of the content.
@@ -247,6 +247,11 @@ pub struct AgentBlob {
     /// frame has no body and only names it.
     #[serde(default, skip_serializing_if = "Not::not")]
     pub cached: bool,
+    /// The hop in front of this routed target holds the content (it kept it while relaying
+    /// it to a target behind it), so the frame has no body: the hop puts the content in a
+    /// blob frame of its own right behind it, and the agent takes this one for a no-op.
+    #[serde(default, skip_serializing_if = "Not::not")]
+    pub at_hop: bool,
 }
 
 /// A call on one interpreter: `{"id": 12, "interp": 3}`.
@@ -586,10 +591,21 @@ mod tests {
             hash: "ab".into(),
             interp: 0,
             cached: false,
+            at_hop: false,
         });
         assert_eq!(
             Value::Object(blob.to_frame(Bytes::new()).unwrap().header),
             json!({"type": "blob", "hash": "ab", "interp": 0})
+        );
+        let served_by_hop = ToAgent::Blob(AgentBlob {
+            hash: "ab".into(),
+            interp: 2,
+            cached: false,
+            at_hop: true,
+        });
+        assert_eq!(
+            Value::Object(served_by_hop.to_frame(Bytes::new()).unwrap().header),
+            json!({"type": "blob", "hash": "ab", "interp": 2, "at_hop": true})
         );
         let shutdown = ToAgent::Shutdown.to_frame(Bytes::new()).unwrap();
         assert_eq!(Value::Object(shutdown.header), json!({"type": "shutdown"}));

@@ -57,6 +57,17 @@ fn to_agent() -> Vec<(&'static str, ToAgent, &'static [u8])> {
                 hash: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into(),
                 interp: 3,
                 cached: true,
+                at_hop: false,
+            }),
+            b"",
+        ),
+        (
+            "to_blob_at_hop",
+            ToAgent::Blob(AgentBlob {
+                hash: "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d".into(),
+                interp: 0,
+                cached: false,
+                at_hop: true,
             }),
             b"",
         ),

@@ -187,6 +187,9 @@ class Agent(AgentOps):
     def dispatch(self, header, body):
         kind = header.get('type')
         interp = header.get('interp') or 0
+        if kind == 'blob' and header.get('at_hop'):
+            # The hop in front of us put the content in a blob frame right behind this one.
+            return
         if interp and kind in ('call', 'blob', 'cancel', 'chunk', 'put_end', 'ack', 'heartbeat', *ROUTE_FRAMES):
             self.relay(interp, header, body)
         elif kind in ROUTE_FRAMES:
@@ -435,9 +438,15 @@ class Agent(AgentOps):
         if not header.pop('cached', False):
             self.store_blob(digest, body)
             return body
+        content = self.held_blob(digest)
+        if content is None:
+            self.log('error', 'blob %s was sent as cached but this agent does not hold it' % digest)
+        return content
+
+    def held_blob(self, digest):
+        """A blob this agent keeps, as the base64 text it arrived as; None if it has none."""
         fd = self.blob_fds.get(digest)
         if fd is None:
-            self.log('error', 'blob %s was sent as cached but this agent does not hold it' % digest)
             return None
         # From the descriptor kept on it: the temp dir may have been removed meanwhile.
         return base64.b64encode(os.pread(fd, os.fstat(fd).st_size, 0))

@@ -1,12 +1,14 @@
 """Connection delegation: the next hop's transport, started and relayed by this agent (mitogen_via)."""
 
 import fcntl
+import json
 import os
 import selectors
 import signal
+import zlib
 
-from ansible_ferrogen.frames import TRANSFER_WINDOW
-from .link import write_all
+from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, MAX_HEADER, TRANSFER_WINDOW, encode_frame, take_frame
+from .link import SEGMENT_MAX, SEGMENT_PREFIX, write_all
 from .transfers import F_SETPIPE_SZ
 
 
@@ -28,11 +30,151 @@ class RouteStream:
         self.name = name
 
 
+class RouteInput:
+    """What the mux sends the agent behind this hop, read as it goes by: each blob (module zip)
+    whose content crosses is kept here, and a blob sent `at_hop` (content this hop holds) gets
+    that content in a blob frame of ours right behind it, so module code crosses the hop once.
+
+    The stream is the mux's agent link: plain frames and deflate segments (link.py). Every unit
+    goes on byte for byte; segments are inflated beside it only to see their frames, and a
+    plain frame's body streams through without being held. A frame of ours goes in only where
+    a frame ends. A reference to a blob whose content another route still carries holds the
+    stream back until that content arrives. A stream that turns out not to be a link (what a
+    test pipes through `cat`) passes as it is from there on."""
+
+    def __init__(self, route):
+        self.route = route
+        self.pending = bytearray()
+        self.inflater = zlib.decompressobj(-15)
+        self.inflated = bytearray()
+        # Bytes of a plain frame's body still to pass.
+        self.passing = 0
+        # (hash, interp) of the blobs to put in at the next frame boundary.
+        self.served = []
+        # Set while feed() runs, so that a blob it keeps resumes the other routes only.
+        self.feeding = False
+        # The mux closed the route while this input was held back: close once it drained.
+        self.closing = False
+        # Set at the first thing that is no frame of the link: the rest passes as it is.
+        self.opaque = False
+
+    def held_back(self):
+        """Whether the stream waits for a blob another route brings."""
+        return bool(self.served)
+
+    def rest(self):
+        """What is left at the end of the stream (nothing, from the mux)."""
+        return self.take(len(self.pending))
+
+    def feed(self, agent, data):
+        """The bytes to write for what arrived, with the blobs this hop serves put in."""
+        self.pending += data
+        self.feeding = True
+        try:
+            return self.feed_pending(agent)
+        finally:
+            self.feeding = False
+
+    def feed_pending(self, agent):
+        out = []
+        while not self.opaque:
+            if self.passing:
+                piece = self.take(min(self.passing, len(self.pending)))
+                if not piece:
+                    break
+                out.append(piece)
+                self.passing -= len(piece)
+                continue
+            if self.served and not self.inflated and not self.serve(agent, out):
+                break
+            unit = self.next_unit(agent)
+            if unit is None:
+                break
+            out.append(unit)
+        if self.opaque:
+            out.append(self.rest())
+        return b''.join(out)
+
+    def serve(self, agent, out):
+        """Put in the blobs referred to; False while one of them has not arrived."""
+        while self.served:
+            digest, interp = self.served[0]
+            content = agent.held_blob(digest)
+            if content is None:
+                return False
+            agent.log('debug', 'route %s: blob %s served from this hop' % (self.route, digest))
+            out.append(encode_frame({'type': 'blob', 'hash': digest, 'interp': interp}, content))
+            self.served.pop(0)
+        return True
+
+    def next_unit(self, agent):
+        """The next whole segment, a plain frame's prefix and header (its body then passes), or
+        a whole plain blob frame; None until it has arrived."""
+        pending = self.pending
+        if not pending:
+            return None
+        if pending[0] & 0x80:
+            if len(pending) < SEGMENT_PREFIX.size:
+                return None
+            end = SEGMENT_PREFIX.size + (SEGMENT_PREFIX.unpack_from(pending)[0] & SEGMENT_MAX)
+            if len(pending) < end:
+                return None
+            unit = self.take(end)
+            self.inflated += self.inflater.decompress(unit[SEGMENT_PREFIX.size:])
+            frame = take_frame(self.inflated)
+            while frame is not None:
+                self.observe(agent, *frame)
+                frame = take_frame(self.inflated)
+            return unit
+        if len(pending) < FRAME_PREFIX.size:
+            return None
+        header_len, body_len = FRAME_PREFIX.unpack_from(pending)
+        if header_len > MAX_HEADER or body_len > MAX_BODY:
+            self.opaque = True
+            return None
+        header_end = FRAME_PREFIX.size + header_len
+        if len(pending) < header_end:
+            return None
+        try:
+            header = json.loads(bytes(pending[FRAME_PREFIX.size:header_end]).decode('utf-8'))
+        except ValueError:
+            self.opaque = True
+            return None
+        if not isinstance(header, dict):
+            self.opaque = True
+            return None
+        if header.get('type') == 'blob':
+            if len(pending) < header_end + body_len:
+                return None
+            unit = self.take(header_end + body_len)
+            self.observe(agent, header, unit[header_end:])
+            return unit
+        self.passing = body_len
+        return self.take(header_end)
+
+    def observe(self, agent, header, body):
+        if header.get('type') != 'blob':
+            return
+        if header.get('at_hop'):
+            self.served.append((header['hash'], header.get('interp') or 0))
+        elif body and agent.held_blob(header['hash']) is None:
+            agent.store_blob(header['hash'], body)
+            agent.log('debug', 'route %s: kept blob %s (%d bytes) for the targets behind this hop'
+                      % (self.route, header['hash'], len(body)))
+            resume_routes(agent)
+
+    def take(self, size):
+        unit = bytes(self.pending[:size])
+        del self.pending[:size]
+        return unit
+
+
 class Route:
     """A next hop's transport, started in a session of its own with piped stdio."""
 
     def __init__(self, number, argv):
         self.number = number
+        self.input = RouteInput(number)
         self.stderr = bytearray()
         self.status = None
         self.open_streams = 2
@@ -61,8 +203,18 @@ class Route:
         for stream in self.streams:
             os.set_blocking(stream.fd, False)
 
+    def relay(self, agent, data):
+        """Bytes from the mux for the agent behind this hop, served blobs put in."""
+        self.write(self.input.feed(agent, data))
+        if self.input.closing and not self.input.held_back():
+            self.end_input()
+
+    def end_input(self):
+        self.write(self.input.rest())
+        self.close_input()
+
     def write(self, data):
-        if self.stdin_w is not None:
+        if self.stdin_w is not None and data:
             try:
                 write_all(self.stdin_w, data)
             except OSError:
@@ -135,9 +287,18 @@ def on_route_frame(agent, kind, header, body):
     if route is None:
         return
     if kind == 'route_data':
-        route.write(body)
+        route.relay(agent, body)
+    elif route.input.held_back():
+        route.input.closing = True
     else:
-        route.close_input()
+        route.end_input()
+
+
+def resume_routes(agent):
+    """A blob arrived: the routes held back waiting for it go on."""
+    for route in list(agent.routes.values()):
+        if route.input.held_back() and not route.input.feeding:
+            route.relay(agent, b'')
 
 
 def stop_routes(agent):

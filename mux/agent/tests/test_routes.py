@@ -4,16 +4,28 @@ its exit status and stderr tail (route_closed)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import zlib
+
+import ferrogen_agent
+
 
 def frames_until_closed(agent, route):
-    output, closed = b'', None
-    while closed is None:
+    return routes_until_closed(agent, route)[route]
+
+
+def routes_until_closed(agent, *routes):
+    """Each route's output and its route_closed frame, once every one of them closed."""
+    output = {route: b'' for route in routes}
+    closed = {}
+    while len(closed) < len(routes):
         header, body = agent.read()
-        if header.get('type') == 'route_data' and header['route'] == route:
-            output += body
-        elif header.get('type') == 'route_closed' and header['route'] == route:
-            closed = header
-    return output, closed
+        if header.get('type') == 'route_data' and header['route'] in output:
+            output[header['route']] += body
+        elif header.get('type') == 'route_closed' and header['route'] in output:
+            closed[header['route']] = header
+    return {route: (output[route], closed[route]) for route in routes}
 
 
 def test_a_route_relays_stdio_and_reports_how_it_ended(agent):
@@ -43,3 +55,34 @@ def test_routes_are_independent(agent):
     agent.send({'type': 'route_close', 'route': 1})
     output, closed = frames_until_closed(agent, 1)
     assert output == b'one' and closed['status'] == 0
+
+
+def blob(content: bytes) -> tuple[str, bytes]:
+    """A module zip as the mux sends it: base64 text, named by the SHA-1 of that text."""
+    text = base64.b64encode(content)
+    return hashlib.sha1(text).hexdigest(), text  # noqa: S324 - the blob store's own naming
+
+
+def test_a_hop_keeps_the_blobs_it_relays_and_serves_them_to_the_next_route(agent):
+    agent_module = ferrogen_agent.load()
+    digest, text = blob(b'module zip ' * 50)
+    content_frame = agent_module.encode_frame({'type': 'blob', 'hash': digest, 'interp': 0}, text)
+    call = agent_module.encode_frame({'type': 'call', 'id': 1, 'op': 'ping'}, b'x' * 10000)
+    # The first route gets the content inside deflate segments, as the mux sends it.
+    deflater = zlib.compressobj(1, zlib.DEFLATED, -15)
+    compressed = agent_module.segments(deflater.compress(content_frame) + deflater.flush(zlib.Z_SYNC_FLUSH))
+    reference = {'type': 'blob', 'hash': digest, 'interp': 2, 'at_hop': True}
+    # The second route names it before the first has it: it waits for it.
+    agent.send({'type': 'route_open', 'route': 2, 'argv': ['cat']})
+    agent.send({'type': 'route_data', 'route': 2}, agent_module.encode_frame(reference) + call)
+    agent.send({'type': 'route_close', 'route': 2})
+    agent.send({'type': 'route_open', 'route': 1, 'argv': ['cat']})
+    agent.send({'type': 'route_data', 'route': 1}, compressed + call[:100])
+    agent.send({'type': 'route_data', 'route': 1}, call[100:])
+    agent.send({'type': 'route_close', 'route': 1})
+    ended = routes_until_closed(agent, 1, 2)
+    output, closed = ended[1]
+    assert output == compressed + call and closed['status'] == 0
+    output, closed = ended[2]
+    served = agent_module.encode_frame({'type': 'blob', 'hash': digest, 'interp': 2}, text)
+    assert output == agent_module.encode_frame(reference) + served + call

@@ -210,6 +210,9 @@ pub struct Started {
     pub stdout: AgentReader,
     /// Resolves once the transport has ended (and its last stderr was read).
     pub exit: oneshot::Receiver<TransportExit>,
+    /// For a link routed through a hop: the blobs that hop already holds, which it serves
+    /// in place of sending their content again.
+    pub hop_blobs: Option<crate::routes::RelayedBlobs>,
 }
 
 /// What [`Connector::connect`] returns.
@@ -348,6 +351,7 @@ pub async fn start(request: ConnectRequest) -> Result<Started, String> {
         stdin: Box::new(stdin),
         stdout: Box::new(stdout),
         exit,
+        hop_blobs: None,
     })
 }
 
