@@ -207,16 +207,7 @@ def processes_with(secret: bytes, namespaces: list[str], marker: str) -> tuple[l
                 pids.add(int(environ.split("/")[2]))
         except OSError:
             continue
-    seen = []
-    for pid in pids:
-        for part in ("cmdline", "environ"):
-            try:
-                data = Path(f"/proc/{pid}/{part}").read_bytes()
-            except OSError:
-                continue
-            if secret in data:
-                seen.append(f"/proc/{pid}/{part}: {data[:200]!r}")
-    return seen, pids
+    return helpers.secret_in_processes(secret, pids)[0], pids
 
 
 def test_the_last_hop_logs_in_by_password_answered_by_the_hop_before_it(chain, tmp_path):
