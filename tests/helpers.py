@@ -269,3 +269,19 @@ def machine_pythons() -> dict[str, tuple[int, int]]:
     if os.access(DEBIAN_PYTHON, os.X_OK):
         found[DEBIAN_PYTHON] = version_of(DEBIAN_PYTHON)
     return found
+
+
+def secret_in_processes(secret: bytes, pids) -> tuple[list[str], set[tuple[int, str]]]:
+    """Where `secret` shows in the command line or environment of `pids` ("/proc/PID/PART:
+    the start of it"), and which of those files could be read."""
+    seen, read = [], set()
+    for pid in pids:
+        for part in ("cmdline", "environ"):
+            try:
+                data = Path(f"/proc/{pid}/{part}").read_bytes()
+            except OSError:
+                continue
+            read.add((pid, part))
+            if secret in data:
+                seen.append(f"/proc/{pid}/{part}: {data[:200]!r}")
+    return seen, read

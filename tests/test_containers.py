@@ -278,3 +278,49 @@ def test_stubbed_tool_gets_the_exact_command_line(tmp_path, tool_name, variables
     calls = [json.loads(line) for line in Path(f"{tool}.calls").read_text().splitlines()]
     assert calls, "the stub never ran"
     assert all(call[:len(expected)] == expected for call in calls), calls
+
+
+def test_a_docker_container_as_an_intermediary(container, tmp_path):
+    """mitogen_via through a docker-connection host: the container's agent starts the next
+    hop's transport inside the container (here a local one: a second interpreter there) and
+    relays it; directly, and with an ssh hop before the container (ssh -> docker -> local)."""
+    inventory = container_inventory(tmp_path, [
+        "behind ansible_connection=local mitogen_via=ctr",
+        "deeper ansible_connection=local mitogen_via=ctr_by_ssh",
+        "",
+        "[hops]",
+        f"ctr ansible_connection=docker ansible_host={container} ansible_python_interpreter=/usr/bin/python3",
+        # The same container reached through an ssh hop first: ssh -> docker -> local.
+        f"ctr_by_ssh ansible_connection=docker ansible_host={container} mitogen_via=dockerhost",
+        ssh_host_line("dockerhost"),
+    ])  # fmt: skip
+    playbook = tmp_path / "behind.yml"
+    playbook.write_text("""
+- hosts: containers
+  gather_facts: false
+  tasks:
+    - name: where the task ran
+      command: cat /etc/hostname
+      changed_when: false
+    - name: a docker marker
+      stat:
+        path: /.dockerenv
+    - name: a loop in it
+      command: echo item-{{ item }}
+      loop: "{{ range(20) | list }}"
+      changed_when: false
+    - name: the route a task takes
+      ferrogen.mux.mitogen_get_stack:
+""")
+    run = run_playbook(playbook, ferrogen=True, tmp_path=tmp_path, inventory=inventory,
+                       extra_env={"ANSIBLE_COLLECTIONS_PATH": str(REPO / "plugin")})
+    assert run.returncode == 0, describe(run)
+    container_id = subprocess.run(["docker", "inspect", "-f", "{{.Config.Hostname}}", container],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    for host, route in (("behind", ["docker", "local"]), ("deeper", ["ssh", "docker", "local"])):
+        assert run.task(host, "where the task ran")["stdout"] == container_id
+        assert run.task(host, "a docker marker")["result"]["stat"]["exists"]
+        assert [i["stdout"] for i in run.task(host, "a loop in it")["result"]["results"]] == [
+            f"item-{n}" for n in range(20)]
+        stack = run.task(host, "the route a task takes")["result"]["result"]
+        assert [hop["method"] for hop in stack] == route, stack

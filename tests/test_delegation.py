@@ -259,3 +259,98 @@ def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconn
     for result in after.values():
         assert result["status"] == "ok" and chain.hosts[2] in result["stdout"], result
     assert chain.logins(0) == 2, chain.log(0)
+
+
+# --------------------------------------------------------------------------- hop passwords
+
+# ferropw logs in by password only (ci/setup.sh), on every namespace's sshd too: they share
+# this machine's accounts and the test sshd's configuration.
+HOP_PASSWORD = "ferropw-secret-31"
+
+PASSWORD_PLAY = """
+- hosts: finals
+  gather_facts: false
+  tasks:
+    - name: addresses of the host the task ran on
+      command: ip -4 -o addr show
+      changed_when: false
+    - name: who am i
+      command: id -un
+      changed_when: false
+    - name: a module behind the hops
+      ping:
+    - name: a while, for the processes to be looked at
+      command: sleep 3
+      changed_when: false
+"""
+
+
+def processes_with(secret: bytes, namespaces: list[str], marker: str) -> tuple[list[str], set[int]]:
+    """Where `secret` is in the command line or environment of the run's processes: those of
+    the chain's namespaces (hop agents, their ssh clients, the target's interpreters) and those
+    whose environment names the run's directory (ansible-playbook, workers, the mux, its ssh)."""
+    pids = set()
+    for ns in namespaces:
+        listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)  # noqa: S603, S607
+        pids |= {int(pid) for pid in listed.stdout.split()}
+    for environ in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            if marker.encode() in Path(environ).read_bytes():
+                pids.add(int(environ.split("/")[2]))
+        except OSError:
+            continue
+    return helpers.secret_in_processes(secret, pids)[0], pids
+
+
+def test_the_last_hop_logs_in_by_password_answered_by_the_hop_before_it(chain, tmp_path):
+    """hop2's agent runs app1's ssh (the mux cannot reach host 3): the password prompt is
+    answered there, on a terminal that agent opens; a wrong password fails naming hop2 with
+    ssh's own refusal; the password shows in no output, log, command line or environment."""
+    h1, h2, h3 = chain.hosts
+    path = tmp_path / "inv.ini"
+    password_login = "ansible_user=ferropw ansible_ssh_private_key_file=/nonexistent"
+    path.write_text(f"""
+[hops]
+hop1 ansible_host={h1}
+hop2 ansible_host={h2} mitogen_via=hop1
+[finals]
+app1 ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password={HOP_PASSWORD}
+app_kbd ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password={HOP_PASSWORD} ansible_ssh_extra_args='-o PreferredAuthentications=keyboard-interactive'
+app_wrong ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password=not-the-password
+{CHAIN_VARS}""")
+    since = time.time() - 1
+    found: list[str] = []
+    looked_at: set[int] = set()
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen, pids = processes_with(HOP_PASSWORD.encode(), chain.namespaces, str(tmp_path))
+            found.extend(seen)
+            looked_at.update(pids)
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        playbook = tmp_path / "password_hop.yml"
+        playbook.write_text(PASSWORD_PLAY)
+        run = helpers.run_playbook(playbook, ferrogen=True, tmp_path=tmp_path, inventory=path,
+                                   extra_args=("-vvvv",), extra_env={"MITOGEN_ROUTER_DEBUG": "1"})
+    finally:
+        done.set()
+        watcher.join()
+    for host in ("app1", "app_kbd"):
+        assert run.task(host, "who am i")["stdout"] == "ferropw", helpers.describe(run)
+        assert h3 in run.task(host, "addresses of the host the task ran on")["stdout"]
+    wrong = run.task("app_wrong", "addresses of the host the task ran on")
+    assert wrong["unreachable"], wrong
+    assert "Permission denied" in wrong["msg"] and "hop2" in wrong["msg"], wrong["msg"]
+    assert "Accepted password for ferropw" in chain.log(2) or "Accepted keyboard-interactive" in chain.log(2)
+    assert chain.logins(0) == 1 and chain.logins(1) == 1, (chain.log(0), chain.log(1))
+    assert not found, found
+    assert len(looked_at) > 5, looked_at
+    logs = [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
+    for name, text in [("output", run.output)] + [(str(p), p.read_text(errors="replace")) for p in logs]:
+        assert HOP_PASSWORD not in text, f"the password appears in {name}"
+        assert "not-the-password" not in text, f"the wrong password appears in {name}"

@@ -112,15 +112,9 @@ def test_the_password_is_nowhere_at_vvvv_with_router_debug(tmp_path):
             pids = set(our_processes(proc.pid))
             # The target's interpreters are children of sshd, not of the run: ferropw's.
             pids |= {int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*") if _owner(p) == "ferropw"}
-            for pid in pids:
-                for part in ("cmdline", "environ"):
-                    try:
-                        data = Path(f"/proc/{pid}/{part}").read_bytes()
-                    except OSError:
-                        continue
-                    looked_at.add((pid, part))
-                    if secret in data:
-                        seen.append(f"/proc/{pid}/{part}: {data[:200]!r}")
+            shown, read = helpers.secret_in_processes(secret, pids)
+            seen.extend(shown)
+            looked_at.update(read)
             time.sleep(0.1)
 
     watcher = threading.Thread(target=watch)
@@ -257,10 +251,13 @@ def test_host_key_checking_on_accepts_a_known_key(run_playbook, tmp_path, fresh_
 # --------------------------------------------------------------------------- process names
 
 
+@pytest.mark.parametrize("connection", ["ssh", "local"])
 @pytest.mark.parametrize("masked", [False, True], ids=["named", "masked"])
-def test_target_interpreters_are_named_as_mitogen_names_them(run_playbook, tmp_path, masked):
+def test_target_interpreters_are_named_as_mitogen_names_them(run_playbook, tmp_path, masked, connection):
     extra = "mitogen_mask_remote_name=true" if masked else ""
-    inventory = write_inventory(tmp_path / "inv.ini", [ssh_host_line("nopw", user="ferronopw", extra=extra)])
+    host = (ssh_host_line("nopw", user="ferronopw", extra=extra) if connection == "ssh"
+            else f"nopw ansible_connection=local ansible_python_interpreter=/usr/bin/python3 {extra}")
+    inventory = write_inventory(tmp_path / "inv.ini", [host])
     run = run_playbook("ssh_process_names.yml", ferrogen=True, inventory=inventory)
     assert run.returncode == 0, describe(run)
     login = run.task("nopw", "ancestors of a login task")["stdout"].splitlines()

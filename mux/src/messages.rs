@@ -317,6 +317,8 @@ pub struct OpenRoute {
     pub via: TargetSpec,
     /// The next hop's command line, as the mux would run it itself.
     pub argv: Vec<String>,
+    /// What the hop's agent answers at the transport's prompts (ssh with a password).
+    pub prompts: Option<worker_ipc::RoutePrompts>,
     /// Written to the route's stdin first: the next hop's bootstrap payload.
     pub payload: Bytes,
     /// Where the route's stderr goes, for the routed Target's messages.

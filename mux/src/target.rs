@@ -473,6 +473,7 @@ impl Target {
     fn open_route(&mut self, request: OpenRoute, ctx: &mut Context<Self>) {
         let OpenRoute {
             argv,
+            prompts,
             payload,
             stderr_tail,
             name,
@@ -491,6 +492,7 @@ impl Target {
                 route,
                 interp,
                 argv,
+                prompts,
             }),
             payload,
         );
@@ -800,6 +802,12 @@ impl Target {
         };
         let kind = transport::kind_of(self.spec.transport);
         let transport = kind.label();
+        // A hop's agent ran the transport (mitogen_via): say which hop, as the failure is
+        // there.
+        let on_hop = match self.spec.via.as_deref() {
+            Some(hop) => format!(" on {}", hop.name.as_deref().unwrap_or("the hop")),
+            None => String::new(),
+        };
         let pid = self
             .link
             .pid
@@ -817,14 +825,14 @@ impl Target {
             !self.link.killed_by_mux && matches!(reason, AGENT_CLOSED_OUTPUT | TRANSPORT_EXITED);
         let agent_pid = agent.and_then(AgentInfo::pid);
         let mut detail = match (on_its_own, agent_pid) {
-            (true, _) if signalled => format!("{transport}{pid} was {status}"),
+            (true, _) if signalled => format!("{transport}{on_hop}{pid} was {status}"),
             // ssh itself ended normally: the remote end went away.
             (true, Some(agent)) if kind.is_remote() => format!(
                 "the interpreter on the target (pid {agent}) died or its connection closed \
-                 ({transport} {status})"
+                 ({transport}{on_hop} {status})"
             ),
-            (true, _) => format!("{transport}{pid} ended: {status}"),
-            (false, _) => format!("{reason}; {transport}{pid} {status}"),
+            (true, _) => format!("{transport}{on_hop}{pid} ended: {status}"),
+            (false, _) => format!("{reason}; {transport}{on_hop}{pid} {status}"),
         };
         match self.link.stderr.lines().as_slice() {
             [] => {}

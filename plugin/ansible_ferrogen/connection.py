@@ -109,6 +109,11 @@ SSH_EXTRA_OPTIONS = {
     'mask_remote_name': MASK_REMOTE_NAME_OPTION,
 }
 
+# The options ferrogen's local plugins have beyond ansible.builtin.local's.
+LOCAL_EXTRA_OPTIONS = {
+    'mask_remote_name': MASK_REMOTE_NAME_OPTION,
+}
+
 # The most -v ssh takes.
 SSH_MAX_DEBUG_LEVEL = 3
 
@@ -384,6 +389,14 @@ class Connection(ConnectionBase):
         become account's spec. as_become is what the call asks for: a become command, or a
         transfer that transfers_as_become() gives to the become account."""
         return self.become_account() if as_become else None
+
+    def optional(self, option: str):
+        """An option this ansible-core may not have (the ssh plugin's `verbosity` came in
+        2.19); None where it lacks it."""
+        try:
+            return self.get_option(option)
+        except (KeyError, AnsibleError):
+            return None
 
     def inventory_name(self) -> str | None:
         """The host's inventory name, where the plugin's options define it."""
@@ -888,14 +901,6 @@ class SshConnection(Connection):
             **self.login_settings(),
         }
 
-    def optional(self, option: str):
-        """An option this ansible-core may not have (the ssh plugin's `verbosity` came in
-        2.19); None where it lacks it."""
-        try:
-            return self.get_option(option)
-        except (KeyError, AnsibleError):
-            return None
-
     def login_settings(self) -> dict:
         """The TargetSpec's password, ssh debug level, keepalive and process name fields; each
         left out where unset, as the mux's defaults then apply."""
@@ -960,4 +965,5 @@ class LocalConnection(Connection):
             'python': self.python_interpreter(),
             'temp_dirs': self.temp_dirs(),
             'name': self.inventory_name() or 'localhost',
+            **({'mask_remote_name': True} if self.optional('mask_remote_name') else {}),
         }

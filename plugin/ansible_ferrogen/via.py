@@ -80,7 +80,7 @@ def hop_spec(name: str, hop_vars, hostvars, seen: list[str]) -> dict:
     if not isinstance(plugin, Connection):
         raise AnsibleConnectionFailure(
             f'{VIA_VAR}: hop {name} uses connection {kind!r}, which ferrogen cannot route through '
-            f'(ssh and local hops can be)')
+            f'(ssh, local and container hops can be)')
     wanted = set(HOP_VARS)
     for var in C.config.get_plugin_vars('connection', plugin._load_name):
         wanted.add(var)

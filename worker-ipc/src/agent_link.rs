@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::{Map, Value};
 
-use crate::{Ack, BecomeSpec, Chunk, ErrorInfo, ErrorKind, Frame, FrameError, Reply};
+use crate::{Ack, BecomeSpec, Chunk, ErrorInfo, ErrorKind, Frame, FrameError, Reply, Secret};
 
 /// An interpreter's number on the agent link.
 pub type InterpId = u32;
@@ -168,6 +168,26 @@ pub struct RouteOpen {
     pub interp: InterpId,
     /// The next hop's command line, built by the mux as if it ran it itself.
     pub argv: Vec<String>,
+    /// What the agent answers on a terminal it opens for the process (a hop's ssh that logs
+    /// in with a password); none: the process gets no terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<RoutePrompts>,
+}
+
+/// `{"password": "...", "accept_host_key": false}`: the answers to a route's ssh prompts.
+/// The password rides in this frame and nowhere else (never on the command line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutePrompts {
+    /// The login password, typed at the first password prompt.
+    #[serde(serialize_with = "secret_for_agent")]
+    pub password: Secret,
+    /// Whether an unknown host key is accepted (host key checking off).
+    pub accept_host_key: bool,
+}
+
+/// Writes a [`Secret`] itself, which its own `Serialize` redacts.
+fn secret_for_agent<S: Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose())
 }
 
 /// One route: `{"route": 4, "interp": 0}`.
@@ -609,6 +629,24 @@ mod tests {
         );
         let shutdown = ToAgent::Shutdown.to_frame(Bytes::new()).unwrap();
         assert_eq!(Value::Object(shutdown.header), json!({"type": "shutdown"}));
+    }
+
+    #[test]
+    fn route_open_carries_the_password_that_debug_redacts() {
+        let open = ToAgent::RouteOpen(RouteOpen {
+            route: 4,
+            interp: 0,
+            argv: vec!["ssh".into(), "h".into()],
+            prompts: Some(RoutePrompts {
+                password: Secret::new("pw-31"),
+                accept_host_key: false,
+            }),
+        });
+        assert!(!format!("{open:?}").contains("pw-31"));
+        let header = open.to_frame(Bytes::new()).unwrap().header;
+        assert_eq!(header["prompts"]["password"], "pw-31");
+        assert_eq!(header["prompts"]["accept_host_key"], false);
+        assert!(header["argv"].to_string().find("pw-31").is_none());
     }
 
     #[test]

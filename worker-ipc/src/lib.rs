@@ -35,7 +35,7 @@ pub mod target;
 pub use agent_link::{
     AgentAck, AgentBlob, AgentCall, AgentChunk, AgentInfo, AgentLog, AgentPutEnd, CallRef,
     FromAgent, Heartbeat, InterpId, InterpLost, InterpRef, LogLevel, Op, RouteClosed, RouteOpen,
-    RouteRef, Spawn, Spawned, ToAgent, LOGIN_INTERP,
+    RoutePrompts, RouteRef, Spawn, Spawned, ToAgent, LOGIN_INTERP,
 };
 pub use become_spec::{BecomeKey, BecomeSpec, Secret};
 pub use compression::AgentLinkCodec;

@@ -83,6 +83,7 @@ fn to_agent() -> Vec<(&'static str, ToAgent, &'static [u8])> {
                     "10.0.2.2".into(),
                     "exec python3".into(),
                 ],
+                prompts: None,
             }),
             b"bootstrap payload",
         ),

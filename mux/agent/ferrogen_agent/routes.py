@@ -9,6 +9,7 @@ import zlib
 
 from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, MAX_HEADER, TRANSFER_WINDOW, encode_frame, take_frame
 from .link import SEGMENT_MAX, SEGMENT_PREFIX, write_all
+from .route_terminal import RouteTerminal
 from .transfers import F_SETPIPE_SZ
 
 
@@ -170,14 +171,17 @@ class RouteInput:
 
 
 class Route:
-    """A next hop's transport, started in a session of its own with piped stdio."""
+    """A next hop's transport, started in a session of its own with piped stdio; with
+    `prompts` (an ssh that logs in with a password), a terminal whose prompts this agent
+    answers is its controlling one."""
 
-    def __init__(self, number, argv):
+    def __init__(self, number, argv, prompts=None, selector=None):
         self.number = number
         self.input = RouteInput(number)
         self.stderr = bytearray()
         self.status = None
         self.open_streams = 2
+        self.terminal = RouteTerminal(prompts) if prompts else None
         stdin_r, self.stdin_w = os.pipe()
         stdout_r, stdout_w = os.pipe()
         stderr_r, stderr_w = os.pipe()
@@ -185,6 +189,8 @@ class Route:
         if self.pid == 0:
             try:
                 os.setsid()
+                if self.terminal is not None:
+                    self.terminal.become_controlling()
                 for fd, target in ((stdin_r, 0), (stdout_w, 1), (stderr_w, 2)):
                     os.dup2(fd, target)
                 os.execvp(argv[0], argv)
@@ -202,6 +208,18 @@ class Route:
         self.streams = [RouteStream(self, stdout_r, 'stdout'), RouteStream(self, stderr_r, 'stderr')]
         for stream in self.streams:
             os.set_blocking(stream.fd, False)
+        # A process that waits at a prompt reads no stdin, and this agent must stay free to
+        # answer it: with a terminal, stdin is written without blocking, the rest kept until
+        # the process reads (`pending`, flushed when the selector says it is writable).
+        self.selector = selector
+        self.pending = None
+        self.write_waits = False
+        self.closing = False
+        if self.terminal is not None:
+            self.streams.append(RouteStream(self, self.terminal.master, 'terminal'))
+            self.pending = bytearray()
+            os.set_blocking(self.stdin_w, False)
+            self.stdin_stream = RouteStream(self, self.stdin_w, 'stdin')
 
     def relay(self, agent, data):
         """Bytes from the mux for the agent behind this hop, served blobs put in."""
@@ -214,18 +232,52 @@ class Route:
         self.close_input()
 
     def write(self, data):
-        if self.stdin_w is not None and data:
+        if not data:
+            return
+        if self.pending is not None:
+            if self.stdin_w is not None:
+                self.pending += data
+                self.flush_pending()
+        elif self.stdin_w is not None:
             try:
                 write_all(self.stdin_w, data)
             except OSError:
                 self.close_input()
 
+    def flush_pending(self):
+        try:
+            while self.pending:
+                del self.pending[:os.write(self.stdin_w, self.pending)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            self.pending.clear()
+            self.closing = True
+        if self.pending and not self.write_waits:
+            self.selector.register(self.stdin_w, selectors.EVENT_WRITE, self.stdin_stream)
+        elif not self.pending and self.write_waits:
+            self.selector.unregister(self.stdin_w)
+        self.write_waits = bool(self.pending)
+        if self.closing and not self.pending:
+            self.close_input()
+
     def close_input(self):
+        if self.pending:
+            # The mux is done: what it sent still goes, then stdin closes.
+            self.closing = True
+            return
         if self.stdin_w is not None:
             os.close(self.stdin_w)
             self.stdin_w = None
 
     def on_output(self, agent, stream):
+        if stream.name == 'stdin':
+            if self.stdin_w == stream.fd:
+                self.flush_pending()
+            return
+        if stream.name == 'terminal':
+            self.on_terminal(agent, stream)
+            return
         try:
             data = os.read(stream.fd, ROUTE_READ)
         except BlockingIOError:
@@ -240,12 +292,33 @@ class Route:
         elif stream.name == 'stdout':
             agent.channel.send({'type': 'route_data', 'route': self.number}, data)
         else:
-            self.stderr += data
-            del self.stderr[:-ROUTE_STDERR_TAIL]
+            self.keep_stderr(data)
+
+    def on_terminal(self, agent, stream):
+        # The terminal may have closed (the process ended) earlier in this round of events.
+        if self.terminal is None or self.terminal.master != stream.fd:
+            return
+        text = self.terminal.on_readable()
+        if text is None:
+            self.close_terminal(agent)
+        else:
+            self.keep_stderr(text)
+
+    def close_terminal(self, agent):
+        if self.terminal is not None:
+            agent.selector.unregister(self.terminal.master)
+            self.terminal.close()
+            self.terminal = None
+
+    def keep_stderr(self, data):
+        self.stderr += data
+        del self.stderr[:-ROUTE_STDERR_TAIL]
 
     def exited(self, agent, status):
         self.status = status
+        self.drop_pending()
         self.close_input()
+        self.close_terminal(agent)
         self.maybe_closed(agent)
 
     def maybe_closed(self, agent):
@@ -260,7 +333,14 @@ class Route:
         agent.routes.pop(self.number, None)
         agent.channel.send(frame)
 
+    def drop_pending(self):
+        if self.write_waits:
+            self.pending.clear()
+            self.selector.unregister(self.stdin_w)
+            self.write_waits = False
+
     def stop(self):
+        self.drop_pending()
         self.close_input()
         try:
             os.killpg(self.pid, signal.SIGTERM)
@@ -272,7 +352,8 @@ def on_route_frame(agent, kind, header, body):
     number = header.get('route')
     if kind == 'route_open':
         try:
-            route = Route(number, [str(arg) for arg in header.get('argv') or ()])
+            route = Route(number, [str(arg) for arg in header.get('argv') or ()], header.get('prompts'),
+                          agent.selector)
         except Exception as exc:
             agent.channel.send({'type': 'route_closed', 'route': number, 'error': str(exc), 'stderr': ''})
             return

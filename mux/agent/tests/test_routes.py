@@ -9,6 +9,7 @@ import hashlib
 import zlib
 
 import ferrogen_agent
+from ferrogen_agent.route_terminal import PromptReader
 
 
 def frames_until_closed(agent, route):
@@ -86,3 +87,72 @@ def test_a_hop_keeps_the_blobs_it_relays_and_serves_them_to_the_next_route(agent
     output, closed = ended[2]
     served = agent_module.encode_frame({'type': 'blob', 'hash': digest, 'interp': 2}, text)
     assert output == agent_module.encode_frame(reference) + served + call
+
+
+# A stand-in for ssh's password prompt: it reads the answer from its controlling terminal, as
+# ssh does, and says what it got (the answer never appears as terminal text: echo is off).
+TERMINAL_PROMPT = ("printf 'user@h password: ' >/dev/tty; read -r answer </dev/tty; "
+                   "printf 'Password: ' >/dev/tty; read -r again </dev/tty; "
+                   "echo \"got $answer, then [$again]\"")
+
+
+def test_a_route_with_prompts_gets_its_password_on_a_terminal_once(agent):
+    prompts = {'password': 'pw-secret-31', 'accept_host_key': False}
+    agent.send({'type': 'route_open', 'route': 6, 'argv': ['sh', '-c', TERMINAL_PROMPT], 'prompts': prompts})
+    output, closed = frames_until_closed(agent, 6)
+    # The second prompt is declined (end of input): one password per connection.
+    assert output == b'got pw-secret-31, then []\n'
+    assert closed['status'] == 0
+    assert 'pw-secret-31' not in closed['stderr']
+    assert 'password:' in closed['stderr']
+
+
+def test_a_route_without_prompts_has_no_terminal(agent):
+    agent.send({'type': 'route_open', 'route': 7, 'argv': ['sh', '-c', '(: </dev/tty) 2>/dev/null && echo tty || echo none']})
+    output, closed = frames_until_closed(agent, 7)
+    assert output == b'none\n', closed
+
+
+def test_host_keys_follow_host_key_checking():
+    prompt = (b"The authenticity of host '[10.0.0.2]:22' can't be established.\n"
+              b"Are you sure you want to continue connecting (yes/no/[fingerprint])? ")
+    for accept, typed in ((True, b'yes\n'), (False, b'no\n')):
+        reader = PromptReader('pw', accept)
+        assert reader.typed(reader.feed(prompt)) == typed
+    reader = PromptReader('pw', False)
+    assert reader.feed(b'Welcome to the bastion\n') is None
+    assert reader.feed(b'Verification code: ') == 'decline'
+
+
+def test_routes_with_prompts_one_after_another(agent):
+    """Routes whose process ends at once, its terminal with it, beside ones that answer: the
+    agent keeps relaying (a terminal closed in one round of events is not read again)."""
+    prompts = {'password': 'pw', 'accept_host_key': False}
+    for number in range(10, 14):
+        agent.send({'type': 'route_open', 'route': number + 100, 'prompts': prompts,
+                    'argv': ['sh', '-c', "printf 'x password: ' >/dev/tty; exit 255"]})
+        agent.send({'type': 'route_open', 'route': number, 'argv': ['sh', '-c', TERMINAL_PROMPT], 'prompts': prompts})
+        output, closed = b'', {}
+        while len(closed) < 2:
+            header, body = agent.read()
+            if header.get('type') == 'route_data' and header['route'] == number:
+                output += body
+            elif header.get('type') == 'route_closed':
+                closed[header['route']] = header
+        assert closed[number + 100]['status'] == 255
+        assert output == b'got pw, then []\n', closed
+
+
+def test_a_route_at_its_prompts_does_not_block_the_agent_with_its_input(agent):
+    """ssh reads no stdin before it logs in, and the agent must answer its prompts meanwhile:
+    input bigger than any pipe waits in the agent, while the process is prompted twice."""
+    prompts = {'password': 'pw', 'accept_host_key': False}
+    script = ("printf 'x password: ' >/dev/tty; read -r a </dev/tty; "
+              "printf 'Verification code: ' >/dev/tty; read -r b </dev/tty; wc -c")
+    payload = b'x' * (3 << 20)
+    agent.send({'type': 'route_open', 'route': 20, 'argv': ['sh', '-c', script], 'prompts': prompts}, payload)
+    agent.send({'type': 'route_data', 'route': 20}, payload)
+    agent.send({'type': 'route_close', 'route': 20})
+    output, closed = frames_until_closed(agent, 20)
+    assert int(output) == 2 * len(payload), closed
+    assert closed['status'] == 0

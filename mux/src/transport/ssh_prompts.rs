@@ -23,7 +23,7 @@ use nix::{
 };
 use tokio::{io::unix::AsyncFd, sync::oneshot};
 use tracing::debug;
-use worker_ipc::Secret;
+use worker_ipc::{RoutePrompts, Secret};
 
 use super::StderrTail;
 
@@ -49,6 +49,15 @@ impl PromptAnswers {
         PromptAnswers {
             password,
             accept_host_key: !host_key_checking,
+        }
+    }
+
+    /// The same answers for a hop's agent to type, where the ssh runs on a hop
+    /// (`mitogen_via`): sent in the route's `route_open` frame.
+    pub fn for_route(&self) -> RoutePrompts {
+        RoutePrompts {
+            password: self.password.clone(),
+            accept_host_key: self.accept_host_key,
         }
     }
 }

@@ -19,7 +19,7 @@ use tokio::{
 };
 use worker_ipc::InterpId;
 
-use super::{argv_for, ConnectRequest, Connecting, Connector};
+use super::{argv_for, kind_of, ConnectRequest, Connecting, Connector};
 use crate::messages::{OpenRoute, RouteInput};
 
 /// Connects targets with a `via` through their hop, the others with `direct`.
@@ -43,6 +43,10 @@ impl Connector for Routed {
             ..
         } = request;
         let argv = argv_for(&spec, &bootstrap);
+        // The hop's agent answers the transport's prompts, as the mux would have.
+        let prompts = kind_of(spec.transport)
+            .prompt_answers(&spec)
+            .map(|answers| answers.for_route());
         let payload = Bytes::copy_from_slice(bootstrap.payload());
         let registry = self.registry.clone();
         Box::pin(async move {
@@ -50,6 +54,7 @@ impl Connector for Routed {
             registry.do_send(OpenRoute {
                 via: *via,
                 argv,
+                prompts,
                 payload,
                 stderr_tail,
                 name,

@@ -9,10 +9,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..',
 
 from ansible.plugins.connection.local import DOCUMENTATION as _LOCAL_DOCUMENTATION  # noqa: E402
 
-from ansible_ferrogen.connection import LocalConnection, borrow_documentation  # noqa: E402
+from ansible_ferrogen.connection import LOCAL_EXTRA_OPTIONS, LocalConnection, borrow_documentation  # noqa: E402
 
 DOCUMENTATION = borrow_documentation(_LOCAL_DOCUMENTATION, 'mitogen_local',
-                                     'run on the controller through a persistent ferrogen interpreter')
+                                     'run on the controller through a persistent ferrogen interpreter',
+                                     LOCAL_EXTRA_OPTIONS)
 
 
 class Connection(LocalConnection):

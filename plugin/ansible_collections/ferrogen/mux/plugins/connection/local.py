@@ -25,10 +25,10 @@ DOCUMENTATION = """
 """
 
 from ansible_ferrogen import connection_only  # noqa: E402
-from ansible_ferrogen.connection import LocalConnection, reuse_builtin_options  # noqa: E402
+from ansible_ferrogen.connection import LOCAL_EXTRA_OPTIONS, LocalConnection, reuse_builtin_options  # noqa: E402
 
 connection_only.install()
-reuse_builtin_options(__name__, 'local')
+reuse_builtin_options(__name__, 'local', LOCAL_EXTRA_OPTIONS)
 
 
 class Connection(LocalConnection):

@@ -12,9 +12,9 @@ except ImportError:  # a checkout's plugin/ directory on the collections path
 
 from ansible.plugins.connection.local import DOCUMENTATION as _LOCAL_DOCUMENTATION  # noqa: E402
 
-from ansible_ferrogen.connection import options_fragment  # noqa: E402
+from ansible_ferrogen.connection import LOCAL_EXTRA_OPTIONS, options_fragment  # noqa: E402
 
 
 class ModuleDocFragment:
     # Every option of ansible.builtin.local in this ansible-core, plus ferrogen's.
-    DOCUMENTATION = options_fragment(_LOCAL_DOCUMENTATION)
+    DOCUMENTATION = options_fragment(_LOCAL_DOCUMENTATION, LOCAL_EXTRA_OPTIONS)
