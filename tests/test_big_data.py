@@ -7,6 +7,8 @@ workers. A streamed transfer holds at most TRANSFER_WINDOW unacknowledged bytes 
 in each process, whatever the file size; so each process's peak in the big run must stay within
 its peak in the small run (the same code paths, the window full: SMALL is twice the window)
 plus GROWTH_ALLOWED. A frame or buffer holding the whole file would add at least BIG.
+Task outputs (issue 20, item 2's 300 MB output) are checked the same way for the agents and the
+mux; the worker holds an output whole, since Ansible takes it as bytes.
 """
 
 from __future__ import annotations

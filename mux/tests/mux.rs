@@ -122,6 +122,37 @@ impl Client {
         self.reply_to(id)
     }
 
+    /// Runs a streamed `fetch_begin` with `args`, acknowledging each chunk; returns the reply
+    /// and the bytes received.
+    fn fetch_streamed(&mut self, target: Value, args: Value) -> (Frame, Vec<u8>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(
+            Frame::new("call")
+                .with("id", id)
+                .with("target", target)
+                .with("op", "fetch_begin")
+                .with("args", args)
+                .with("blobs", json!([])),
+        );
+        let mut got = Vec::new();
+        loop {
+            let frame = self.recv().unwrap();
+            if frame.header["id"] != id {
+                continue;
+            }
+            match frame.kind() {
+                "reply" => return (frame, got),
+                "chunk" => {
+                    assert_eq!(frame.header["offset"], got.len());
+                    got.extend_from_slice(&frame.body);
+                    self.send(Frame::new("ack").with("id", id).with("bytes", got.len()));
+                }
+                other => panic!("unexpected {other} frame in a fetch"),
+            }
+        }
+    }
+
     /// Sends a call as `become` (a JSON object, or null) without waiting; returns its id.
     fn send_as(&mut self, target: Value, become_spec: Value, op: &str) -> u64 {
         let id = self.next_id;
@@ -740,7 +771,16 @@ fn large_bodies_cross_both_links() {
     let args = json!({"cmd": "cat", "emulate_tty": false});
     let reply = client.call(local(), "exec_command", args, &[], &data);
     assert_eq!(reply.header["result"]["stdout_len"], data.len());
-    assert!(reply.body == data[..], "stdin/stdout corrupted");
+    // Over 1 MiB, the output is fetched in chunks (docs/protocol.md, "Streamed output").
+    let output = reply.header["result"]["output"].clone();
+    assert!(
+        output.is_u64() && reply.body.is_empty(),
+        "{:?}",
+        reply.header
+    );
+    let (fetched, stdout) = client.fetch_streamed(local(), json!({"output": output}));
+    assert_eq!(fetched.header["ok"], true, "{:?}", fetched.header);
+    assert!(stdout == data[..], "stdin/stdout corrupted");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.bin");
