@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import NamedTuple
@@ -285,3 +286,33 @@ def secret_in_processes(secret: bytes, pids) -> tuple[list[str], set[tuple[int, 
             if secret in data:
                 seen.append(f"/proc/{pid}/{part}: {data[:200]!r}")
     return seen, read
+
+
+class SecretWatch:
+    """While the with-block runs, a thread looks every `interval` seconds for `secret` in the
+    command line and environment of the processes `pids()` names: `seen` says where it showed
+    (secret_in_processes), `looked_at` which pids could be read."""
+
+    def __init__(self, secret: bytes, pids, interval: float = 0.2):
+        self.secret = secret
+        self.pids = pids
+        self.interval = interval
+        self.seen: list[str] = []
+        self.looked_at: set[int] = set()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch)
+
+    def __enter__(self) -> SecretWatch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def watch(self) -> None:
+        while not self.done.is_set():
+            shown, read = secret_in_processes(self.secret, self.pids())
+            self.seen.extend(shown)
+            self.looked_at.update(pid for pid, _ in read)
+            self.done.wait(self.interval)

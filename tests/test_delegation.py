@@ -285,10 +285,10 @@ PASSWORD_PLAY = """
 """
 
 
-def processes_with(secret: bytes, namespaces: list[str], marker: str) -> tuple[list[str], set[int]]:
-    """Where `secret` is in the command line or environment of the run's processes: those of
-    the chain's namespaces (hop agents, their ssh clients, the target's interpreters) and those
-    whose environment names the run's directory (ansible-playbook, workers, the mux, its ssh)."""
+def run_processes(namespaces: list[str], marker: str) -> set[int]:
+    """The run's processes: those of the chain's namespaces (hop agents, their ssh clients, the
+    target's interpreters) and those whose environment names the run's directory
+    (ansible-playbook, workers, the mux, its ssh)."""
     pids = set()
     for ns in namespaces:
         listed = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, check=False)  # noqa: S603, S607
@@ -299,7 +299,7 @@ def processes_with(secret: bytes, namespaces: list[str], marker: str) -> tuple[l
                 pids.add(int(environ.split("/")[2]))
         except OSError:
             continue
-    return helpers.secret_in_processes(secret, pids)[0], pids
+    return pids
 
 
 def test_the_last_hop_logs_in_by_password_answered_by_the_hop_before_it(chain, tmp_path):
@@ -319,27 +319,11 @@ app_kbd ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password={HO
 app_wrong ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password=not-the-password
 {CHAIN_VARS}""")
     since = time.time() - 1
-    found: list[str] = []
-    looked_at: set[int] = set()
-    done = threading.Event()
-
-    def watch():
-        while not done.is_set():
-            seen, pids = processes_with(HOP_PASSWORD.encode(), chain.namespaces, str(tmp_path))
-            found.extend(seen)
-            looked_at.update(pids)
-            time.sleep(0.2)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        playbook = tmp_path / "password_hop.yml"
-        playbook.write_text(PASSWORD_PLAY)
+    playbook = tmp_path / "password_hop.yml"
+    playbook.write_text(PASSWORD_PLAY)
+    with helpers.SecretWatch(HOP_PASSWORD.encode(), lambda: run_processes(chain.namespaces, str(tmp_path))) as watch:
         run = helpers.run_playbook(playbook, ferrogen=True, tmp_path=tmp_path, inventory=path,
                                    extra_args=("-vvvv",), extra_env={"MITOGEN_ROUTER_DEBUG": "1"})
-    finally:
-        done.set()
-        watcher.join()
     for host in ("app1", "app_kbd"):
         assert run.task(host, "who am i")["stdout"] == "ferropw", helpers.describe(run)
         assert h3 in run.task(host, "addresses of the host the task ran on")["stdout"]
@@ -348,8 +332,8 @@ app_wrong ansible_host={h3} mitogen_via=hop2 {password_login} ansible_password=n
     assert "Permission denied" in wrong["msg"] and "hop2" in wrong["msg"], wrong["msg"]
     assert "Accepted password for ferropw" in chain.log(2) or "Accepted keyboard-interactive" in chain.log(2)
     assert chain.logins(0) == 1 and chain.logins(1) == 1, (chain.log(0), chain.log(1))
-    assert not found, found
-    assert len(looked_at) > 5, looked_at
+    assert not watch.seen, watch.seen
+    assert len(watch.looked_at) > 5, watch.looked_at
     logs = [Path(p) for p in glob.glob("/tmp/mitogen.*.log") if os.stat(p).st_mtime >= since]
     for name, text in [("output", run.output)] + [(str(p), p.read_text(errors="replace")) for p in logs]:
         assert HOP_PASSWORD not in text, f"the password appears in {name}"

@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -103,31 +102,21 @@ def test_the_password_is_nowhere_at_vvvv_with_router_debug(tmp_path):
            "-e", "ssh_login_sleep=4", "-vvvv"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, text=True)  # fmt: skip
-    seen: list[str] = []
-    looked_at = set()
-    secret = PASSWORD.encode()
 
-    def watch():
-        while proc.poll() is None:
-            pids = set(our_processes(proc.pid))
-            # The target's interpreters are children of sshd, not of the run: ferropw's.
-            pids |= {int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*") if _owner(p) == "ferropw"}
-            shown, read = helpers.secret_in_processes(secret, pids)
-            seen.extend(shown)
-            looked_at.update(read)
-            time.sleep(0.1)
+    def run_processes():
+        pids = set(our_processes(proc.pid))
+        # The target's interpreters are children of sshd, not of the run: ferropw's.
+        return pids | {int(p.split("/")[2]) for p in glob.glob("/proc/[0-9]*") if _owner(p) == "ferropw"}
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
-        stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        watcher.join()
+    with helpers.SecretWatch(PASSWORD.encode(), run_processes, interval=0.1) as watch:
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, f"{stdout}\n{stderr}"
-    assert not seen, seen
-    assert len({pid for pid, _ in looked_at}) > 5, looked_at
+    assert not watch.seen, watch.seen
+    assert len(watch.looked_at) > 5, watch.looked_at
     # ssh's own debug lines (mitogen_ssh_debug_level) reach the log shown at -vvv.
     assert "transport stderr: debug1:" in stderr or "transport stderr: OpenSSH" in stderr, stderr[-3000:]
     assert "ssh terminal:" in stderr, "the prompt ssh printed is not logged at -vvvv"

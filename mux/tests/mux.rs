@@ -106,8 +106,15 @@ impl Client {
         Frame::read_from(&mut self.stream)
     }
 
-    /// Sends a call and waits for its reply.
-    fn call(&mut self, target: Value, op: &str, args: Value, blobs: &[&str], body: &[u8]) -> Frame {
+    /// Sends a call; returns its id.
+    fn send_call(
+        &mut self,
+        target: Value,
+        op: &str,
+        args: Value,
+        blobs: &[&str],
+        body: &[u8],
+    ) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         self.send(
@@ -119,22 +126,19 @@ impl Client {
                 .with("blobs", json!(blobs))
                 .with_body(Bytes::copy_from_slice(body)),
         );
+        id
+    }
+
+    /// Sends a call and waits for its reply.
+    fn call(&mut self, target: Value, op: &str, args: Value, blobs: &[&str], body: &[u8]) -> Frame {
+        let id = self.send_call(target, op, args, blobs, body);
         self.reply_to(id)
     }
 
     /// Runs a streamed `fetch_begin` with `args`, acknowledging each chunk; returns the reply
     /// and the bytes received.
     fn fetch_streamed(&mut self, target: Value, args: Value) -> (Frame, Vec<u8>) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(
-            Frame::new("call")
-                .with("id", id)
-                .with("target", target)
-                .with("op", "fetch_begin")
-                .with("args", args)
-                .with("blobs", json!([])),
-        );
+        let id = self.send_call(target, "fetch_begin", args, &[], b"");
         let mut got = Vec::new();
         loop {
             let frame = self.recv().unwrap();
