@@ -91,6 +91,9 @@ def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path
     for result in by_task(run, "delegate_to another routed host").values():
         assert chain.hosts[2] in result["stdout"], result
     assert all(r["status"] == "ok" for r in by_task(run, "local_action runs on the controller").values())
+    delegated_facts = by_task(run, "the delegated facts went to that host")
+    assert set(delegated_facts) == {"app1", "app2"}, helpers.describe(run)
+    assert all(r["status"] == "ok" for r in delegated_facts.values()), helpers.describe(run)
     for name in ("app1", "app2"):
         assert (tmp_path / f"big.bin.{name}").read_bytes() == big.read_bytes()
 
