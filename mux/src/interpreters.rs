@@ -485,7 +485,6 @@ fn doing(call: &InFlight, target_name: &str) -> String {
     let len = call.bytes;
     match &call.op {
         Op::PutFile => format!("transferring {len} bytes to {target_name}"),
-        Op::FetchFile => format!("transferring a file from {target_name}"),
         Op::PutBegin => {
             format!("receiving a streamed file ({len} bytes relayed) on {target_name}")
         }

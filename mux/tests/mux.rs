@@ -790,9 +790,9 @@ fn large_bodies_cross_both_links() {
     let args = json!({"path": path.to_str().unwrap()});
     let reply = client.call(local(), "put_file", args.clone(), &[], &data);
     assert_eq!(reply.header["ok"], true, "{:?}", reply.header);
-    let reply = client.call(local(), "fetch_file", args, &[], b"");
+    let (reply, fetched) = client.fetch_streamed(local(), args);
     assert_eq!(reply.header["result"]["size"], data.len());
-    assert!(reply.body == data[..], "put/fetch corrupted");
+    assert!(fetched == data[..], "put/fetch corrupted");
 }
 
 // --- Become interpreters (issue 3), reset, cancellation (issue 5) ---------------------------

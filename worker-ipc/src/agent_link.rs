@@ -35,8 +35,6 @@ pub enum Op {
     RunModule,
     /// Writes a small file carried in the call's body.
     PutFile,
-    /// Reads a whole file into the reply's body.
-    FetchFile,
     /// Starts a streamed put (docs/protocol.md, "Put").
     PutBegin,
     /// Starts a streamed fetch (docs/protocol.md, "Fetch").
@@ -56,12 +54,11 @@ pub enum Op {
 
 impl Op {
     /// The ops the agent implements (all but [`Op::InterpreterInfo`] and [`Op::Other`]).
-    pub const AGENT_OPS: [Op; 10] = [
+    pub const AGENT_OPS: [Op; 9] = [
         Op::Ping,
         Op::ExecCommand,
         Op::RunModule,
         Op::PutFile,
-        Op::FetchFile,
         Op::PutBegin,
         Op::FetchBegin,
         Op::MakeDir,
@@ -76,7 +73,6 @@ impl Op {
             Op::ExecCommand => "exec_command",
             Op::RunModule => "run_module",
             Op::PutFile => "put_file",
-            Op::FetchFile => "fetch_file",
             Op::PutBegin => "put_begin",
             Op::FetchBegin => "fetch_begin",
             Op::MakeDir => "make_dir",

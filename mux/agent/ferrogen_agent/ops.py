@@ -85,11 +85,6 @@ class AgentOps:
         write_atomically(args['path'], body, args.get('mode'), args.get('owner'), args.get('group'))
         self.reply(call_id, {'size': len(body), 'sha1': hashlib.sha1(body).hexdigest()})
 
-    def op_fetch_file(self, call_id, args, body):
-        with open(args['path'], 'rb') as handle:
-            data = handle.read()
-        self.reply(call_id, {'size': len(data)}, data)
-
     def op_put_begin(self, call_id, args, body):
         """Open the receiving temp file; chunks follow, the reply comes after put_end."""
         try:

@@ -190,9 +190,9 @@ def test_put_file_is_atomic_and_leaves_no_temp_file(agent, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ['dest']
 
 
-def test_fetch_file_missing_is_an_error(agent, tmp_path):
-    header, _ = agent.call('fetch_file', {'path': str(tmp_path / 'missing')})
-    assert not header['ok']
+def test_fetch_of_a_missing_file_is_an_error(agent, tmp_path):
+    header, _ = agent.call('fetch_begin', {'path': str(tmp_path / 'missing')})
+    assert header['error']['kind'] == 'not_found'
     assert 'No such file' in header['error']['message']
 
 
