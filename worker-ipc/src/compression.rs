@@ -30,6 +30,8 @@
 //! at most [`INFLATE_RATIO_MAX`] times its size (deflate's own bound), so the buffer never holds
 //! more than the frame being assembled and one segment's output.
 
+use std::cell::RefCell;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use tokio_util::codec::{Decoder, Encoder};
@@ -76,13 +78,24 @@ pub const INFLATE_RATIO_MAX: usize = 1032;
 /// Inflated bytes are produced into the frame buffer this many at a time.
 const INFLATE_STEP: usize = 64 * 1024;
 
+thread_local! {
+    /// The scratch compressor the probe resets for each sample: one per thread rather than one
+    /// per link, as a compressor's state is about a quarter of a megabyte and a mux holds a
+    /// link per target.
+    static PROBE: RefCell<Compress> = RefCell::new(Compress::new(Compression::new(MUX_LEVEL), false));
+}
+
 /// Whether a frame with this body is worth sending compressed: always for a small body, and for
 /// a larger one when [`MUX_LEVEL`] shrinks three samples of it (start, middle, end) below
-/// [`PROBE_PERCENT`]. `probe` is a scratch compressor, reset here.
-pub fn worth_compressing(body: &[u8], probe: &mut Compress) -> bool {
+/// [`PROBE_PERCENT`].
+pub fn worth_compressing(body: &[u8]) -> bool {
     if body.len() < PROBE_MIN_BODY {
         return true;
     }
+    PROBE.with(|probe| samples_shrink(body, &mut probe.borrow_mut()))
+}
+
+fn samples_shrink(body: &[u8], probe: &mut Compress) -> bool {
     let middle = body.len() / 2 - PROBE_SAMPLE.min(body.len()) / 2;
     let samples = [0, middle, body.len().saturating_sub(PROBE_SAMPLE)];
     let mut input = 0;
@@ -110,8 +123,8 @@ pub struct AgentLinkCodec {
     inner: FrameCodec,
     inflater: Decompress,
     inflated: BytesMut,
-    /// This side's stream and its scratch compressor; `None` when it sends plain frames only.
-    deflater: Option<(Compress, Compress)>,
+    /// This side's stream; `None` when it sends plain frames only.
+    deflater: Option<Compress>,
     /// The encoding of the last frame sent, which the next may be a patch of (compressing
     /// codecs only; `None` after a frame over [`PATCH_BASE_MAX`]).
     last_sent: Option<Bytes>,
@@ -130,10 +143,7 @@ impl AgentLinkCodec {
     /// A codec that compresses what it sends where that pays.
     pub fn compressing() -> AgentLinkCodec {
         AgentLinkCodec {
-            deflater: Some((
-                Compress::new(Compression::new(MUX_LEVEL), false),
-                Compress::new(Compression::new(MUX_LEVEL), false),
-            )),
+            deflater: Some(Compress::new(Compression::new(MUX_LEVEL), false)),
             ..AgentLinkCodec::plain()
         }
     }
@@ -286,8 +296,8 @@ impl Encoder<&Frame> for AgentLinkCodec {
     type Error = FrameError;
 
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), FrameError> {
-        if let Some((stream, probe)) = &mut self.deflater {
-            if worth_compressing(&frame.body, probe) {
+        if let Some(stream) = &mut self.deflater {
+            if worth_compressing(&frame.body) {
                 let plain: Bytes = frame.to_bytes()?;
                 let patched = self
                     .last_sent
@@ -529,13 +539,9 @@ mod tests {
 
     #[test]
     fn probe_tells_random_from_text() {
-        let mut probe = Compress::new(Compression::new(1), false);
-        assert!(!worth_compressing(&random_bytes(1 << 20), &mut probe));
-        assert!(worth_compressing(&text(1 << 20), &mut probe));
-        assert!(worth_compressing(&random_bytes(100), &mut probe));
-        assert!(!worth_compressing(
-            &random_bytes(PROBE_MIN_BODY),
-            &mut probe
-        ));
+        assert!(!worth_compressing(&random_bytes(1 << 20)));
+        assert!(worth_compressing(&text(1 << 20)));
+        assert!(worth_compressing(&random_bytes(100)));
+        assert!(!worth_compressing(&random_bytes(PROBE_MIN_BODY)));
     }
 }
