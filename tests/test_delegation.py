@@ -72,7 +72,7 @@ def test_three_hops_run_on_the_final_host_with_one_login_per_hop(chain, tmp_path
     big.write_bytes(os.urandom(6 << 20))
     run = helpers.run_playbook("via_chain.yml", ferrogen=True, tmp_path=tmp_path, extra_env=ACTION_ENV,
                                inventory=inventory(tmp_path / "inv.ini", chain, "hop2"),
-                               extra_args=("-e", f"big_file={big}"))
+                               extra_args=("-e", f"big_file={big}", "-e", "delegated_facts=true"))
     assert run.returncode == 0, helpers.describe(run)
     addresses = by_task(run, "addresses of the host the task ran on")
     assert set(addresses) == {"app1", "app2"}

@@ -8,7 +8,7 @@ import signal
 import zlib
 
 from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, MAX_HEADER, TRANSFER_WINDOW, encode_frame, take_frame
-from .link import SEGMENT_MAX, SEGMENT_PREFIX, write_all
+from .link import PATCH_PREFIX, PATCH_TAG, SEGMENT_MAX, SEGMENT_PREFIX, write_all
 from .route_terminal import RouteTerminal
 from .transfers import F_SETPIPE_SZ
 
@@ -109,11 +109,17 @@ class RouteInput:
         return True
 
     def next_unit(self, agent):
-        """The next whole segment, a plain frame's prefix and header (its body then passes), or
-        a whole plain blob frame; None until it has arrived."""
+        """The next whole segment, patch (link.py: it remakes a call, never a blob), a plain
+        frame's prefix and header (its body then passes), or a whole plain blob frame; None until
+        it has arrived."""
         pending = self.pending
         if not pending:
             return None
+        if pending[0] == PATCH_TAG:
+            if len(pending) < PATCH_PREFIX.size:
+                return None
+            end = PATCH_PREFIX.size + PATCH_PREFIX.unpack_from(pending)[3]
+            return self.take(end) if len(pending) >= end else None
         if pending[0] & 0x80:
             if len(pending) < SEGMENT_PREFIX.size:
                 return None

@@ -89,6 +89,38 @@ def test_a_hop_keeps_the_blobs_it_relays_and_serves_them_to_the_next_route(agent
     assert output == agent_module.encode_frame(reference) + served + call
 
 
+class BlobStore:
+    """The part of the agent a RouteInput uses: its blob store, its routes and its log."""
+
+    def __init__(self):
+        self.blobs = {}
+        self.routes = {}
+
+    def held_blob(self, digest):
+        return self.blobs.get(digest)
+
+    def store_blob(self, digest, content):
+        self.blobs[digest] = content
+
+    def log(self, level, message):
+        pass
+
+
+def test_a_patch_of_the_last_call_passes_the_hop_at_once_and_blobs_are_still_kept():
+    """A loop item's call crosses as a patch (link.py): the hop passes it on as it arrives,
+    without holding it back for more bytes, and still sees the blobs that come after it."""
+    agent_module = ferrogen_agent.load()
+    hop = BlobStore()
+    route_input = agent_module.RouteInput(1)
+    call = agent_module.encode_frame({'type': 'call', 'id': 1, 'op': 'ping'})
+    patch = agent_module.PATCH_PREFIX.pack(agent_module.PATCH_TAG, 10, 1, 1) + b'2'
+    assert route_input.feed(hop, call + patch) == call + patch
+    digest, text = blob(b'module zip ' * 50)
+    content = agent_module.encode_frame({'type': 'blob', 'hash': digest, 'interp': 0}, text)
+    assert route_input.feed(hop, content) == content
+    assert hop.held_blob(digest) == text
+
+
 # A stand-in for ssh's password prompt: it reads the answer from its controlling terminal, as
 # ssh does, and says what it got (the answer never appears as terminal text: echo is off).
 TERMINAL_PROMPT = ("printf 'user@h password: ' >/dev/tty; read -r answer </dev/tty; "
