@@ -37,7 +37,9 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent / "tests"))
 import bench  # noqa: E402 - bench.py is the sibling script, not a package
+import helpers  # noqa: E402 - the tests' helpers: the process-tree walk
 
 REPO = bench.REPO
 STATE = REPO / ".state"
@@ -49,23 +51,6 @@ KINDS = ("mux", "ssh", "agent", "task", "worker", "stop-ssh", "none")
 STUB_MARK = "SOURCE=sys.stdin.buffer.read"
 # What a running interpreter shows as its arguments instead (docs/user-guide.md, "Process names").
 AGENT_NAME_MARK = " mitogen:"
-
-
-def children_of(pid: int) -> list[int]:
-    """Every descendant of pid."""
-    kids: dict[int, list[int]] = {}
-    for child in bench_all_pids():
-        try:
-            ppid = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(child)
-    found, frontier = [], [pid]
-    while frontier:
-        below = kids.get(frontier.pop(), [])
-        found += below
-        frontier += below
-    return found
 
 
 def cmdline(pid: int) -> str:
@@ -124,19 +109,15 @@ def playbook(rng: random.Random, tag: str, dest: Path, source: Path, template: P
 
 
 def pick_victim(rng: random.Random, kind: str, run: subprocess.Popen, tag: str) -> list[int]:
-    tree = children_of(run.pid)
+    tree = helpers.descendants(run.pid)
     mux = [p for p in tree if "ferrogen-mux" in cmdline(p) and " serve " in cmdline(p)]
     ssh = [p for p in tree if cmdline(p).startswith("ssh ")]
     agents = [p for p in tree if STUB_MARK in cmdline(p) or AGENT_NAME_MARK in cmdline(p)]
     workers = [p for p in tree if "ansible-playbook" in cmdline(p) and p != run.pid]
-    tasks = [p for p in bench_all_pids() if tag in cmdline(p)]
+    tasks = [p for p in helpers.live_pids() if tag in cmdline(p)]
     pools = {"mux": mux, "ssh": ssh, "stop-ssh": ssh, "agent": agents, "task": tasks, "worker": workers}
     pool = pools.get(kind) or []
     return [rng.choice(pool)] if pool else []
-
-
-def bench_all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 
 def content_of(path: Path) -> str:
@@ -242,8 +223,8 @@ def main() -> int:
             run.wait()
         time.sleep(3)  # what the run leaves to end on its own (agents seeing end of input)
         reap()
-        leftovers = [p for p in children_of(os.getpid()) if alive(p)]
-        leftovers += [p for p in bench_all_pids() if tag in cmdline(p) and alive(p)]
+        leftovers = [p for p in helpers.descendants(os.getpid()) if alive(p)]
+        leftovers += [p for p in helpers.live_pids() if tag in cmdline(p) and alive(p)]
         if leftovers:
             problems.append("left running: " + "; ".join(f"{p} {cmdline(p)[:80]}" for p in set(leftovers)))
         for path, contents in allowed.items():

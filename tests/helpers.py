@@ -316,3 +316,30 @@ class SecretWatch:
             self.seen.extend(shown)
             self.looked_at.update(pid for pid, _ in read)
             self.done.wait(self.interval)
+
+
+def live_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below pid."""
+    children: dict[int | None, list[int]] = {}
+    for child in live_pids():
+        children.setdefault(parent_pid(child), []).append(child)
+    found, frontier = [], [pid]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found

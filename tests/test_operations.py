@@ -45,29 +45,6 @@ def _cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _ppid(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("PPid:"):
-                return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every live process below pid."""
-    children: dict[int, list[int]] = {}
-    for child in _pids():
-        children.setdefault(_ppid(child), []).append(child)
-    found, frontier = [], [pid]
-    while frontier:
-        below = children.get(frontier.pop(), [])
-        found += below
-        frontier += below
-    return found
-
-
 def _alive(pid: int) -> bool:
     """Running (a zombie is as good as gone)."""
     try:
@@ -77,14 +54,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
 def processes_with(marker: str) -> list[tuple[int, str]]:
     """Live processes whose command line contains marker."""
     found = []
-    for pid in _pids():
+    for pid in helpers.live_pids():
         if pid == os.getpid():
             continue
         args = " ".join(_cmdline(pid))
@@ -166,9 +139,9 @@ class LiveRun:
         """The run's ferrogen-mux: the child of ansible-playbook running `ferrogen-mux serve`."""
 
         def find():
-            for pid in _pids():
+            for pid in helpers.live_pids():
                 args = _cmdline(pid)
-                if _ppid(pid) == self.proc.pid and args[1:2] == ["serve"] and "ferrogen-mux" in args[0]:
+                if helpers.parent_pid(pid) == self.proc.pid and args[1:2] == ["serve"] and "ferrogen-mux" in args[0]:
                     return pid
             return None
 
@@ -533,7 +506,7 @@ def test_nothing_a_task_started_outlives_the_run(tmp_path, how, mode):
             live.wait_started(host)
         sleeps = wait_until(lambda: [p for p, args in processes_with(tree) if args.startswith("sleep")], 10)
         assert len(sleeps) >= 6, f"{processes_with(tree)}\n{live.output()}"
-        run_processes = _descendants(live.proc.pid)
+        run_processes = helpers.descendants(live.proc.pid)
         workers = [pid for pid in run_processes if "ansible-playbook" in " ".join(_cmdline(pid))]
         assert workers, f"no worker below ansible-playbook: {run_processes}"
         if how == "kill-9":
