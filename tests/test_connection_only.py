@@ -20,8 +20,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import REPO, ansible_versions, describe, ssh_host_line, write_inventory
-from test_operations import LiveRun, _alive, _cmdline, _pids, _ppid, assert_all_gone, processes_with, wait_until
+from helpers import REPO, ansible_versions, describe, live_pids, parent_pid, ssh_host_line, write_inventory
+from test_operations import LiveRun, _alive, _cmdline, assert_all_gone, processes_with, wait_until
 
 pytestmark = pytest.mark.mux_only
 
@@ -56,7 +56,7 @@ def inventory(tmp_path: Path, marker: str, count: int) -> Path:
 def run_muxes(playbook_pid: int) -> list[int]:
     """The live muxes that watch this ansible-playbook process (connection-only mode)."""
     found = []
-    for pid in _pids():
+    for pid in live_pids():
         args = _cmdline(pid)
         if args[1:2] == ["serve"] and args[0].endswith("ferrogen-mux") and "--watch-pid" in args:
             if args[args.index("--watch-pid") + 1] == str(playbook_pid) and _alive(pid):
@@ -67,7 +67,7 @@ def run_muxes(playbook_pid: int) -> list[int]:
 def ancestors(pid: int) -> list[int]:
     chain = []
     while pid and pid > 1 and len(chain) < 20:
-        pid = _ppid(pid) or 0
+        pid = parent_pid(pid) or 0
         chain.append(pid)
     return chain
 
