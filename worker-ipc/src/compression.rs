@@ -2,33 +2,45 @@
 //! network deflated, where that pays, without ssh's own `-C` (docs/protocol.md, "Compression
 //! on the agent link").
 //!
-//! The link carries two kinds of unit, told apart by their first byte:
+//! The link carries these units, told apart by their first byte:
 //!
 //! ```text
-//! frame     u32 BE header_len (its first byte is 0x00, or 0x01 for a 16 MiB header), ...
-//! segment   u16 BE 0x8000 | len (len 1 ..= SEGMENT_MAX), then len bytes of raw deflate data
-//! patch     u8 0x02, u16 BE start, u16 BE removed, u8 len, then len bytes
+//! frame      u32 BE header_len (its first byte is 0x00, or 0x01 for a 16 MiB header), ...
+//! patch      u8 0x02, u16 BE start, u16 BE removed, u8 len, then len bytes (mux only)
+//! increment  u8 0x03, u8 back (mux only)
+//! bulk       u8 0x04, u16 BE len (len 1 ..= BULK_PIECE_MAX), then len bytes of the bulk stream
+//! short      u8 0x40 | len (len 1 ..= SHORT_SEGMENT_MAX), then len bytes of the link's stream
+//! segment    u16 BE 0x8000 | len (len 1 ..= SEGMENT_MAX), then len bytes of the link's stream
 //! ```
 //!
 //! A patch is the frame before it in the same direction, its encoding's bytes `start ..
 //! start + removed` replaced by the patch's `len` bytes: the next loop item's call, which
 //! differs from the last one in its id, costs 7 bytes where a segment costs 20 (deflate covers
-//! at most 258 repeated bytes per code, and a call is a kilobyte). The frame patched is the
-//! last one sent whatever way it went, if its encoding is at most [`PATCH_BASE_MAX`] bytes
-//! (none otherwise). Only the mux sends patches; the agent reads them (link.py).
+//! at most 258 repeated bytes per code, and a call is a kilobyte). An increment is that frame
+//! with the decimal number whose digits start `back` bytes before the end of its header one
+//! more (the header's length one more when the number gains a digit): the call of a loop whose
+//! arguments do not change costs 2 bytes, which ssh puts in its smallest packet (a call's id is
+//! among the last of its header's fields, which serialize in name order). The frame patched or
+//! incremented is the last one sent whatever way it went, if its encoding is at most
+//! [`PATCH_BASE_MAX`] bytes (none otherwise). Only the mux sends patches and increments; the
+//! agent reads them (link.py).
 //!
-//! Segments continue one deflate stream per direction, kept for the link's lifetime, so a
-//! frame much like an earlier one (the next loop item's call, its reply) costs a few bytes.
-//! Each frame sent compressed is the ordinary encoding of a frame, deflated and flushed
-//! (`Z_PARTIAL_FLUSH`, as ssh's own compression does) before anything else is sent, so a frame
-//! never straddles a raw one. A frame whose body does not shrink goes as it is, byte for byte
-//! what [`FrameCodec`] writes: [`worth_compressing`] deflates a few samples of it, which
-//! costs about 1% of compressing it all.
+//! Segments, short or not, continue one deflate stream per direction, kept for the link's
+//! lifetime, so a frame much like an earlier one (the next loop item's call, its reply) costs a
+//! few bytes. The agent deflates frames with a body of [`PROBE_MIN_BODY`] bytes or more on a
+//! second stream of its own, the bulk stream, at its fastest level, and its small frames at its
+//! best, which a reply's few fresh digits need to fit ssh's next smaller packet; the mux's one
+//! stream carries everything at [`MUX_LEVEL`]. Each frame sent compressed is the ordinary
+//! encoding of a frame, deflated and flushed (`Z_PARTIAL_FLUSH`, as ssh's own compression
+//! does) before anything else is sent, so a frame never straddles another unit. A frame whose
+//! body does not shrink goes as it is, byte for byte what [`FrameCodec`] writes:
+//! [`worth_compressing`] deflates a few samples of it, which costs about 1% of compressing it
+//! all.
 //!
 //! Decompression is bounded: inflated bytes go through a [`FrameCodec`], whose length checks
-//! refuse a frame over the limits as soon as its prefix is inflated, and one segment inflates to
+//! refuse a frame over the limits as soon as its prefix is inflated, and one unit inflates to
 //! at most [`INFLATE_RATIO_MAX`] times its size (deflate's own bound), so the buffer never holds
-//! more than the frame being assembled and one segment's output.
+//! more than the frame being assembled and one unit's output.
 
 use std::cell::RefCell;
 
@@ -65,6 +77,22 @@ pub const MUX_LEVEL: u32 = 2;
 
 /// The first byte of a patch.
 pub const PATCH_TAG: u8 = 0x02;
+
+/// The first byte of an increment.
+pub const INCREMENT_TAG: u8 = 0x03;
+
+/// The first byte of a piece of the agent's bulk stream.
+pub const BULK_TAG: u8 = 0x04;
+
+/// Largest deflate payload of one bulk piece (its u16 length).
+pub const BULK_PIECE_MAX: usize = 0xffff;
+
+/// The bits of a unit's first byte that mark a short segment, whose length is the other six: a
+/// loop item's reply is some 30 bytes of deflate, and a byte less can save ssh a packet size.
+pub const SHORT_SEGMENT_FLAG: u8 = 0x40;
+
+/// Largest deflate payload of a short segment.
+pub const SHORT_SEGMENT_MAX: usize = 0x3f;
 
 /// Largest encoding of a frame that a patch may start from: a call is about a kilobyte.
 pub const PATCH_BASE_MAX: usize = 16 * 1024;
@@ -121,7 +149,13 @@ pub struct AgentLinkCodec {
     raw: FrameCodec,
     /// Frames inside the inflated stream.
     inner: FrameCodec,
+    /// The peer's stream, of segments.
     inflater: Decompress,
+    /// The peer's bulk stream (agents only), made when its first piece arrives.
+    bulk_inflater: Option<Decompress>,
+    /// Whether the frame being inflated came from the bulk stream: a frame never straddles
+    /// the two.
+    inflating_bulk: bool,
     inflated: BytesMut,
     /// This side's stream; `None` when it sends plain frames only.
     deflater: Option<Compress>,
@@ -154,6 +188,8 @@ impl AgentLinkCodec {
             raw: FrameCodec::new(),
             inner: FrameCodec::new(),
             inflater: Decompress::new(false),
+            bulk_inflater: None,
+            inflating_bulk: false,
             inflated: BytesMut::new(),
             deflater: None,
             last_sent: None,
@@ -184,17 +220,57 @@ impl AgentLinkCodec {
         true
     }
 
-    /// Inflates one segment's deflate data onto the frame buffer.
-    fn inflate(&mut self, mut input: &[u8]) -> Result<(), FrameError> {
+    /// Appends `plain` (an encoded frame) to `dst` as an increment of the last frame sent, if
+    /// it is that frame with one number of its header one more; says whether it did.
+    fn increment_into(last: &[u8], plain: &[u8], dst: &mut BytesMut) -> bool {
+        // The number ends where the two stop agreeing from the back: its last digit changes.
+        let same_end = last
+            .iter()
+            .rev()
+            .zip(plain.iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count();
+        let end = last.len() - same_end;
+        let digits = last[..end]
+            .iter()
+            .rev()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        let start = end - digits;
+        let header_end = crate::frame::PREFIX_LEN
+            + u32::from_be_bytes([last[0], last[1], last[2], last[3]]) as usize;
+        let Some(Ok(back)) = header_end.checked_sub(start).map(u8::try_from) else {
+            return false;
+        };
+        if digits == 0 || incremented(last, back).as_deref() != Some(plain) {
+            return false;
+        }
+        dst.put_u8(INCREMENT_TAG);
+        dst.put_u8(back);
+        true
+    }
+
+    /// Inflates one unit's deflate data onto the frame buffer, from the bulk stream or the
+    /// link's.
+    fn inflate(&mut self, mut input: &[u8], bulk: bool) -> Result<(), FrameError> {
+        if bulk != self.inflating_bulk && (!self.inflated.is_empty() || self.inner.in_frame()) {
+            return Err(bad_segment("a frame split between the two streams"));
+        }
+        self.inflating_bulk = bulk;
+        let inflater = if bulk {
+            self.bulk_inflater
+                .get_or_insert_with(|| Decompress::new(false))
+        } else {
+            &mut self.inflater
+        };
         while !input.is_empty() {
             let start = self.inflated.len();
             self.inflated.resize(start + INFLATE_STEP, 0);
-            let (in_before, out_before) = (self.inflater.total_in(), self.inflater.total_out());
+            let (in_before, out_before) = (inflater.total_in(), inflater.total_out());
             let status =
-                self.inflater
-                    .decompress(input, &mut self.inflated[start..], FlushDecompress::Sync);
-            let consumed = (self.inflater.total_in() - in_before) as usize;
-            let produced = (self.inflater.total_out() - out_before) as usize;
+                inflater.decompress(input, &mut self.inflated[start..], FlushDecompress::Sync);
+            let consumed = (inflater.total_in() - in_before) as usize;
+            let produced = (inflater.total_out() - out_before) as usize;
             self.inflated.truncate(start + produced);
             input = &input[consumed..];
             match status {
@@ -222,6 +298,10 @@ impl AgentLinkCodec {
             dst.truncate(tag + 2 + produced);
             if produced == 0 {
                 dst.truncate(tag);
+            } else if produced <= SHORT_SEGMENT_MAX {
+                dst.copy_within(tag + 2.., tag + 1);
+                dst.truncate(tag + 1 + produced);
+                dst[tag] = SHORT_SEGMENT_FLAG | produced as u8;
             } else {
                 dst[tag..tag + 2].copy_from_slice(&(SEGMENT_FLAG | produced as u16).to_be_bytes());
             }
@@ -235,6 +315,35 @@ impl AgentLinkCodec {
 
 fn bad_segment(why: &str) -> FrameError {
     FrameError::BadSegment(why.to_owned())
+}
+
+/// `frame` (an encoding) with the decimal number whose digits start `back` bytes before the end
+/// of its header one more, and its header length one more if the number gains a digit; `None`
+/// where no number of the header starts there. The agent's `incremented` (link.py) is the same.
+fn incremented(frame: &[u8], back: u8) -> Option<Vec<u8>> {
+    let prefix = crate::frame::PREFIX_LEN;
+    let header_len = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let header = frame.get(..prefix + header_len)?;
+    let start = header.len().checked_sub(usize::from(back))?;
+    let digits = header[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if start < prefix || digits == 0 || header[start - 1].is_ascii_digit() {
+        return None;
+    }
+    let number: u64 = std::str::from_utf8(&header[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()?;
+    let next = number.checked_add(1)?.to_string();
+    let grown = next.len() - digits;
+    let mut out = Vec::with_capacity(frame.len() + grown);
+    out.extend_from_slice(&((header_len + grown) as u32).to_be_bytes());
+    out.extend_from_slice(&frame[4..start]);
+    out.extend_from_slice(next.as_bytes());
+    out.extend_from_slice(&frame[start + digits..]);
+    Some(out)
 }
 
 impl Decoder for AgentLinkCodec {
@@ -252,29 +361,36 @@ impl Decoder for AgentLinkCodec {
             let Some(&first) = src.first() else {
                 return Ok(None);
             };
-            if first == PATCH_TAG {
-                return Err(bad_segment("a patch, which only the mux sends"));
-            }
-            if first & 0x80 == 0 {
-                if !self.inflated.is_empty() || self.inner.in_frame() {
-                    return Err(bad_segment("a plain frame inside a compressed one"));
+            let (prefix, len, bulk) = match first {
+                PATCH_TAG => return Err(bad_segment("a patch, which only the mux sends")),
+                INCREMENT_TAG => return Err(bad_segment("an increment, which only the mux sends")),
+                BULK_TAG if src.len() < 3 => return Ok(None),
+                BULK_TAG => (3, usize::from(u16::from_be_bytes([src[1], src[2]])), true),
+                _ if first & 0x80 != 0 && src.len() < 2 => return Ok(None),
+                _ if first & 0x80 != 0 => {
+                    let len = u16::from_be_bytes([src[0], src[1]]) & !SEGMENT_FLAG;
+                    (2, usize::from(len), false)
                 }
-                return self.raw.decode(src);
-            }
-            if src.len() < 2 {
-                return Ok(None);
-            }
-            let len = usize::from(u16::from_be_bytes([src[0], src[1]]) & !SEGMENT_FLAG);
+                _ if first & SHORT_SEGMENT_FLAG != 0 => {
+                    (1, usize::from(first & !SHORT_SEGMENT_FLAG), false)
+                }
+                _ => {
+                    if !self.inflated.is_empty() || self.inner.in_frame() {
+                        return Err(bad_segment("a plain frame inside a compressed one"));
+                    }
+                    return self.raw.decode(src);
+                }
+            };
             if len == 0 {
                 return Err(bad_segment("empty segment"));
             }
-            if src.len() < 2 + len {
-                src.reserve(2 + len - src.len());
+            if src.len() < prefix + len {
+                src.reserve(prefix + len - src.len());
                 return Ok(None);
             }
-            src.advance(2);
-            let segment = src.split_to(len);
-            self.inflate(&segment)?;
+            src.advance(prefix);
+            let unit = src.split_to(len);
+            self.inflate(&unit, bulk)?;
         }
     }
 
@@ -299,10 +415,10 @@ impl Encoder<&Frame> for AgentLinkCodec {
         if let Some(stream) = &mut self.deflater {
             if worth_compressing(&frame.body) {
                 let plain: Bytes = frame.to_bytes()?;
-                let patched = self
-                    .last_sent
-                    .as_ref()
-                    .is_some_and(|last| AgentLinkCodec::patch_into(last, &plain, dst));
+                let patched = self.last_sent.as_ref().is_some_and(|last| {
+                    AgentLinkCodec::increment_into(last, &plain, dst)
+                        || AgentLinkCodec::patch_into(last, &plain, dst)
+                });
                 if !patched {
                     AgentLinkCodec::deflate_into(stream, &plain, dst);
                 }
@@ -447,37 +563,138 @@ mod tests {
         assert!(second < 16 && second < first / 4, "{first} then {second}");
     }
 
+    /// Whether a unit is a segment of the link's stream, short or not.
+    fn deflated(unit: &[u8]) -> bool {
+        unit[0] & 0x80 != 0 || unit[0] & 0xc0 == SHORT_SEGMENT_FLAG
+    }
+
+    fn call_with_params(id: u64) -> Frame {
+        Frame::new("call").with("id", id).with(
+            "args",
+            json!({"params": "x".repeat(1000), "module_fqn": "ansible.builtin.command"}),
+        )
+    }
+
     #[test]
     fn a_call_like_the_last_but_its_id_goes_as_a_patch() {
-        let call = |id: u64| {
-            Frame::new("call").with("id", id).with(
-                "args",
-                json!({"params": "x".repeat(1000), "module_fqn": "ansible.builtin.command"}),
-            )
-        };
+        let call = call_with_params;
         let mut codec = AgentLinkCodec::compressing();
-        assert!(wire(&mut codec, &[call(10)])[0] & 0x80 != 0);
-        let patch = wire(&mut codec, &[call(11)]);
+        assert!(deflated(&wire(&mut codec, &[call(10)])));
+        let patch = wire(&mut codec, &[call(12)]);
         let plain = call(10).to_bytes().unwrap();
         let start = plain
             .iter()
-            .zip(call(11).to_bytes().unwrap().iter())
+            .zip(call(12).to_bytes().unwrap().iter())
             .take_while(|(a, b)| a == b)
             .count();
         let [high, low] = (start as u16).to_be_bytes();
-        assert_eq!(&patch[..], &[PATCH_TAG, high, low, 0, 1, 1, b'1'][..]);
+        assert_eq!(&patch[..], &[PATCH_TAG, high, low, 0, 1, 1, b'2'][..]);
         let text = chunk(text(2 * PROBE_MIN_BODY));
-        assert!(wire(&mut codec, &[text])[0] & 0x80 != 0);
+        assert!(deflated(&wire(&mut codec, &[text])));
         // After a frame too different, a segment again; after a random chunk, no patch either.
-        assert!(wire(&mut codec, &[call(12)])[0] & 0x80 != 0);
-        assert_eq!(wire(&mut codec, &[call(13)])[0], PATCH_TAG);
+        assert!(deflated(&wire(&mut codec, &[call(20)])));
+        assert_eq!(wire(&mut codec, &[call(22)])[0], PATCH_TAG);
         wire(&mut codec, &[chunk(random_bytes(1 << 16))]);
-        assert!(wire(&mut codec, &[call(14)])[0] & 0x80 != 0);
-        let plain_wire = wire(&mut AgentLinkCodec::plain(), &[call(1), call(2)]);
-        let both = [call(1).to_bytes().unwrap(), call(2).to_bytes().unwrap()].concat();
+        assert!(deflated(&wire(&mut codec, &[call(24)])));
+        let plain_wire = wire(&mut AgentLinkCodec::plain(), &[call(1), call(3)]);
+        let both = [call(1).to_bytes().unwrap(), call(3).to_bytes().unwrap()].concat();
         assert_eq!(plain_wire, both, "a plain codec sends no patches");
         let err = decode_all(patch).unwrap_err();
         assert!(err.to_string().contains("only the mux sends"), "{err}");
+    }
+
+    #[test]
+    fn the_next_call_of_a_loop_goes_as_an_increment_of_two_bytes() {
+        let call = call_with_params;
+        let mut codec = AgentLinkCodec::compressing();
+        wire(&mut codec, &[call(8)]);
+        // The header's fields serialize in name order, so the id comes after the arguments.
+        let eight = call(8).to_bytes().unwrap();
+        let header_end = eight.len();
+        let start = header_end - eight.iter().rev().position(|b| *b == b'8').unwrap() - 1;
+        let back = (header_end - start) as u8;
+        for id in [9, 10, 11, 99, 100] {
+            if id == 99 {
+                wire(&mut codec, &[call(98)]);
+            }
+            let sent = wire(&mut codec, &[call(id)]);
+            // Counted from the end of the last call's header, whose id has one digit less.
+            let back = back + (id - 1).to_string().len() as u8 - 1;
+            assert_eq!(&sent[..], &[INCREMENT_TAG, back][..], "call {id}");
+        }
+        // The header grows with the number: its length in the prefix is one more.
+        let nine = call(9).to_bytes().unwrap();
+        assert_eq!(
+            incremented(&nine, back).unwrap(),
+            call(10).to_bytes().unwrap()
+        );
+        // No number starts there, or it starts in the middle of one, or before the header.
+        assert_eq!(incremented(&nine, back + 1), None);
+        assert_eq!(incremented(&call(10).to_bytes().unwrap(), back), None);
+        assert_eq!(incremented(&nine, 0), None);
+        assert_eq!(incremented(&nine, 255), None);
+        let err = decode_all(BytesMut::from(&[INCREMENT_TAG, back][..])).unwrap_err();
+        assert!(err.to_string().contains("only the mux sends"), "{err}");
+    }
+
+    /// `plain` as an agent sends a large frame: pieces of a bulk stream.
+    fn bulk_pieces(stream: &mut Compress, plain: &[u8]) -> BytesMut {
+        let mut deflated = vec![0u8; plain.len() + 1024];
+        let before = stream.total_out();
+        stream
+            .compress(plain, &mut deflated, FlushCompress::Partial)
+            .unwrap();
+        deflated.truncate((stream.total_out() - before) as usize);
+        let mut dst = BytesMut::new();
+        for piece in deflated.chunks(BULK_PIECE_MAX) {
+            dst.put_u8(BULK_TAG);
+            dst.put_u16(piece.len() as u16);
+            dst.put_slice(piece);
+        }
+        dst
+    }
+
+    #[test]
+    fn bulk_pieces_and_segments_interleave_by_frame_and_short_segments_are_read() {
+        let reply = |id: u64| {
+            Frame::new("reply")
+                .with("ok", true)
+                .with("result", json!({"n": id * 7}))
+        };
+        let text_chunk = chunk(text(300_000));
+        let mut agent = AgentLinkCodec::compressing();
+        let mut bulk = Compress::new(Compression::new(1), false);
+        let mut sent = wire(&mut agent, &[reply(1)]);
+        sent.extend_from_slice(&bulk_pieces(&mut bulk, &text_chunk.to_bytes().unwrap()));
+        let second_reply = wire(&mut agent, &[reply(2)]);
+        assert_eq!(
+            second_reply[0] & 0xc0,
+            SHORT_SEGMENT_FLAG,
+            "{second_reply:?}"
+        );
+        assert!(second_reply.len() <= 1 + SHORT_SEGMENT_MAX);
+        sent.extend_from_slice(&second_reply);
+        sent.extend_from_slice(&bulk_pieces(&mut bulk, &text_chunk.to_bytes().unwrap()));
+        assert!(sent.len() < 200_000, "{}", sent.len());
+        let frames = decode_all(sent).unwrap();
+        assert_eq!(
+            frames,
+            vec![reply(1), text_chunk.clone(), reply(2), text_chunk.clone()]
+        );
+
+        // A frame begun on one stream and continued on the other is refused.
+        let whole = text_chunk.to_bytes().unwrap();
+        let mut split = bulk_pieces(
+            &mut Compress::new(Compression::new(1), false),
+            &whole[..1000],
+        );
+        let mut link_stream = Compress::new(Compression::new(1), false);
+        AgentLinkCodec::deflate_into(&mut link_stream, &whole[1000..], &mut split);
+        let err = decode_all(split).unwrap_err();
+        assert!(
+            err.to_string().contains("split between the two streams"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -528,6 +745,11 @@ mod tests {
             format!("PROBE_SAMPLE = {PROBE_SAMPLE}\n"),
             format!("PROBE_PERCENT = {PROBE_PERCENT}\n"),
             format!("PATCH_TAG = {PATCH_TAG:#x}\n"),
+            format!("INCREMENT_TAG = {INCREMENT_TAG:#x}\n"),
+            format!("BULK_TAG = {BULK_TAG:#x}\n"),
+            format!("BULK_PIECE_MAX = {BULK_PIECE_MAX:#x}\n"),
+            format!("SHORT_SEGMENT_FLAG = {SHORT_SEGMENT_FLAG:#x}\n"),
+            format!("SHORT_SEGMENT_MAX = {SHORT_SEGMENT_MAX:#x}\n"),
             format!("PATCH_BASE_MAX = {PATCH_BASE_MAX}\n"),
         ] {
             assert!(

@@ -20,7 +20,7 @@ use tokio_util::codec::{Decoder, Encoder};
 use crate::{MAX_BODY, MAX_HEADER};
 
 /// Size of the fixed prefix: two big-endian `u32` lengths.
-const PREFIX_LEN: usize = 8;
+pub(crate) const PREFIX_LEN: usize = 8;
 
 /// Most buffer space reserved ahead of the bytes of a frame still to come.
 const RESERVE_AHEAD: usize = 1024 * 1024;

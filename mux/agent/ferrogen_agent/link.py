@@ -15,6 +15,14 @@ from .transfers import F_SETPIPE_SZ
 SEGMENT_PREFIX = struct.Struct('>H')
 SEGMENT_FLAG = 0x8000
 SEGMENT_MAX = 0x7fff
+# A segment of up to SHORT_SEGMENT_MAX bytes behind one byte: a loop item's reply.
+SHORT_SEGMENT_FLAG = 0x40
+SHORT_SEGMENT_MAX = 0x3f
+# Frames with a body of PROBE_MIN_BODY bytes or more deflate on a stream of their own at the
+# fastest level, in pieces of at most BULK_PIECE_MAX bytes behind BULK_TAG and their length.
+BULK_TAG = 0x4
+BULK_PREFIX = struct.Struct('>BH')
+BULK_PIECE_MAX = 0xffff
 PROBE_MIN_BODY = 4096
 PROBE_SAMPLE = 4096
 PROBE_PERCENT = 90
@@ -23,7 +31,14 @@ PROBE_PERCENT = 90
 PATCH_TAG = 0x2
 PATCH_PREFIX = struct.Struct('>BHHB')
 PATCH_BASE_MAX = 16384
-AGENT_LEVEL = 1
+# The last frame read with the number whose digits start `back` bytes before the end of its
+# header one more (worker-ipc/src/compression.rs): the next call of a loop.
+INCREMENT_TAG = 0x3
+INCREMENT_PREFIX = struct.Struct('>BB')
+# Small frames take the best level: a reply's few fresh digits then fit ssh's next smaller
+# packet, at a cost of microseconds. Bulk data takes the fastest.
+SMALL_FRAME_LEVEL = 9
+BULK_LEVEL = 1
 # Z_PARTIAL_FLUSH, as ssh's compression flushes: a few bits per flush where a sync flush costs
 # four bytes.
 LINK_FLUSH = getattr(zlib, 'Z_PARTIAL_FLUSH', zlib.Z_SYNC_FLUSH)
@@ -51,9 +66,10 @@ class Channel:
                 fcntl.fcntl(fd, F_SETPIPE_SZ, TRANSFER_CHUNK)
             except (OSError, ValueError):
                 pass
-        self.deflater = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
+        self.deflater = small_frame_stream() if COMPRESS_LINK else None
+        self.bulk_deflater = zlib.compressobj(BULK_LEVEL, zlib.DEFLATED, -15) if COMPRESS_LINK else None
         # Kept for every probe: a compressor's set-up costs as much as deflating the samples.
-        self.probe = zlib.compressobj(AGENT_LEVEL, zlib.DEFLATED, -15)
+        self.probe = zlib.compressobj(BULK_LEVEL, zlib.DEFLATED, -15)
         self.inflater = zlib.decompressobj(-15)
         self.inflated = bytearray()
         # The encoding of the last frame read, which a patch from the mux applies to (None after
@@ -63,9 +79,12 @@ class Channel:
     def send(self, header, body=b''):
         """Send one frame; body may be any bytes-like object (a memoryview of a buffer the caller
         reuses: it is written, or deflated, before this returns)."""
-        if self.deflater is not None and worth_compressing(body, self.probe):
+        if self.deflater is not None and len(body) < PROBE_MIN_BODY:
             data = self.deflater.compress(encode_frame(header, body)) + self.deflater.flush(LINK_FLUSH)
             write_all(self.wfd, segments(data))
+        elif self.deflater is not None and worth_compressing(body, self.probe):
+            bulk = self.bulk_deflater
+            write_all(self.wfd, bulk_pieces(bulk.compress(encode_frame(header, body)) + bulk.flush(LINK_FLUSH)))
         elif len(body) < PROBE_MIN_BODY:
             write_all(self.wfd, encode_frame(header, body))
         else:
@@ -83,7 +102,12 @@ class Channel:
                 if not self.take_patch(inbuf, frames):
                     break
                 continue
-            if not inbuf[0] & 0x80:
+            if inbuf[0] == INCREMENT_TAG:
+                if not self.take_increment(inbuf, frames):
+                    break
+                continue
+            prefix, size = segment_size(inbuf)
+            if prefix is None:
                 if self.inflated:
                     raise ValueError('a plain frame inside a compressed one')
                 frame = self.take_frame(inbuf)
@@ -91,17 +115,14 @@ class Channel:
                     break
                 frames.append(frame)
                 continue
-            if len(inbuf) < SEGMENT_PREFIX.size:
+            if not prefix:
                 break
-            size = SEGMENT_PREFIX.unpack_from(inbuf)[0] & SEGMENT_MAX
-            if not size:
-                raise ValueError('empty compressed segment')
-            end = SEGMENT_PREFIX.size + size
+            end = prefix + size
             if len(inbuf) < end:
                 break
             # At most 1032 bytes per byte of deflate data; take_frame checks each frame's
             # lengths as soon as its prefix is inflated.
-            self.inflated += self.inflater.decompress(bytes(inbuf[SEGMENT_PREFIX.size:end]))
+            self.inflated += self.inflater.decompress(bytes(inbuf[prefix:end]))
             del inbuf[:end]
             frame = self.take_frame(self.inflated)
             while frame is not None:
@@ -119,6 +140,20 @@ class Channel:
         if frame is not None:
             self.last_frame = encoding
         return frame
+
+    def take_increment(self, inbuf, frames):
+        """Take the increment at the start of inbuf, and the frame it makes."""
+        if len(inbuf) < INCREMENT_PREFIX.size:
+            return False
+        if self.inflated:
+            raise ValueError('an increment inside a compressed frame')
+        back = INCREMENT_PREFIX.unpack_from(inbuf)[1]
+        made = incremented(self.last_frame, back) if self.last_frame is not None else None
+        if made is None:
+            raise ValueError('an increment of no frame, or of no number in its header')
+        del inbuf[:INCREMENT_PREFIX.size]
+        frames.append(self.take_frame(made))
+        return True
 
     def take_patch(self, inbuf, frames):
         """Take the patch at the start of inbuf, and the frame it makes, if it is complete."""
@@ -142,19 +177,73 @@ class Channel:
         return True
 
 
+def small_frame_stream():
+    """The deflate stream of the frames with a small body, kept for the life of the link."""
+    return zlib.compressobj(SMALL_FRAME_LEVEL, zlib.DEFLATED, -15)
+
+
+def segment_size(inbuf):
+    """(prefix size, deflate bytes) of the segment at the start of inbuf: (0, 0) until its
+    prefix is whole, (None, 0) for a plain frame."""
+    first = inbuf[0]
+    if first & 0x80:
+        if len(inbuf) < SEGMENT_PREFIX.size:
+            return 0, 0
+        prefix, size = SEGMENT_PREFIX.size, SEGMENT_PREFIX.unpack_from(inbuf)[0] & SEGMENT_MAX
+    elif first & SHORT_SEGMENT_FLAG:
+        prefix, size = 1, first & SHORT_SEGMENT_MAX
+    else:
+        return None, 0
+    if not size:
+        raise ValueError('empty compressed segment')
+    return prefix, size
+
+
 def segments(deflated):
     """Deflate data cut into segments of at most SEGMENT_MAX bytes, each behind its prefix."""
     pieces = []
     for start in range(0, len(deflated), SEGMENT_MAX):
         piece = deflated[start:start + SEGMENT_MAX]
-        pieces += (SEGMENT_PREFIX.pack(SEGMENT_FLAG | len(piece)), piece)
+        if len(piece) <= SHORT_SEGMENT_MAX:
+            pieces += (bytes((SHORT_SEGMENT_FLAG | len(piece),)), piece)
+        else:
+            pieces += (SEGMENT_PREFIX.pack(SEGMENT_FLAG | len(piece)), piece)
     return b''.join(pieces)
+
+
+def bulk_pieces(deflated):
+    """Bulk stream data cut into pieces of at most BULK_PIECE_MAX bytes, each behind its prefix."""
+    pieces = []
+    for start in range(0, len(deflated), BULK_PIECE_MAX):
+        piece = deflated[start:start + BULK_PIECE_MAX]
+        pieces += (BULK_PREFIX.pack(BULK_TAG, len(piece)), piece)
+    return b''.join(pieces)
+
+
+def incremented(frame, back):
+    """frame (an encoding) with the decimal number whose digits start `back` bytes before the end
+    of its header one more, and its header length one more if the number gains a digit; None
+    where no number of the header starts there (worker-ipc/src/compression.rs, `incremented`)."""
+    header_len = FRAME_PREFIX.unpack_from(frame)[0]
+    header_end = FRAME_PREFIX.size + header_len
+    start = header_end - back
+    if start < FRAME_PREFIX.size or back == 0 or header_end > len(frame) or frame[start - 1:start].isdigit():
+        return None
+    end = start
+    while end < header_end and frame[end:end + 1].isdigit():
+        end += 1
+    if end == start:
+        return None
+    number = str(int(frame[start:end]) + 1).encode()
+    grown = len(number) - (end - start)
+    return bytearray(FRAME_PREFIX.pack(header_len + grown, FRAME_PREFIX.unpack_from(frame)[1])
+                     + frame[FRAME_PREFIX.size:start] + number + frame[end:])
 
 
 def worth_compressing(body, probe):
     """Whether a frame with this body is sent compressed: always for a small one (its header
-    repeats an earlier one's), and for a larger one when level 1 shrinks three samples of it.
-    probe is a compressor at AGENT_LEVEL; a full flush after each sample leaves it as new."""
+    repeats an earlier one's), and for a larger one when BULK_LEVEL shrinks three samples of it.
+    probe is a compressor at BULK_LEVEL; a full flush after each sample leaves it as new."""
     if len(body) < PROBE_MIN_BODY:
         return True
     size = deflated = 0

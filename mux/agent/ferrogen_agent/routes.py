@@ -8,7 +8,7 @@ import signal
 import zlib
 
 from ansible_ferrogen.frames import FRAME_PREFIX, MAX_BODY, MAX_HEADER, TRANSFER_WINDOW, encode_frame, take_frame
-from .link import PATCH_PREFIX, PATCH_TAG, SEGMENT_MAX, SEGMENT_PREFIX, write_all
+from .link import INCREMENT_PREFIX, INCREMENT_TAG, PATCH_PREFIX, PATCH_TAG, segment_size, write_all
 from .route_terminal import RouteTerminal
 from .transfers import F_SETPIPE_SZ
 
@@ -109,9 +109,9 @@ class RouteInput:
         return True
 
     def next_unit(self, agent):
-        """The next whole segment, patch (link.py: it remakes a call, never a blob), a plain
-        frame's prefix and header (its body then passes), or a whole plain blob frame; None until
-        it has arrived."""
+        """The next whole segment, patch or increment (link.py: they remake a call, never a
+        blob), a plain frame's prefix and header (its body then passes), or a whole plain blob
+        frame; None until it has arrived."""
         pending = self.pending
         if not pending:
             return None
@@ -120,14 +120,22 @@ class RouteInput:
                 return None
             end = PATCH_PREFIX.size + PATCH_PREFIX.unpack_from(pending)[3]
             return self.take(end) if len(pending) >= end else None
-        if pending[0] & 0x80:
-            if len(pending) < SEGMENT_PREFIX.size:
+        if pending[0] == INCREMENT_TAG:
+            return self.take(INCREMENT_PREFIX.size) if len(pending) >= INCREMENT_PREFIX.size else None
+        try:
+            prefix, size = segment_size(pending)
+        except ValueError:
+            self.opaque = True
+            return None
+        if prefix is not None:
+            if not prefix or len(pending) < prefix + size:
                 return None
-            end = SEGMENT_PREFIX.size + (SEGMENT_PREFIX.unpack_from(pending)[0] & SEGMENT_MAX)
-            if len(pending) < end:
-                return None
-            unit = self.take(end)
-            self.inflated += self.inflater.decompress(unit[SEGMENT_PREFIX.size:])
+            unit = self.take(prefix + size)
+            try:
+                self.inflated += self.inflater.decompress(unit[prefix:])
+            except zlib.error:
+                self.opaque = True
+                return unit
             frame = take_frame(self.inflated)
             while frame is not None:
                 self.observe(agent, *frame)

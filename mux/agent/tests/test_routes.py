@@ -107,14 +107,22 @@ class BlobStore:
 
 
 def test_a_patch_of_the_last_call_passes_the_hop_at_once_and_blobs_are_still_kept():
-    """A loop item's call crosses as a patch (link.py): the hop passes it on as it arrives,
-    without holding it back for more bytes, and still sees the blobs that come after it."""
+    """A loop item's call crosses as a patch or an increment (link.py): the hop passes it on as
+    it arrives, without holding it back for more bytes, passes a short segment once it is whole,
+    and still sees the blobs that come after them."""
     agent_module = ferrogen_agent.load()
     hop = BlobStore()
     route_input = agent_module.RouteInput(1)
     call = agent_module.encode_frame({'type': 'call', 'id': 1, 'op': 'ping'})
     patch = agent_module.PATCH_PREFIX.pack(agent_module.PATCH_TAG, 10, 1, 1) + b'2'
     assert route_input.feed(hop, call + patch) == call + patch
+    increment = agent_module.INCREMENT_PREFIX.pack(agent_module.INCREMENT_TAG, 20)
+    assert route_input.feed(hop, increment) == increment
+    deflater = zlib.compressobj(2, zlib.DEFLATED, -15)
+    short = agent_module.segments(deflater.compress(call) + deflater.flush(zlib.Z_PARTIAL_FLUSH))
+    assert short[0] & 0xc0 == agent_module.SHORT_SEGMENT_FLAG
+    assert route_input.feed(hop, short[:1]) == b''
+    assert route_input.feed(hop, short[1:]) == short
     digest, text = blob(b'module zip ' * 50)
     content = agent_module.encode_frame({'type': 'blob', 'hash': digest, 'interp': 0}, text)
     assert route_input.feed(hop, content) == content
