@@ -15,7 +15,9 @@ Scenarios:
   run's fixed cost: connection, module builds, stat, copy module). In the same run the floor is
   measured the same way without Ansible: ``ssh host 'cat > file'`` and ``ssh host cat file``, with
   and without ``-C`` (best of 3), and ssh doing only the work a transfer cannot skip (``floor_put``,
-  ``floor_fetch``: SHA-1 on both sides, fsync on the receiving one, MD5 of a put's source). The
+  ``floor_fetch``: SHA-1 on both sides, fsync on the receiving one, MD5 on the controller: of a
+  put's source, which the copy module reports, and of what a fetch receives, which the fetch
+  action reports). The
   text runs, floors included, go through a latency-proxy without delay, which counts the bytes
   on the wire; the incompressible ones go straight to the sshd.
 - ``loop-bytes``: bytes on the wire per loop item, ``(loop-500 - loop-100) / 400`` from bench.py's
@@ -273,14 +275,16 @@ def floor_put(big: Path, port: int) -> float:
 
 def floor_fetch(big: Path, work: Path, port: int) -> float:
     """Seconds for ssh alone to do the work a fetch cannot skip: the target reads the file and
-    hashes it (SHA-1), the controller writes what arrives, hashes it (SHA-1) and fsyncs it."""
+    hashes it (SHA-1), the controller writes what arrives, hashes it with SHA-1 (the checksum
+    the fetch action compares) and MD5 (the `md5sum` it reports) and fsyncs it."""
     dest = work / "floor-fetched"
 
     def receive(proc: subprocess.Popen) -> None:
-        digest = hashlib.sha1()
+        digests = [hashlib.sha1(), hashlib.md5()]  # noqa: S324 - the md5sum vanilla's fetch reports
         fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         while data := proc.stdout.read(1 << 20):
-            digest.update(data)
+            for digest in digests:
+                digest.update(data)
             os.write(fd, data)
         os.fsync(fd)
         os.close(fd)
@@ -349,13 +353,14 @@ def text_file(path: Path) -> None:
 
 
 def proxied_ssh(work: Path, measure) -> tuple[float, int]:
-    """measure(port) through a counting proxy: (seconds, bytes on the wire)."""
+    """measure(port) through a counting proxy: (seconds, bytes on the wire of one run; each of
+    the FLOOR_RUNS runs moves the same)."""
     proxy = Proxy(work, delay_ms=0)
     try:
         secs = measure(proxy.port)
     finally:
         wire = proxy.stop()
-    return secs, sum(wire)
+    return secs, sum(wire) // FLOOR_RUNS["runs"]
 
 
 def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: list[str]) -> None:
@@ -377,7 +382,7 @@ def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: 
         "floor put: ssh + SHA-1 x2, MD5, fsync": lambda port: floor_put(big, port),
         "ssh cat file": lambda port: raw_fetch(big, work, port, compress=False),
         "ssh -C cat file": lambda port: raw_fetch(big, work, port, compress=True),
-        "floor fetch: ssh + SHA-1 x2, fsync": lambda port: floor_fetch(big, work, port),
+        "floor fetch: ssh + SHA-1 x2, MD5, fsync": lambda port: floor_fetch(big, work, port),
     }.items():
         secs, wire = proxied_ssh(work, measure) if text else (measure(SSH_PORT), None)
         floors[name] = {"secs": secs, "mb_s": BIG_SIZE / secs / 1e6, "wire_bytes": wire}
@@ -387,7 +392,7 @@ def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: 
     for name, floor in floors.items():
         wire = f"{floor['wire_bytes'] / 1e6:8.1f}" if floor["wire_bytes"] else f"{'-':>8}"
         lines.append(f"  {name:36} {floor['secs']:7.2f} {floor['mb_s']:7.1f} {'':8} {'':9} {'':9} {wire}")
-    for op, floor_name in (("copy", "floor put: ssh + SHA-1 x2, MD5, fsync"), ("fetch", "floor fetch: ssh + SHA-1 x2, fsync")):
+    for op, floor_name in (("copy", "floor put: ssh + SHA-1 x2, MD5, fsync"), ("fetch", "floor fetch: ssh + SHA-1 x2, MD5, fsync")):
         for engine in engines:
             r = bench_big(engine, work, op, big, fixed_cost_file, kind, text)
             results[kind][f"{engine} {op}"] = r

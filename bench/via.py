@@ -56,10 +56,10 @@ def inventory(path: Path, ports: list[int], hops: int) -> Path:
     return path
 
 
-def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
-    # One stats file per proxy: a target's bytes cross every link of its route, so each link
-    # is shown on its own (controller->hop1, hop1->hop2, ..., last hop->target).
-    stats = [work / f"{engine}-{hops}-link{index + 1}.stats" for index in range(hops + 1)]
+def run_once(engine: str, hops: int, delay_ms: int, work: Path, run: int) -> dict:
+    # One stats file per proxy and run: a target's bytes cross every link of its route, so each
+    # link is shown on its own (controller->hop1, hop1->hop2, ..., last hop->target).
+    stats = [work / f"{engine}-{hops}-run{run}-link{index + 1}.stats" for index in range(hops + 1)]
     ports, proxies = start_proxies(hops + 1, delay_ms, stats)
     try:
         inv = inventory(work / f"{engine}-{hops}.ini", ports, hops)
@@ -72,7 +72,9 @@ def run_once(engine: str, hops: int, delay_ms: int, work: Path) -> dict:
         )
         wall = time.monotonic() - start
         # A proxy counts a connection only when it closes, and an engine's connections may
-        # outlive the playbook: the ones still open are read from the kernel's counters.
+        # outlive the playbook for a moment: they are given that moment, and the ones still
+        # open then are read from the kernel's counters.
+        wait_until_closed(ports, seconds=5.0)
         still_open = [open_connection_bytes(port) for port in ports]
     finally:
         for proxy in proxies:
@@ -91,6 +93,21 @@ def open_connection_bytes(port: int) -> int:
     listing = subprocess.run(["ss", "-tinH", "state", "established", f"( sport = :{port} )"],  # noqa: S607
                              capture_output=True, text=True, check=False).stdout
     return sum(int(n) for n in re.findall(r"bytes_(?:sent|received):(\d+)", listing))
+
+
+def wait_until_closed(ports: list[int], seconds: float) -> None:
+    """Wait until no connection to the proxies' ports is left open or closing (TIME-WAIT is
+    closed), or `seconds` have passed; then give the proxies a moment to write the lines of the
+    ones that closed."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        listings = [subprocess.run(["ss", "-tnH", f"( sport = :{port} )"],  # noqa: S607
+                                   capture_output=True, text=True, check=False).stdout for port in ports]
+        states = [line.split()[0] for listing in listings for line in listing.splitlines() if line.strip()]
+        if all(state in ("LISTEN", "TIME-WAIT") for state in states):
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
 
 
 def link_bytes(stats: Path) -> int:
@@ -116,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-via-") as tmp:
         for route, hops in ROUTES.items():
             for engine in engines:
-                runs = [run_once(engine, hops, args.delay, Path(tmp)) for _ in range(args.runs)]
+                runs = [run_once(engine, hops, args.delay, Path(tmp), run) for run in range(args.runs)]
                 results[(route, engine)] = min(runs, key=lambda r: r["wall"])
     print(f"loop-100 through mitogen_via hops, {args.delay} ms each way per hop")
     print(f"{'route':<10} {'engine':<9} {'wall s':>8} {'bytes':>10} {'wall vs mitogen':>16} {'bytes vs mitogen':>17}"
