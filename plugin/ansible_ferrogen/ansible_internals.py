@@ -21,7 +21,6 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from ansible import __version__ as ansible_version
 from ansible.errors import AnsibleError
@@ -30,12 +29,12 @@ from ansible.utils.display import Display
 display = Display()
 
 
-# The records here are NamedTuples and plain classes rather than dataclasses: a connection-only
+# The records here are plain classes rather than dataclasses or NamedTuples: a connection-only
 # worker imports this module for every task, and making a dataclass compiles its methods (about
-# a millisecond each).
+# a millisecond each), a NamedTuple its constructor and accessors (about half a millisecond).
 
 
-class Internal(NamedTuple):
+class Internal:
     """One private attribute of ansible-core.
 
     name: how messages name it (`module.path:Class.attribute`).
@@ -47,11 +46,15 @@ class Internal(NamedTuple):
     check: a further check of the located object, returning what is wrong or None.
     """
 
-    name: str
-    locate: Callable[[], object]
-    parameters: tuple[str, ...] | None = None
-    patched: bool = False
-    check: Callable[[object], str | None] | None = None
+    __slots__ = ('name', 'locate', 'parameters', 'patched', 'check')
+
+    def __init__(self, name: str, locate: Callable[[], object], parameters: tuple[str, ...] | None = None,
+                 patched: bool = False, check: Callable[[object], str | None] | None = None):
+        self.name = name
+        self.locate = locate
+        self.parameters = parameters
+        self.patched = patched
+        self.check = check
 
     def problem(self) -> str | None:
         """What is wrong with this internal in the running ansible-core, or None."""
@@ -156,11 +159,14 @@ ACTION = 'ansible.plugins.action'
 CONFIGURE_MODULE = ('module_name', 'module_args', 'task_vars')
 
 
-class Optimisation(NamedTuple):
+class Optimisation:
     """Something ferrogen does faster than Ansible's own code path, and what it relies on."""
 
-    description: str
-    internals: tuple[Internal, ...]
+    __slots__ = ('description', 'internals')
+
+    def __init__(self, description: str, internals: tuple[Internal, ...]):
+        self.description = description
+        self.internals = internals
 
 
 OPTIMISATIONS: dict[str, Optimisation] = {
