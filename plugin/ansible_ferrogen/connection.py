@@ -15,7 +15,7 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 
-from ansible_ferrogen import ansiballz, ansible_internals, become, frames, module_cache, via
+from ansible_ferrogen import ansiballz, ansible_internals, frames, module_cache, via
 from ansible_ferrogen.client import MuxClient, MuxError, StreamError
 
 display = Display()
@@ -320,7 +320,12 @@ class Connection(ConnectionBase):
     def set_become_plugin(self, plugin) -> None:
         """Keep Ansible's become plugin for its options, but run its commands ourselves."""
         super().set_become_plugin(plugin)
-        if plugin is None or become.method_of(plugin) is None:
+        if plugin is None:
+            return
+        # Only workers whose task becomes import it.
+        from ansible_ferrogen import become
+
+        if become.method_of(plugin) is None:
             return
         connection = self
 
@@ -366,12 +371,18 @@ class Connection(ConnectionBase):
 
     def become_account(self) -> dict:
         """The account a become call runs as: the task's become plugin decides."""
+        from ansible_ferrogen import become
+
         return become.become_spec(self.become or self._become_for_transfers_only, self.python_interpreter())
 
     def become_for_transfers(self):
         """The become plugin transfers run as, where the agent drives its method; else None."""
         plugin = self.become or self._become_for_transfers_only
-        return plugin if plugin is not None and become.method_of(plugin) is not None else None
+        if plugin is None:
+            return None
+        from ansible_ferrogen import become
+
+        return plugin if become.method_of(plugin) is not None else None
 
     @contextlib.contextmanager
     def become_seen_only_by_transfers(self):
