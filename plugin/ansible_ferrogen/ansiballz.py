@@ -12,7 +12,6 @@ import ast
 import hashlib
 import json
 import shlex
-from typing import NamedTuple
 
 from ansible_ferrogen import ansible_internals, module_cache
 
@@ -23,16 +22,20 @@ ZIP_ARGUMENT = b"\nzip_data='"
 ENV_ASSIGNMENT_CHARS = frozenset('ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_')
 
 
-# NamedTuples rather than dataclasses, which a connection-only worker would compile the methods
-# of for every task.
-class ModulePayload(NamedTuple):
-    """What the agent needs to run one pipelined module. zip_data is the zip in base64."""
+# Plain classes rather than dataclasses or NamedTuples, which a connection-only worker would
+# build the methods of for every task (about a millisecond for a dataclass, half one for a
+# NamedTuple).
+class ModulePayload:
+    """What the agent needs to run one pipelined module. zip_data is the zip in base64;
+    interpreter, the one the command names (ansible_python_interpreter, or the discovered one)."""
 
-    zip_data: bytes
-    zip_hash: str
-    args: dict
-    # The interpreter the command names (ansible_python_interpreter, or the discovered one).
-    interpreter: str = ''
+    __slots__ = ('zip_data', 'zip_hash', 'args', 'interpreter')
+
+    def __init__(self, zip_data: bytes, zip_hash: str, args: dict, interpreter: str = ''):
+        self.zip_data = zip_data
+        self.zip_hash = zip_hash
+        self.args = args
+        self.interpreter = interpreter
 
 
 def parse(in_data: bytes, cmd: str) -> ModulePayload | None:
@@ -108,12 +111,15 @@ def _environment_from_command(cmd: str) -> tuple[dict[str, str], str] | None:
     return None
 
 
-class ModuleCall(NamedTuple):
+class ModuleCall:
     """A run_module call as exec_command makes it: its args, the zip it needs, the account."""
 
-    args: dict
-    blobs: dict
-    as_become: bool
+    __slots__ = ('args', 'blobs', 'as_become')
+
+    def __init__(self, args: dict, blobs: dict, as_become: bool):
+        self.args = args
+        self.blobs = blobs
+        self.as_become = as_become
 
     @classmethod
     def of(cls, payload, cwd: str | None, as_become: bool) -> ModuleCall:

@@ -21,7 +21,6 @@ import inspect
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
 
 from ansible import __version__ as ansible_version
 from ansible.errors import AnsibleError
@@ -30,12 +29,12 @@ from ansible.utils.display import Display
 display = Display()
 
 
-# The records here are NamedTuples and plain classes rather than dataclasses: a connection-only
+# The records here are plain classes rather than dataclasses or NamedTuples: a connection-only
 # worker imports this module for every task, and making a dataclass compiles its methods (about
-# a millisecond each).
+# a millisecond each), a NamedTuple its constructor and accessors (about half a millisecond).
 
 
-class Internal(NamedTuple):
+class Internal:
     """One private attribute of ansible-core.
 
     name: how messages name it (`module.path:Class.attribute`).
@@ -47,11 +46,15 @@ class Internal(NamedTuple):
     check: a further check of the located object, returning what is wrong or None.
     """
 
-    name: str
-    locate: Callable[[], object]
-    parameters: tuple[str, ...] | None = None
-    patched: bool = False
-    check: Callable[[object], str | None] | None = None
+    __slots__ = ('name', 'locate', 'parameters', 'patched', 'check')
+
+    def __init__(self, name: str, locate: Callable[[], object], parameters: tuple[str, ...] | None = None,
+                 patched: bool = False, check: Callable[[object], str | None] | None = None):
+        self.name = name
+        self.locate = locate
+        self.parameters = parameters
+        self.patched = patched
+        self.check = check
 
     def problem(self) -> str | None:
         """What is wrong with this internal in the running ansible-core, or None."""
@@ -115,6 +118,32 @@ def internal(module: str, path: str, parameters: tuple[str, ...] | None = None, 
     return Internal(f'{module}:{path}', attribute(module, path), parameters, **kwargs)
 
 
+def function_in_source(module: str, source: str, name: str) -> Callable[[], object]:
+    """A locate() for the function `name` defined in the Python source text that module's
+    attribute `source` holds, made from its signature alone (its body is neither compiled nor
+    run): enough to check its parameters."""
+
+    def locate():
+        text = getattr(importlib.import_module(module), source)
+        start = text.find(f'\ndef {name}(')
+        if start < 0:
+            raise AttributeError(name)
+        lines: list[str] = []
+        for line in text[start + 1:].splitlines():
+            lines.append(line)
+            if not line.rstrip().endswith(':'):
+                continue
+            try:
+                code = compile('\n'.join(lines) + '\n    pass\n', f'<{module}.{source}>', 'exec')
+            except SyntaxError:
+                continue  # a colon inside the signature (an annotation, a default)
+            function_code = next(const for const in code.co_consts if isinstance(const, types.CodeType))
+            return types.FunctionType(function_code, {})
+        raise AttributeError(name)
+
+    return locate
+
+
 def action_class(name: str):
     """The class the plugin loader hands out for the builtin action name."""
     from ansible.plugins.loader import action_loader
@@ -156,17 +185,23 @@ ACTION = 'ansible.plugins.action'
 CONFIGURE_MODULE = ('module_name', 'module_args', 'task_vars')
 
 
-class Optimisation(NamedTuple):
+class Optimisation:
     """Something ferrogen does faster than Ansible's own code path, and what it relies on."""
 
-    description: str
-    internals: tuple[Internal, ...]
+    __slots__ = ('description', 'internals')
+
+    def __init__(self, description: str, internals: tuple[Internal, ...]):
+        self.description = description
+        self.internals = internals
 
 
 OPTIMISATIONS: dict[str, Optimisation] = {
     # ansiballz.py: the keyword arguments of the wrapper's call are read out of the payload.
+    # The wrapper is checked in the source Ansible sends, which it never imports: importing the
+    # wrapper's module would cost every connection-only worker half a millisecond.
     'module_arguments_only': Optimisation('module payloads sent as arguments and a zip cached per interpreter', (
-        internal('ansible._internal._ansiballz._wrapper', '_ansiballz_main',
+        Internal("ansible.executor.module_common:_ANSIBALLZ_CODE's _ansiballz_main",
+                 function_in_source('ansible.executor.module_common', '_ANSIBALLZ_CODE', '_ansiballz_main'),
                  ('zip_data', 'ansible_module', 'module_fqn', 'params', 'profile', 'extensions')),
     )),
     # module_cache.py

@@ -75,9 +75,6 @@ class MuxClient:
         current = cls._instance
         if current is not None and current.pid == os.getpid() and current.named_path == named:
             return current
-        # Imported here: run_mux needs mux_process, which needs this module.
-        from ansible_ferrogen import run_mux
-
         client = None
         if named:
             try:
@@ -85,11 +82,17 @@ class MuxClient:
             except MuxGone as exc:
                 display.vvv(f'ferrogen: {exc}; using the mux a worker starts in its place')
         if client is None:
+            # Imported only where no strategy's mux answers, run_mux only by the worker that
+            # starts the run's mux (it needs mux_process, which needs this module).
+            from ansible_ferrogen import run_socket
+
             try:
-                client = cls(run_mux.socket_path())
+                client = cls(run_socket.socket_path())
             except MuxGone:
                 if not start:
                     return None
+                from ansible_ferrogen import run_mux
+
                 client = cls(run_mux.find_or_start())
         client.named_path = named
         cls._instance = client

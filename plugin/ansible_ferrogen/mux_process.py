@@ -73,9 +73,9 @@ class MuxProcess:
         if cls.current is not None and cls.current.proc.poll() is None:
             return
         if cls.current is not None:
-            from ansible_ferrogen import run_mux
+            from ansible_ferrogen import run_mux, run_socket
 
-            replacement = run_mux.socket_path()
+            replacement = run_socket.socket_path()
             if run_mux.answers(replacement):
                 os.environ[SOCKET_ENV] = replacement
                 return

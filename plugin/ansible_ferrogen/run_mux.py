@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import multiprocessing
 import os
 import shutil
 import socket
@@ -33,11 +32,10 @@ from ansible.errors import AnsibleError
 from ansible.utils.display import Display
 
 from ansible_ferrogen.client import SOCKET_ENV
+from ansible_ferrogen.run_socket import RUN_DIR_PREFIX, SOCKET_NAME, run_dir, run_pid, start_time
 
 display = Display()
 
-RUN_DIR_PREFIX = 'ferrogen-run-'
-SOCKET_NAME = 'mux.sock'
 LOCK_NAME = 'lock'
 EXIT_PREFIX = 'exit-'
 # How long a worker that lost the mux waits to learn how it ended.
@@ -67,26 +65,6 @@ fi
 SUPERVISOR_NAME = 'ferrogen-watch'
 
 
-def run_pid() -> int:
-    """The ansible-playbook process this process works for: a worker's parent, else itself."""
-    parent = multiprocessing.parent_process()
-    return parent.pid if parent is not None else os.getpid()
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time (in clock ticks since boot), which a reused pid does not share."""
-    try:
-        with open(f'/proc/{pid}/stat', 'rb') as handle:
-            return handle.read().rsplit(b')', 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return '0'
-
-
-def run_dir(pid: int | None = None) -> str:
-    pid = run_pid() if pid is None else pid
-    return os.path.join(tempfile.gettempdir(), f'{RUN_DIR_PREFIX}{os.getuid()}-{pid}-{_start_time(pid)}')
-
-
 def sweep_ended_runs() -> None:
     """Remove this user's run directories whose ansible-playbook process is gone (its pid is
     free or now another process's: the start time tells)."""
@@ -97,17 +75,12 @@ def sweep_ended_runs() -> None:
             pid, _, started = name[len(prefix):].partition('-')
             if not name.startswith(prefix) or not pid.isdigit() or not started.isdigit():
                 continue
-            if _start_time(int(pid)) == started:
+            if start_time(int(pid)) == started:
                 continue  # that run goes on
             path = os.path.join(root, name)
             info = os.lstat(path)
             if stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid():
                 shutil.rmtree(path, ignore_errors=True)
-
-
-def socket_path() -> str:
-    """Where this run's mux listens (or will)."""
-    return os.path.join(run_dir(), SOCKET_NAME)
 
 
 def _private_dir(path: str) -> None:
