@@ -11,7 +11,7 @@ loaded machine. For example::
     .venv/bin/python bench/ab.py --runs 5 before=rev:main after=.
 
 --engine (repeatable) names the modes compared: ferrogen (strategy mode, the default),
-ferrogen-conn (connection-only mode, each version's collection) and ferrogen-conn-floor (see
+ferrogen-conn (connection-only mode, each version's collection) and ferrogen-conn-preload (see
 bench.py). Each version's plugin is compiled for this Python first, as bench/run.sh does.
 
 The benchmark is not run by the test suite.
@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--scenario", action="append", choices=sorted(bench.SCENARIOS),
                     help=f"repeatable; default {' and '.join(DEFAULT_SCENARIOS)}")  # fmt: skip
-    ap.add_argument("--engine", action="append", choices=["ferrogen", "ferrogen-conn", "ferrogen-conn-floor"],
+    ap.add_argument("--engine", action="append", choices=["ferrogen", "ferrogen-conn", "ferrogen-conn-preload"],
                     help="repeatable; default ferrogen (strategy mode)")  # fmt: skip
     ap.add_argument("versions", nargs="+", metavar="LABEL=PATH|LABEL=rev:REV")
     args = ap.parse_args()

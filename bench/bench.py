@@ -82,12 +82,11 @@ SCENARIOS = {
     "become-30": Scenario(BENCH_PLAYBOOKS / "become30.yml", tasks=30),
 }
 # ferrogen runs in strategy mode (mitogen_linear); ferrogen-conn in connection-only mode (Ansible's
-# own linear strategy, ferrogen.mux.ssh as the connection). ferrogen-conn-floor, run only when
-# named, is ferrogen-conn with the plugin loaded in the controller before workers fork
-# (bench/plugin_in_controller.py): what connection-only workers spend on loading it is the
+# own linear strategy, ferrogen.mux.ssh as the connection). ferrogen-conn-preload, run only when
+# named, is ferrogen-conn with the ferrogen.mux.preload callback enabled, which loads the plugin in
+# ansible-playbook before workers fork: what connection-only workers spend on loading it is the
 # difference.
 ENGINES = ["vanilla", "mitogen", "ferrogen", "ferrogen-conn"]
-PLUGIN_IN_CONTROLLER = REPO / "bench" / "plugin_in_controller.py"
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -129,8 +128,11 @@ def engine_env(engine: str, tmp: Path) -> dict[str, str]:
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategy_dir()), "ANSIBLE_STRATEGY": "mitogen_linear"})
     elif engine == "ferrogen":
         env.update({"ANSIBLE_STRATEGY_PLUGINS": str(FERROGEN_STRATEGY), "ANSIBLE_STRATEGY": "mitogen_linear"})
-    elif engine in ("ferrogen-conn", "ferrogen-conn-floor"):
+    elif engine in ("ferrogen-conn", "ferrogen-conn-preload"):
         env.update({"ANSIBLE_COLLECTIONS_PATH": str(FERROGEN_COLLECTIONS), "ANSIBLE_TRANSPORT": "ferrogen.mux.ssh"})
+        if engine == "ferrogen-conn-preload":
+            env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join(filter(None, [env.get("ANSIBLE_CALLBACKS_ENABLED"),
+                                                                      "ferrogen.mux.preload"]))  # fmt: skip
     else:
         raise ValueError(engine)
     return env
@@ -426,8 +428,7 @@ def run_once(engine: str, scenario: str, playbook_bin: Path, log: Path, direct_p
         inventory = tmp / "inventory.ini"
         write_inventory(inventory, proxies.ports if proxies else direct_ports, user)
         env = engine_env(engine, tmp) | {"ANSIBLE_FORKS": str(spec.forks)} | (env_extra or {})
-        start = [sys.executable, str(PLUGIN_IN_CONTROLLER)] if engine == "ferrogen-conn-floor" else [str(playbook_bin)]
-        cmd = [*start, "-i", str(inventory), str(spec.playbook), *spec.extra]
+        cmd = [str(playbook_bin), "-i", str(inventory), str(spec.playbook), *spec.extra]
         cpu0 = children_cpu()
         rss = PeakRss() if engine.startswith("ferrogen") else None
         t0 = time.monotonic()

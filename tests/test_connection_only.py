@@ -212,3 +212,32 @@ def test_workers_take_the_plugins_options_from_the_builtin_ones(run_playbook, tm
         assert run.task(host, "ping")["status"] == "ok", describe(run)
     assert "Loaded config def from plugin (connection/ssh)" in run.output, describe(run)
     assert "Loaded config def from plugin (connection/ansible_collections.ferrogen" not in run.output, describe(run)
+
+
+@pytest.mark.parametrize("version", ansible_versions())
+def test_the_preload_callback_loads_the_plugin_once_before_the_workers_fork(run_playbook, tmp_path, version):
+    """With `ferrogen.mux.preload` among the enabled callbacks, ansible-playbook imports the
+    plugin package before it forks any worker, and no worker imports it again; without it,
+    each task's worker does. Results and warnings are the same either way (older ansible-cores
+    warn of optimisations they lack). tests/tools/import_watch logs each process that imports
+    the module itself."""
+    inventory_path = write_inventory(tmp_path / "inventory.ini", [ssh_host_line("h1")])
+    importers, warnings = {}, {}
+    for preload in (False, True):
+        log = tmp_path / f"imports-{preload}.log"
+        env = connection_only_env(tmp_path, "linear") | {
+            "PYTHONPATH": str(REPO / "tests" / "tools" / "import_watch"),
+            "FERROGEN_IMPORT_LOG": str(log),
+            "FERROGEN_IMPORT_WATCH": "ansible_ferrogen.connection",
+        }
+        if preload:
+            env["ANSIBLE_CALLBACKS_ENABLED"] = "result_dump,ferrogen.mux.preload"
+        run = run_playbook("three_commands.yml", ferrogen=True, inventory=inventory_path, extra_env=env,
+                           timeout=180, ansible_version=version)  # fmt: skip
+        assert run.returncode == 0, describe(run)
+        for task in ("first", "second", "third"):
+            assert run.task("h1", task)["stdout"] == task, describe(run)
+        warnings[preload] = " ".join(run.stderr.split()).split("[WARNING]")[1:]
+        importers[preload] = len(log.read_text().splitlines()) if log.exists() else 0
+    assert importers == {False: 3, True: 1}, importers
+    assert warnings[True] == warnings[False], warnings

@@ -85,7 +85,7 @@ def config_lines(venv: Path, mode: str) -> str:
 def test_the_installed_wheel_runs_a_playbook_through_the_mux(installed, tmp_path, mode):
     cfg = config_lines(installed, mode)
     settings = [line for line in cfg.splitlines() if line and not line.startswith("#")]
-    assert settings[0] == "[defaults]" and len(settings) == 2, cfg
+    assert settings[0] == "[defaults]" and len(settings) == {"connection": 3, "strategy": 2}[mode], cfg
     readme = (REPO / "README.md").read_text()
     assert "\n".join(settings) in readme, f"README lacks the {mode} lines:\n{cfg}"
     work = tmp_path / "work"
@@ -125,3 +125,10 @@ def test_ansible_doc_shows_the_collections_connection(installed, tmp_path):
     for option in ("host_key_checking", "ssh_extra_args", "python_interpreter"):
         assert option in doc.stdout, doc.stdout
     assert str(installed / "lib") in doc.stdout, doc.stdout
+
+
+def test_ansible_doc_shows_the_preload_callback(installed, tmp_path):
+    doc = subprocess.run([str(installed / "bin" / "ansible-doc"), "-t", "callback", "ferrogen.mux.preload"],
+                         capture_output=True, text=True, env=clean_env(tmp_path), cwd=tmp_path, timeout=120)  # fmt: skip
+    assert doc.returncode == 0, doc.stdout + doc.stderr
+    assert "ferrogen.mux.preload" in doc.stdout and "callbacks_enabled" in doc.stdout, doc.stdout + doc.stderr

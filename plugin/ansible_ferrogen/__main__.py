@@ -8,8 +8,9 @@ import sys
 MODES = {
     'connection': (
         "Connection-only mode: Ansible's own strategies (linear, free, host_pinned); ssh connections "
-        'go through ferrogen-mux.',
-        ['[defaults]', 'transport = ferrogen.mux.ssh'],
+        'go through ferrogen-mux. The callback loads the plugin once, before ansible-playbook forks '
+        'its workers (add it to a callbacks_enabled list of your own).',
+        ['[defaults]', 'transport = ferrogen.mux.ssh', 'callbacks_enabled = ferrogen.mux.preload'],
     ),
     'strategy': (
         'Strategy mode, as with Mitogen: ssh and local connections go through ferrogen-mux.',

@@ -8,10 +8,11 @@ import os
 
 from ansible import __version__ as ansible_version
 from ansible.executor.process.worker import WorkerProcess
-from ansible.plugins.loader import action_loader, become_loader, connection_loader, module_loader
+from ansible.plugins.loader import action_loader, become_loader, connection_loader
 from ansible.utils.display import Display
 
 from ansible_ferrogen import TESTED_ANSIBLE_CORE, action_mixin, ansible_internals, client, fetch_action, module_cache, speculation
+from ansible_ferrogen.preload import warm_worker_caches
 from ansible_ferrogen.mux_process import MuxProcess
 
 display = Display()
@@ -79,25 +80,6 @@ def name_worker_tasks() -> None:
 
     _run.ferrogen_names_tasks = True
     WorkerProcess._run = _run
-
-
-def warm_worker_caches() -> None:
-    """Work out here, once, what every forked worker would otherwise work out again on its own
-    and lose when it exits: about 4 ms of controller CPU per task and host.
-
-    - The index of module files outside collections: the first `ansible.legacy.` lookup lists
-      every module directory. A built-in module's lookup builds the whole index, because the
-      built-in directory is listed last.
-    - The JSON profiles a module's arguments and result are exchanged with, imported on first
-      use.
-    """
-    module_loader.find_plugin_with_context('ansible.legacy.ping', '.py')
-    if not ansible_internals.enabled('json_profiles_ahead'):
-        return
-    from ansible.module_utils.common.json import Direction, get_module_decoder, get_module_encoder
-
-    get_module_decoder('legacy', Direction.CONTROLLER_TO_MODULE)
-    get_module_encoder('legacy', Direction.MODULE_TO_CONTROLLER)
 
 
 @contextlib.contextmanager

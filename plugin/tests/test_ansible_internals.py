@@ -83,10 +83,10 @@ def test_every_optimisation_is_named_where_it_is_installed():
     """A name in OPTIMISATIONS that no install step asks for would check nothing."""
     import inspect
 
-    from ansible_ferrogen import action_mixin, ansiballz, fetch_action, speculation, strategy
+    from ansible_ferrogen import action_mixin, ansiballz, fetch_action, preload, speculation, strategy
 
-    sources = ''.join(inspect.getsource(module)
-                      for module in (action_mixin, ansiballz, fetch_action, module_cache, speculation, strategy))
+    sources = ''.join(inspect.getsource(module) for module in (action_mixin, ansiballz, fetch_action, module_cache,
+                                                                preload, speculation, strategy))
     for name in ansible_internals.OPTIMISATIONS:
         assert f"'{name}'" in sources, name
 
