@@ -54,14 +54,16 @@ def inventory(tmp_path: Path, marker: str, count: int) -> Path:
 
 
 def run_muxes(playbook_pid: int) -> list[int]:
-    """The live muxes that watch this ansible-playbook process (connection-only mode)."""
+    """The live muxes that watch this ansible-playbook process (connection-only mode). A mux's
+    child between its fork and its exec (the ssh it starts) still shows the mux's command line,
+    and is not counted."""
     found = []
     for pid in live_pids():
         args = _cmdline(pid)
         if args[1:2] == ["serve"] and args[0].endswith("ferrogen-mux") and "--watch-pid" in args:
             if args[args.index("--watch-pid") + 1] == str(playbook_pid) and _alive(pid):
                 found.append(pid)
-    return found
+    return [pid for pid in found if parent_pid(pid) not in found]
 
 
 def ancestors(pid: int) -> list[int]:
