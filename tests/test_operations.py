@@ -563,7 +563,9 @@ def test_the_socket_dir_goes_with_its_mux_and_crashed_muxes_dirs_go_at_the_next_
         run = live.finish()
         assert run.returncode == 0, describe(run)
         assert socket_dir.parent == socket_parent
-        assert not socket_dir.exists(), os.listdir(socket_dir)
+        # The mux goes within 2 s of ansible-playbook, and its directory with it (seen still
+        # there right at the end of the run once in CI under load).
+        assert wait_until(lambda: not socket_dir.exists(), 2.0), os.listdir(socket_dir)
         assert not crashed.exists(), os.listdir(crashed)
         assert live_dir.exists()
     finally:
