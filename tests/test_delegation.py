@@ -229,15 +229,20 @@ app1 ansible_host={h2} mitogen_via=root@hop1
 
 def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconnects(chain, tmp_path):
     killer = tmp_path / "kill_hop1.sh"
+    killing = tmp_path / "killing"
     # Every process in hop1's namespace but its sshd listener: the sessions the mux's hop uses.
     killer.write_text(
+        f"touch {killing}\n"
         f"for pid in $(ip netns pids {chain.namespaces[0]}); do\n"
         f"  [ $pid = {chain.sshd[0].pid} ] || kill -9 $pid\n"
         "done\n"
     )
     playbook = tmp_path / "dead_hop.yml"
     # The namespaces share one process table: app1's task ends hop1's sessions, its own
-    # connection among them, while app2's task runs through the same hop.
+    # connection among them, while app2's task runs through the same hop. app2's task outlasts
+    # the kill however late app1's worker starts (seen 5 s late in CI under load).
+    waiter = tmp_path / "wait_for_the_kill.sh"
+    waiter.write_text(f"for i in $(seq 600); do [ -e {killing} ] && break; sleep 0.1; done\nsleep 5\n")
     playbook.write_text(f"""
 - hosts: finals
   gather_facts: false
@@ -245,7 +250,7 @@ def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconn
     - name: before
       command: ip -4 -o addr show
     - name: while hop1 dies
-      command: "{{{{ 'sh {killer}' if inventory_hostname == 'app1' else 'sleep 5' }}}}"
+      command: "{{{{ 'sh {killer}' if inventory_hostname == 'app1' else 'sh {waiter}' }}}}"
       ignore_unreachable: true
     - name: after
       command: ip -4 -o addr show
