@@ -132,19 +132,10 @@ impl Source {
     }
 }
 
-/// Fills `chunk` (`CHUNK_MAX` bytes) up to the end of the file, so chunks are whole but the
-/// last, and cuts it to what was read.
+/// Reads the next `CHUNK_MAX` bytes of the file, or what is left of it, into `chunk` (empty,
+/// with room for them: read into as it is, not zeroed first), so chunks are whole but the last.
 fn read_chunk(file: &mut File, mut chunk: Vec<u8>) -> io::Result<Vec<u8>> {
-    let mut filled = 0;
-    while filled < CHUNK_MAX {
-        match file.read(&mut chunk[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        }
-    }
-    chunk.truncate(filled);
+    file.take(CHUNK_MAX as u64).read_to_end(&mut chunk)?;
     Ok(chunk)
 }
 
@@ -555,7 +546,7 @@ impl Put {
         };
         // Allocated here and freed here once written: a buffer allocated on the blocking
         // pool's threads would come from their malloc arenas and stay cached there.
-        let buffer = vec![0; CHUNK_MAX];
+        let buffer = Vec::with_capacity(CHUNK_MAX);
         let read = tokio::task::spawn_blocking(move || {
             let chunk = read_chunk(&mut file, buffer);
             (file, chunk)

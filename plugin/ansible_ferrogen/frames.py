@@ -90,7 +90,7 @@ def decode(data):
     end = FRAME_PREFIX.size + header_len + body_len
     if len(data) < end:
         raise FrameError('truncated frame')
-    header = _parse_header(data[FRAME_PREFIX.size:FRAME_PREFIX.size + header_len])
+    header = parse_header(data[FRAME_PREFIX.size:FRAME_PREFIX.size + header_len])
     return header, data[FRAME_PREFIX.size + header_len:end], end
 
 
@@ -99,7 +99,7 @@ def read_frame(recv):
     (a blocking socket's recv, a pipe's read); EOFError at the end."""
     header_len, body_len = FRAME_PREFIX.unpack(_read_exactly(recv, FRAME_PREFIX.size))
     _check_lengths(header_len, body_len)
-    header = _parse_header(_read_exactly(recv, header_len))
+    header = parse_header(_read_exactly(recv, header_len))
     return header, _read_exactly(recv, body_len)
 
 
@@ -108,7 +108,7 @@ def _check_lengths(header_len, body_len):
         raise FrameError('bad frame lengths: header %d, body %d' % (header_len, body_len))
 
 
-def _parse_header(raw):
+def parse_header(raw):
     try:
         header = json.loads(raw.decode('utf-8'))
     except ValueError as exc:
@@ -119,10 +119,14 @@ def _parse_header(raw):
 
 
 def _read_exactly(recv, size):
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = recv(min(size - len(chunks), 1 << 20))
-        if not chunk:
+    # Joined once at the end, and not at all when one read brought everything: a fetch's chunk
+    # is a megabyte.
+    pieces = []
+    missing = size
+    while missing:
+        piece = recv(min(missing, 1 << 20))
+        if not piece:
             raise EOFError('ferrogen-mux closed the connection')
-        chunks += chunk
-    return bytes(chunks)
+        pieces.append(piece)
+        missing -= len(piece)
+    return pieces[0] if len(pieces) == 1 else b''.join(pieces)

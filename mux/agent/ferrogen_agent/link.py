@@ -7,7 +7,7 @@ import struct
 import sys
 import zlib
 
-from ansible_ferrogen.frames import FRAME_PREFIX, TRANSFER_CHUNK, encode_frame, frame_head, take_frame
+from ansible_ferrogen.frames import FRAME_PREFIX, TRANSFER_CHUNK, encode_frame, frame_head, parse_header, take_frame
 from .settings import COMPRESS_LINK
 from .transfers import F_SETPIPE_SZ
 
@@ -35,6 +35,10 @@ PATCH_BASE_MAX = 16384
 # header one more (worker-ipc/src/compression.rs): the next call of a loop.
 INCREMENT_TAG = 0x3
 INCREMENT_PREFIX = struct.Struct('>BB')
+# The channel reads the pipe READ_PIECE bytes at a time, and the rest of a chunk frame with a
+# body of DIRECT_BODY_MIN bytes or more straight into the body's own buffer (DirectBody).
+READ_PIECE = 1 << 16
+DIRECT_BODY_MIN = 1 << 16
 # Small frames take the best level: a reply's few fresh digits then fit ssh's next smaller
 # packet, at a cost of microseconds. Bulk data takes the fastest.
 SMALL_FRAME_LEVEL = 9
@@ -72,6 +76,8 @@ class Channel:
         self.probe = zlib.compressobj(BULK_LEVEL, zlib.DEFLATED, -15)
         self.inflater = zlib.decompressobj(-15)
         self.inflated = bytearray()
+        # The large chunk frame whose body is being read into a buffer of its own.
+        self.direct = None
         # The encoding of the last frame read, which a patch from the mux applies to (None after
         # one larger than PATCH_BASE_MAX).
         self.last_frame = None
@@ -93,9 +99,27 @@ class Channel:
 
     def read_available(self):
         """Read what the pipe holds; return the complete frames, or None at end of stream."""
-        if not read_raw(self.rfd, self.inbuf):
-            return None
         frames = []
+        while True:
+            if self.direct is not None:
+                whole = self.direct.fill(self.rfd)
+                if whole is None:
+                    return None
+                if not whole:
+                    return frames
+                frames.append(self.direct.frame())
+                self.direct = None
+                self.last_frame = None
+            read = read_piece(self.rfd, self.inbuf)
+            if read is None:
+                return None
+            self.take_frames(frames)
+            if self.direct is None and read < READ_PIECE:
+                return frames
+
+    def take_frames(self, frames):
+        """Append the complete frames at the start of inbuf to frames; start a DirectBody where
+        inbuf ends inside a large chunk frame."""
         inbuf = self.inbuf
         while inbuf:
             if inbuf[0] == PATCH_TAG:
@@ -112,6 +136,7 @@ class Channel:
                     raise ValueError('a plain frame inside a compressed one')
                 frame = self.take_frame(inbuf)
                 if frame is None:
+                    self.direct = DirectBody.start(inbuf)
                     break
                 frames.append(frame)
                 continue
@@ -128,7 +153,6 @@ class Channel:
             while frame is not None:
                 frames.append(frame)
                 frame = self.take_frame(self.inflated)
-        return frames
 
     def take_frame(self, buffer):
         """take_frame(buffer), keeping the frame's encoding as the one a patch applies to."""
@@ -175,6 +199,53 @@ class Channel:
             raise ValueError('a patch that makes no whole frame')
         frames.append(frame)
         return True
+
+
+class DirectBody:
+    """A put chunk's body read straight into a buffer of its own, which goes to the transfer as
+    it is: through inbuf, each of its megabytes would be copied twice more on the way."""
+
+    def __init__(self, header, buffer, filled):
+        self.header = header
+        self.buffer = buffer
+        self.view = memoryview(buffer)
+        self.filled = filled
+
+    @classmethod
+    def start(cls, inbuf):
+        """A DirectBody for the incomplete frame that is all inbuf holds, moved out of inbuf, if
+        it is a chunk frame with a body of at least DIRECT_BODY_MIN bytes; else None."""
+        header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
+        body_start = FRAME_PREFIX.size + header_len
+        if body_len < DIRECT_BODY_MIN or len(inbuf) < body_start:
+            return None
+        header = parse_header(inbuf[FRAME_PREFIX.size:body_start])
+        if header.get('type') != 'chunk':
+            return None
+        buffer = bytearray(body_len)
+        filled = len(inbuf) - body_start
+        buffer[:filled] = memoryview(inbuf)[body_start:]
+        del inbuf[:]
+        return cls(header, buffer, filled)
+
+    def fill(self, fd):
+        """Read the rest of the body from the non-blocking fd: True once whole, False when fd
+        has nothing more for now, None at end of stream."""
+        while self.filled < len(self.buffer):
+            try:
+                read = os.readv(fd, [self.view[self.filled:]])
+            except BlockingIOError:
+                return False
+            except InterruptedError:
+                continue
+            if not read:
+                return None
+            self.filled += read
+        return True
+
+    def frame(self):
+        self.view.release()
+        return self.header, self.buffer
 
 
 def small_frame_stream():
@@ -263,6 +334,22 @@ def early_input():
         return sys.stdin.buffer.read(len(buffered)) if buffered else b''
     except (AttributeError, OSError, ValueError):
         return b''
+
+
+def read_piece(fd, inbuf):
+    """Append at most READ_PIECE bytes from the non-blocking fd to inbuf: how many (0 when fd
+    has nothing for now), or None at end of stream."""
+    while True:
+        try:
+            chunk = os.read(fd, READ_PIECE)
+        except BlockingIOError:
+            return 0
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        inbuf += chunk
+        return len(chunk)
 
 
 def read_raw(fd, inbuf):

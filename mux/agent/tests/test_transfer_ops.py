@@ -314,3 +314,22 @@ def test_a_put_chunk_arriving_in_pieces_is_read_whole(agent, tmp_path):
     header, _ = agent.read()
     assert header['ok'], header
     assert dest.read_bytes() == data
+
+
+def test_a_put_chunk_and_the_frames_behind_it_in_one_write_all_arrive(agent, tmp_path):
+    data = os.urandom(CHUNK + 100)
+    dest = tmp_path / 'dest'
+    agent.send({'type': 'call', 'id': 8, 'op': 'put_begin', 'args': {'path': str(dest), 'size': len(data)}})
+    # A megabyte chunk read straight into its own buffer, a small chunk read through the channel's
+    # buffer, and the end: in one write, then in pieces cut across the frames' boundaries.
+    stream = (frames.encode_frame({'type': 'chunk', 'id': 8, 'offset': 0}, data[:CHUNK])
+              + frames.encode_frame({'type': 'chunk', 'id': 8, 'offset': CHUNK}, data[CHUNK:])
+              + frames.encode_frame({'type': 'put_end', 'id': 8, 'size': len(data),
+                                     'sha1': hashlib.sha1(data).hexdigest()}))
+    for start in range(0, len(stream), 300007):
+        agent.proc.stdin.write(stream[start:start + 300007])
+        agent.proc.stdin.flush()
+    replies = [agent.read()[0] for _ in range(3)]
+    assert replies[:2] == [{'type': 'ack', 'id': 8, 'bytes': CHUNK}, {'type': 'ack', 'id': 8, 'bytes': len(data)}]
+    assert replies[2]['ok'], replies[2]
+    assert dest.read_bytes() == data
