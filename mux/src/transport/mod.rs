@@ -30,7 +30,7 @@ pub use via::{RouteReader, RouteWriter, Routed};
 use std::{
     fmt,
     future::Future,
-    os::unix::process::ExitStatusExt,
+    os::unix::{io::AsRawFd, process::ExitStatusExt},
     pin::Pin,
     process::{ExitStatus, Stdio},
     sync::Arc,
@@ -44,7 +44,7 @@ use tokio::{
     sync::oneshot,
 };
 use tracing::debug;
-use worker_ipc::{ContainerSpec, TargetSpec, Transport};
+use worker_ipc::{ContainerSpec, TargetSpec, Transport, CHUNK_MAX};
 
 use crate::{bootstrap::Bootstrap, process_groups};
 
@@ -318,6 +318,8 @@ pub async fn start(request: ConnectRequest) -> Result<Started, String> {
     else {
         return Err("transport child has no stdio pipes".into());
     };
+    widen_pipe(&stdin);
+    widen_pipe(&stdout);
     let (ended_tx, ended) = oneshot::channel();
     if let (Some(terminal), Some(answers)) = (terminal, answers) {
         tokio::spawn(ssh_prompts::answer_prompts(
@@ -356,6 +358,19 @@ pub async fn start(request: ConnectRequest) -> Result<Started, String> {
 }
 
 /// Keeps the tail of the transport's stderr and logs each piece.
+/// Capacity asked of the pipes to and from a transport: a transfer chunk then crosses in one
+/// write and one read, rather than in sixteen of the default 64 KiB, each waking the other side.
+const PIPE_CAPACITY: usize = CHUNK_MAX;
+
+/// Asks the kernel for a pipe of [`PIPE_CAPACITY`] bytes; best effort (Linux only, and an
+/// unprivileged user gets at most `/proc/sys/fs/pipe-max-size`, 1 MiB by default).
+fn widen_pipe(pipe: &impl AsRawFd) {
+    let _ = nix::fcntl::fcntl(
+        pipe.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_CAPACITY as i32),
+    );
+}
+
 async fn collect_stderr(mut stderr: ChildStderr, tail: StderrTail, name: String) {
     let mut buf = vec![0u8; 4096];
     loop {
@@ -372,6 +387,14 @@ async fn collect_stderr(mut stderr: ChildStderr, tail: StderrTail, name: String)
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn a_transport_pipe_holds_a_whole_chunk() {
+        let (read_end, _write_end) = nix::unistd::pipe().unwrap();
+        widen_pipe(&read_end);
+        let capacity = nix::fcntl::fcntl(read_end.as_raw_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ);
+        assert_eq!(capacity.unwrap(), CHUNK_MAX as i32);
+    }
 
     /// A spec for container `c1` of `transport`.
     pub(crate) fn container_spec(
