@@ -22,7 +22,7 @@ TEMP_NAME = re.compile(r'^\.ferrogen-(\d+)-[0-9a-f]+\.tmp$')
 # A received file is written WRITE_PIECE bytes per write(2) at most: on Linux 6.18 (ext4) a
 # megabyte per write took the kernel about twice as long to copy into the page cache as the
 # same bytes in quarter-megabyte writes, half a second more CPU per 400 MB
-# (docs/benchmarks.md, "Writes of a quarter megabyte").
+# (docs/benchmarks.md, "Where the last 0.8 s of a 400 MB copy went").
 WRITE_PIECE = 1 << 18
 
 # Directories already swept by this process (sweep_for): once each is enough, since later
