@@ -215,6 +215,8 @@ class DirectBody:
     def start(cls, inbuf):
         """A DirectBody for the incomplete frame that is all inbuf holds, moved out of inbuf, if
         it is a chunk frame with a body of at least DIRECT_BODY_MIN bytes; else None."""
+        if len(inbuf) < FRAME_PREFIX.size:
+            return None
         header_len, body_len = FRAME_PREFIX.unpack_from(inbuf)
         body_start = FRAME_PREFIX.size + header_len
         if body_len < DIRECT_BODY_MIN or len(inbuf) < body_start:
@@ -336,12 +338,12 @@ def early_input():
         return b''
 
 
-def read_piece(fd, inbuf):
-    """Append at most READ_PIECE bytes from the non-blocking fd to inbuf: how many (0 when fd
-    has nothing for now), or None at end of stream."""
+def read_piece(fd, inbuf, size=READ_PIECE):
+    """Append at most size bytes from the non-blocking fd to inbuf: how many (0 when fd has
+    nothing for now), or None at end of stream."""
     while True:
         try:
-            chunk = os.read(fd, READ_PIECE)
+            chunk = os.read(fd, size)
         except BlockingIOError:
             return 0
         except InterruptedError:
@@ -355,16 +357,10 @@ def read_piece(fd, inbuf):
 def read_raw(fd, inbuf):
     """Drain a non-blocking fd into inbuf; False at end of stream."""
     while True:
-        try:
-            chunk = os.read(fd, 1 << 20)
-        except BlockingIOError:
-            return True
-        except InterruptedError:
-            continue
-        if not chunk:
+        read = read_piece(fd, inbuf, 1 << 20)
+        if read is None:
             return False
-        inbuf += chunk
-        if len(chunk) < (1 << 20):
+        if read < (1 << 20):
             return True
 
 

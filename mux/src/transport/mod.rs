@@ -357,7 +357,6 @@ pub async fn start(request: ConnectRequest) -> Result<Started, String> {
     })
 }
 
-/// Keeps the tail of the transport's stderr and logs each piece.
 /// Capacity asked of the pipes to and from a transport: a transfer chunk then crosses in one
 /// write and one read, rather than in sixteen of the default 64 KiB, each waking the other side.
 const PIPE_CAPACITY: usize = CHUNK_MAX;
@@ -371,6 +370,7 @@ fn widen_pipe(pipe: &impl AsRawFd) {
     );
 }
 
+/// Keeps the tail of the transport's stderr and logs each piece.
 async fn collect_stderr(mut stderr: ChildStderr, tail: StderrTail, name: String) {
     let mut buf = vec![0u8; 4096];
     loop {
