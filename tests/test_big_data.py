@@ -42,8 +42,6 @@ GROWTH_ALLOWED = WINDOW + CHUNK + 2 * 16 * MIB + 24 * MIB
 # Free disk the big runs need: two accounts' copies or fetches of BIG, and one upload in flight.
 DISK_NEEDED = 4 << 30
 SAMPLE_EVERY = 0.05
-# A process not classified yet: the bootstrap stub of an agent not yet named.
-PENDING = "pending"
 
 ACCOUNTS = ("root", "ferronopw")
 
@@ -75,9 +73,15 @@ def _read(path: str) -> str:
         return ""
 
 
-def _ppid(pid: int) -> int:
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name, whose parentheses may hold spaces: field 3 on."""
     stat = _read(f"/proc/{pid}/stat")
-    return int(stat.rsplit(")", 1)[1].split()[1]) if stat else 0
+    return stat.rsplit(")", 1)[1].split() if stat else []
+
+
+def _ppid(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else 0
 
 
 def _hwm_kib(pid: int) -> int:
@@ -91,12 +95,18 @@ class PeakSampler:
     """Samples, in a thread, VmHWM of the processes of the ansible-playbook run whose
     environment holds `marker`: its mux, its workers (the run's other children), and the
     agents on the target (named after the mux's pid; a task process forked by an agent has an
-    agent as its parent and is left out)."""
+    agent as its parent and is left out).
+
+    A process is known by its pid and start time, since pid_max may be 32768 and a busy
+    machine wraps it; and it is classified again whenever its arguments change, since a
+    process seen between fork and exec (an agent under sshd or sudo, the mux under its
+    parent) still shows its parent's arguments, and an agent renames itself once it runs."""
 
     def __init__(self, marker: str):
         self.marker = f"FERROGEN_BIG_DATA_RUN={marker}".encode()
-        self.kind: dict[int, str | None] = {}
-        self.peak: dict[int, int] = {}
+        # (pid, start time) -> (the arguments it was classified by, its kind or None).
+        self.kind: dict[tuple[int, str], tuple[str, str | None]] = {}
+        self.peak: dict[tuple[int, str], int] = {}
         self.playbook: int | None = None
         self.mux: int | None = None
         self.stopped = threading.Event()
@@ -110,10 +120,9 @@ class PeakSampler:
         self.stopped.set()
         self.thread.join()
 
-    def _classify(self, pid: int) -> str | None:
-        args = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+    def _classify(self, pid: int, args: str) -> str | None:
         if "SOURCE=sys.stdin.buffer.read" in args:
-            return PENDING  # a bootstrap stub, named once the agent runs
+            return None  # a bootstrap stub, named once the agent runs
         if self.mux is not None and "mitogen:" in args and f":{self.mux} " in args + " ":
             parent_args = _read(f"/proc/{_ppid(pid)}/cmdline").replace("\0", " ")
             return None if f":{self.mux} " in parent_args + " " else "agent"
@@ -139,10 +148,20 @@ class PeakSampler:
             if not entry.isdigit():
                 continue
             pid = int(entry)
-            if pid not in self.kind or self.kind[pid] is PENDING or (self.kind[pid] is None and self.mux is None):
-                self.kind[pid] = self._classify(pid)
-            if self.kind[pid] not in (None, PENDING):
-                self.peak[pid] = max(self.peak.get(pid, 0), _hwm_kib(pid))
+            fields = _stat_fields(pid)
+            if len(fields) < 20:
+                continue  # gone
+            key = (pid, fields[19])  # proc(5): starttime is field 22
+            args = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
+            seen = self.kind.get(key)
+            # A pid classified before the mux was known may be an agent of it.
+            if seen is None or seen[0] != args or (seen[1] is None and self.mux is None):
+                kind = self._classify(pid, args)
+                if seen is not None and seen[1] != kind:
+                    self.peak.pop(key, None)  # the peak before exec was another program's
+                self.kind[key] = (args, kind)
+            if self.kind[key][1] is not None:
+                self.peak[key] = max(self.peak.get(key, 0), _hwm_kib(pid))
 
     def _run(self) -> None:
         while not self.stopped.wait(SAMPLE_EVERY):
@@ -151,9 +170,9 @@ class PeakSampler:
     def peaks(self) -> dict[str, int]:
         """The highest VmHWM seen per kind of process, in bytes."""
         found: dict[str, int] = {}
-        for pid, kind in self.kind.items():
-            if kind not in (None, PENDING) and pid in self.peak:
-                found[kind] = max(found.get(kind, 0), self.peak[pid] * 1024)
+        for key, (_, kind) in self.kind.items():
+            if kind is not None and key in self.peak:
+                found[kind] = max(found.get(kind, 0), self.peak[key] * 1024)
         return found
 
 
