@@ -17,7 +17,9 @@ Scenarios:
   and without ``-C`` (best of 3), and ssh doing only the work a transfer cannot skip (``floor_put``,
   ``floor_fetch``: SHA-1 on both sides, fsync on the receiving one, MD5 on the controller: of a
   put's source, which the copy module reports, and of what a fetch receives, which the fetch
-  action reports). The
+  action reports). The put's floor is also measured through a relay between the file and ssh,
+  where an engine's controller side sits: one that copies each megabyte through its own buffer,
+  and one that splices it (``RELAYS``); their "vs floor" is what a process there costs. The
   text runs, floors included, go through a latency-proxy without delay, which counts the bytes
   on the wire; the incompressible ones go straight to the sshd.
 - ``loop-bytes``: bytes on the wire per loop item, ``(loop-500 - loop-100) / 400`` from bench.py's
@@ -183,6 +185,8 @@ def bench_small(engine: str, work: Path) -> dict:
     }
 
 
+PUT_FLOOR = "floor put: ssh + SHA-1 x2, MD5, fsync"
+FETCH_FLOOR = "floor fetch: ssh + SHA-1 x2, MD5, fsync"
 # Runs of each ssh floor; the best one is kept (--floor-runs).
 FLOOR_RUNS = {"runs": 3}
 # Runs of each engine's 400 MB transfer and of its fixed cost; the best of each is kept
@@ -191,25 +195,38 @@ ENGINE_RUNS = {"runs": 1}
 
 
 def timed_ssh(opts: list[str], command: str, stdin: Path | None, stdout: Path | None,
-              alongside=(), cleanup=()) -> float:
+              alongside=(), cleanup=(), relay: str | None = None) -> float:
     """Seconds for ssh host command to run with stdin from one file and stdout to another (on
     this machine), less ssh's own start-up (ssh host true), with each of alongside run in a
     thread meanwhile; the best of FLOOR_RUNS, as a single one varies by a factor of two here.
-    Each of cleanup is removed after each run."""
+    Each of cleanup is removed after each run. With relay (a RELAYS script), ssh reads a pipe
+    that the relay fills from the file instead of the file itself."""
     best = float("inf")
     for _ in range(FLOOR_RUNS["runs"]):
         started = time.monotonic()
         subprocess.run(["ssh", *opts, "127.0.0.1", "true"], check=True)
         setup = time.monotonic() - started
         with open(stdin or os.devnull, "rb") as src, open(stdout or os.devnull, "wb") as dst:
+            # The relay starts before the clock and waits for SIGUSR1, so its start-up is not
+            # counted; ssh's is, and is taken off.
+            feeder = subprocess.Popen([sys.executable, "-c", relay], stdin=src, stdout=subprocess.PIPE) if relay else None
+            if feeder:
+                feeder.stdout.read(1)  # its pipe is widened and it waits
             started = time.monotonic()
             threads = [threading.Thread(target=work) for work in alongside]
             for thread in threads:
                 thread.start()
-            subprocess.run(["ssh", *opts, "127.0.0.1", command], stdin=src, stdout=dst, check=True)
+            if feeder:
+                feeder.send_signal(signal.SIGUSR1)
+            subprocess.run(["ssh", *opts, "127.0.0.1", command], stdin=feeder.stdout if feeder else src, stdout=dst,
+                           check=True)  # fmt: skip
             for thread in threads:
                 thread.join()
             best = min(best, max(time.monotonic() - started - setup, 1e-6))
+            if feeder:
+                feeder.stdout.close()
+                if feeder.wait() != 0:
+                    raise RuntimeError(f"the relay failed: {feeder.returncode}")
         for path in (*cleanup, *([stdout] if stdout else [])):
             if os.path.exists(path):
                 os.unlink(path)
@@ -269,15 +286,43 @@ def hash_file(path: Path, name: str) -> None:
             digest.update(data)
 
 
-def floor_put(big: Path, port: int) -> float:
+# Processes that floor_put may put between the file and ssh, as an engine's controller side
+# sits there (the mux, for ferrogen): each widens its pipe to ssh as the mux does (1 MiB,
+# transport::PIPE_CAPACITY), tells the bench it is ready with one byte, waits for SIGUSR1,
+# then moves the file a megabyte (a transfer chunk) at a time. "copying" reads each megabyte
+# and writes it, as any relay that looks at the bytes must; "splice" moves them with
+# splice(2), through no buffer of its own: the least a process in that place can cost.
+RELAY_START = """
+import fcntl, os, signal
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 1 << 20)
+os.write(1, b"r")
+signal.sigwait({signal.SIGUSR1})
+"""
+RELAYS = {
+    "copying": RELAY_START + """
+while data := os.read(0, 1 << 20):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
+""",
+    "splice": RELAY_START + """
+while os.splice(0, 1, 1 << 20):
+    pass
+""",
+}
+
+
+def floor_put(big: Path, port: int, relay: str | None = None) -> float:
     """Seconds for ssh alone to do the work a copy cannot skip (no Ansible, no engine, no
     framing): the target checks the SHA-1 of what it receives and fsyncs it, while the controller
     hashes the source with SHA-1 (the action's checksum) and MD5 (the copy module's md5sum)
-    (timed_ssh). It bounds what any engine can reach on this machine."""
+    (timed_ssh). It bounds what any engine can reach on this machine. With relay (a RELAYS
+    name), ssh reads the file through that relay."""
     dest = f"/tmp/ferrogen-bench-floor-{os.getpid()}"
     hashing = [lambda name=name: hash_file(big, name) for name in ("sha1", "md5")]
     return timed_ssh(ssh_opts(port, False), f"/usr/bin/python3 -c {shlex.quote(FLOOR_RECEIVER)} {dest}", big, None,
-                     alongside=hashing, cleanup=[dest])  # fmt: skip
+                     alongside=hashing, cleanup=[dest], relay=RELAYS[relay] if relay else None)  # fmt: skip
 
 
 def floor_fetch(big: Path, work: Path, port: int) -> float:
@@ -393,10 +438,12 @@ def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: 
     for name, measure in {
         "ssh 'cat > file'": lambda port: raw_put(big, port, compress=False),
         "ssh -C 'cat > file'": lambda port: raw_put(big, port, compress=True),
-        "floor put: ssh + SHA-1 x2, MD5, fsync": lambda port: floor_put(big, port),
+        PUT_FLOOR: lambda port: floor_put(big, port),
+        "  the same through a copying relay": lambda port: floor_put(big, port, relay="copying"),
+        "  the same through a splice relay": lambda port: floor_put(big, port, relay="splice"),
         "ssh cat file": lambda port: raw_fetch(big, work, port, compress=False),
         "ssh -C cat file": lambda port: raw_fetch(big, work, port, compress=True),
-        "floor fetch: ssh + SHA-1 x2, MD5, fsync": lambda port: floor_fetch(big, work, port),
+        FETCH_FLOOR: lambda port: floor_fetch(big, work, port),
     }.items():
         secs, wire = proxied_ssh(work, measure) if text else (measure(SSH_PORT), None)
         floors[name] = {"secs": secs, "mb_s": BIG_SIZE / secs / 1e6, "wire_bytes": wire}
@@ -405,8 +452,9 @@ def bench_file(kind: str, engines: list[str], work: Path, results: dict, lines: 
     lines += ["", f"{kind:38} {'s':>7} {'MB/s':>7} {'fixed s':>8} {'net MB/s':>9} {'vs floor':>9} {'wire MB':>8}"]
     for name, floor in floors.items():
         wire = f"{floor['wire_bytes'] / 1e6:8.1f}" if floor["wire_bytes"] else f"{'-':>8}"
-        lines.append(f"  {name:36} {floor['secs']:7.2f} {floor['mb_s']:7.1f} {'':8} {'':9} {'':9} {wire}")
-    for op, floor_name in (("copy", "floor put: ssh + SHA-1 x2, MD5, fsync"), ("fetch", "floor fetch: ssh + SHA-1 x2, MD5, fsync")):
+        relayed = f"{floor['mb_s'] / floors[PUT_FLOOR]['mb_s']:9.0%}" if "relay" in name else f"{'':9}"
+        lines.append(f"  {name:36} {floor['secs']:7.2f} {floor['mb_s']:7.1f} {'':8} {'':9} {relayed} {wire}")
+    for op, floor_name in (("copy", PUT_FLOOR), ("fetch", FETCH_FLOOR)):
         for engine in engines:
             r = bench_big(engine, work, op, big, fixed_cost_file, kind, text)
             results[kind][f"{engine} {op}"] = r

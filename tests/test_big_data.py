@@ -100,7 +100,8 @@ class PeakSampler:
     A process is known by its pid and start time, since pid_max may be 32768 and a busy
     machine wraps it; and it is classified again whenever its arguments change, since a
     process seen between fork and exec (an agent under sshd or sudo, the mux under its
-    parent) still shows its parent's arguments, and an agent renames itself once it runs."""
+    parent) still shows its parent's arguments, and an agent renames itself once it runs; but
+    not once it has exited, when it shows none."""
 
     def __init__(self, marker: str):
         self.marker = f"FERROGEN_BIG_DATA_RUN={marker}".encode()
@@ -154,8 +155,9 @@ class PeakSampler:
             key = (pid, fields[19])  # proc(5): starttime is field 22
             args = _read(f"/proc/{pid}/cmdline").replace("\0", " ")
             seen = self.kind.get(key)
-            # A pid classified before the mux was known may be an agent of it.
-            if seen is None or seen[0] != args or (seen[1] is None and self.mux is None):
+            # A pid classified before the mux was known may be an agent of it; one that shows
+            # no arguments has exited and keeps what it was.
+            if seen is None or (args and (seen[0] != args or (seen[1] is None and self.mux is None))):
                 kind = self._classify(pid, args)
                 if seen is not None and seen[1] != kind:
                     self.peak.pop(key, None)  # the peak before exec was another program's

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -228,8 +229,19 @@ app1 ansible_host={h2} mitogen_via=root@hop1
 
 
 def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconnects(chain, tmp_path):
-    killer = tmp_path / "kill_hop1.sh"
-    killing = tmp_path / "killing"
+    # Where app2's account (ferrotest) can read the waiter and see the marker: tmp_path is
+    # root's alone.
+    scripts = Path(tempfile.mkdtemp(prefix="ferrogen-dead-hop-", dir="/tmp"))
+    scripts.chmod(0o755)
+    try:
+        dead_intermediary(chain, tmp_path, scripts)
+    finally:
+        shutil.rmtree(scripts, ignore_errors=True)
+
+
+def dead_intermediary(chain, tmp_path: Path, scripts: Path) -> None:
+    killer = scripts / "kill_hop1.sh"
+    killing = scripts / "killing"
     # Every process in hop1's namespace but its sshd listener: the sessions the mux's hop uses.
     killer.write_text(
         f"touch {killing}\n"
@@ -241,8 +253,9 @@ def test_a_dead_intermediary_makes_its_targets_unreachable_naming_it_then_reconn
     # The namespaces share one process table: app1's task ends hop1's sessions, its own
     # connection among them, while app2's task runs through the same hop. app2's task outlasts
     # the kill however late app1's worker starts (seen 5 s late in CI under load).
-    waiter = tmp_path / "wait_for_the_kill.sh"
+    waiter = scripts / "wait_for_the_kill.sh"
     waiter.write_text(f"for i in $(seq 600); do [ -e {killing} ] && break; sleep 0.1; done\nsleep 5\n")
+    waiter.chmod(0o644)
     playbook.write_text(f"""
 - hosts: finals
   gather_facts: false

@@ -6,7 +6,8 @@
 //! - [`serve`]: `ferrogen-mux serve` (socket checks, signals, stdin EOF) and [`serve::start`],
 //!   which starts the actors on a listening socket (also what tests start in-process);
 //! - `listener` accepts workers; `worker_session` is one worker; `registry` holds the
-//!   targets and the blob store; `target` is one connection, the router of its agent link;
+//!   targets and the blob store; `target` is one connection, the router of its agent link
+//!   (`link_writer` writes to it);
 //!   `interpreters` is a target's table of interpreters and calls (`interpreter_lru`
 //!   decides which become interpreters to stop); `transfer` is one streamed file transfer;
 //! - [`messages`]: every message between those actors;
@@ -23,6 +24,7 @@ mod frame_budget;
 mod heartbeat;
 mod interpreter_lru;
 mod interpreters;
+mod link_writer;
 mod listener;
 pub mod logging;
 pub mod messages;

@@ -12,7 +12,7 @@
 //! ([`CallEvent`]), whoever is behind it (the WorkerSession for a plain call, a Put or Fetch for a
 //! streamed one), so the Target never names either.
 
-use std::time::Duration;
+use std::{fs::File, sync::Arc, time::Duration};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -117,7 +117,39 @@ pub struct Relay {
     /// The transfer's mux-side call id.
     pub mux_id: u64,
     /// The frames (`chunk`, `put_end`, `ack`, `cancel`) with their bodies, already addressed.
-    pub frames: Vec<(ToAgent, Bytes)>,
+    pub frames: Vec<(ToAgent, RelayBody)>,
+}
+
+/// The body of a transfer's frame.
+#[derive(Debug)]
+pub enum RelayBody {
+    /// Bytes in memory (possibly none).
+    Bytes(Bytes),
+    /// A put's chunk still in its source file, which the probe found not worth compressing:
+    /// the agent link's writer moves it there itself (`link_writer`).
+    File(FileRegion),
+}
+
+impl RelayBody {
+    /// The body's length.
+    #[allow(clippy::len_without_is_empty)] // only ever summed
+    pub fn len(&self) -> usize {
+        match self {
+            RelayBody::Bytes(bytes) => bytes.len(),
+            RelayBody::File(region) => region.len,
+        }
+    }
+}
+
+/// A frame's body still in a file: a put's chunk, sent as it is.
+#[derive(Debug, Clone)]
+pub struct FileRegion {
+    /// The put's source, shared with the Put that probes its next chunks.
+    pub file: Arc<File>,
+    /// Where the body starts in the file.
+    pub offset: u64,
+    /// The body's length, as its frame's prefix says.
+    pub len: usize,
 }
 
 /// A frame for a worker from one of its streamed transfers (`ack` or `chunk`), already

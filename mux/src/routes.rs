@@ -184,6 +184,7 @@ pub fn started(
     Started {
         pid: None,
         stdin: Box::new(writer),
+        stdin_pipe: None,
         stdout: Box::new(reader),
         exit,
         hop_blobs: Some(relayed),

@@ -25,7 +25,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{io::FramedWrite, prelude::*};
+use actix::prelude::*;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
@@ -43,16 +43,14 @@ use crate::{
     bootstrap::{self, Bootstrap},
     heartbeat,
     interpreters::{InFlight, Interpreters, Placement},
+    link_writer::LinkWriter,
     messages::{
         CallEvent, CallReply, Cancel, DescribeTarget, DescribeTransfer, Dispatch, OpenRoute,
-        Redispatch, Relay, RouteInput, ShutdownTarget, TargetGone,
+        Redispatch, Relay, RelayBody, RouteInput, ShutdownTarget, TargetGone,
     },
     process_groups,
     routes::{self, Routes},
-    transport::{
-        self, AgentWriter, ConnectRequest, Connector, RouteWriter, Started, StderrTail,
-        TransportExit,
-    },
+    transport::{self, ConnectRequest, Connector, RouteWriter, Started, StderrTail, TransportExit},
 };
 
 /// After the transport is found dying, how long to wait for its exit status and the end
@@ -108,7 +106,7 @@ struct Link {
     /// Transport child pid (= its process group), once spawned.
     pid: Option<u32>,
     /// The agent link's write side (the child's stdin).
-    writer: Option<FramedWrite<Frame, AgentWriter, AgentLinkCodec>>,
+    writer: Option<LinkWriter>,
     /// The transport's stderr, for messages.
     stderr: StderrTail,
     /// How the transport ended, once known.
@@ -269,7 +267,15 @@ impl Target {
         } else {
             AgentLinkCodec::plain()
         };
-        self.link.writer = Some(FramedWrite::new(started.stdin, codec, ctx));
+        let (writer, writing) = LinkWriter::new(started.stdin, started.stdin_pipe, codec);
+        self.link.writer = Some(writer);
+        ctx.spawn(writing.into_actor(self).map(|written, act, _| {
+            // A broken stdin means the transport is going; stdout EOF reports it, and the
+            // replies still to come may say more. Frames written after it are dropped.
+            if let Err(err) = written {
+                debug!(target = %act.name, "cannot write to agent: {err}");
+            }
+        }));
         Target::add_stream(
             FramedRead::new(started.stdout, AgentLinkCodec::plain()),
             ctx,
@@ -852,9 +858,26 @@ impl Target {
             warn!(target = %self.name, "dropping frame: agent link not open");
             return;
         };
-        match msg.to_frame(body) {
-            Ok(frame) => writer.write(frame),
-            Err(err) => warn!(target = %self.name, "dropping frame: {err}"),
+        if let Err(err) = msg.to_frame(body).and_then(|frame| writer.write(&frame)) {
+            warn!(target = %self.name, "dropping frame: {err}");
+        }
+    }
+
+    /// Writes one frame of a transfer to the agent link.
+    fn transmit_relayed(&mut self, msg: ToAgent, body: RelayBody) {
+        let region = match body {
+            RelayBody::Bytes(bytes) => return self.transmit(msg, bytes),
+            RelayBody::File(region) => region,
+        };
+        let Some(writer) = self.link.writer.as_mut() else {
+            warn!(target = %self.name, "dropping frame: agent link not open");
+            return;
+        };
+        let written = msg
+            .to_frame(Bytes::new())
+            .and_then(|frame| writer.write_region(&frame, region));
+        if let Err(err) = written {
+            warn!(target = %self.name, "dropping frame: {err}");
         }
     }
 
@@ -1041,7 +1064,7 @@ impl Handler<Relay> for Target {
         let bytes = msg.frames.iter().map(|(_, body)| body.len()).sum();
         if self.interpreters.relay(msg.mux_id, bytes) {
             for (frame, body) in msg.frames {
-                self.transmit(frame, body);
+                self.transmit_relayed(frame, body);
             }
         }
     }
@@ -1114,18 +1137,6 @@ impl Handler<Cancel> for Target {
         for (victim, account) in evict {
             self.stop_interpreter(victim, &account, "over MITOGEN_MAX_INTERPRETERS");
         }
-    }
-}
-
-impl actix::io::WriteHandler<FrameError> for Target {
-    fn error(&mut self, err: FrameError, _: &mut Self::Context) -> Running {
-        // A broken stdin means the transport is going; stdout EOF reports it.
-        debug!(target = %self.name, "cannot write to agent: {err}");
-        Running::Stop
-    }
-
-    fn finished(&mut self, _: &mut Self::Context) {
-        // The write side closing does not end the Target: replies may still come.
     }
 }
 

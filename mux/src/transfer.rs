@@ -11,7 +11,8 @@
 //!
 //! A [`Put`] names its controller-side file (`source`): it reads the file itself, a chunk at a
 //! time on tokio's blocking pool, and sends the chunks, so the file's bytes never pass through
-//! the worker. The worker sends only `put_end` (size and digests), which the Put holds until
+//! the worker. A chunk the compression probe finds not worth compressing is not even read:
+//! only its samples are, and the agent link's writer moves it from the file (`link_writer`). The worker sends only `put_end` (size and digests), which the Put holds until
 //! its last chunk has gone. A [`Fetch`] relays the agent's `chunk` frames to the worker and
 //! the worker's `ack` frames back.
 //!
@@ -22,8 +23,9 @@
 
 use std::{
     fs::File,
-    io::{self, Read},
-    os::unix::fs::MetadataExt,
+    io::{self, Read, Seek, SeekFrom},
+    os::unix::fs::{FileExt, MetadataExt},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -33,11 +35,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 use worker_ipc::{
+    compression::{probe_samples, samples_worth_compressing, PROBE_MIN_BODY, PROBE_SAMPLE},
     Ack, AgentAck, AgentChunk, AgentPutEnd, CallRef, Chunk, Direction, ErrorKind, InterpId, Op,
     PutEnd, StatusRow, ToAgent, TransferRow, TransferState, CHUNK_MAX, TRANSFER_WINDOW,
 };
 
-use crate::messages::{CallEvent, CallReply, DescribeTransfer, FromWorker, Relay, ToWorker};
+use crate::messages::{
+    CallEvent, CallReply, DescribeTransfer, FileRegion, FromWorker, Relay, RelayBody, ToWorker,
+};
 
 /// Transfers at least this large are logged at info level when they end.
 const LOG_SIZE: u64 = 16 * 1024 * 1024;
@@ -57,8 +62,10 @@ pub struct SourceError {
 
 /// A put's controller-side file, which the Put reads itself.
 struct Source {
-    /// The file; `None` while a read is in flight on the blocking pool.
-    file: Option<File>,
+    /// The file, shared with the agent link's writer, which moves the chunks left in it.
+    file: Arc<File>,
+    /// Set while a read is in flight on the blocking pool.
+    reading: bool,
     /// The path, for errors.
     path: String,
     /// Set once a read returned nothing: every chunk has gone.
@@ -124,7 +131,8 @@ impl Source {
             )));
         }
         Ok(Source {
-            file: Some(file),
+            file: Arc::new(file),
+            reading: false,
             path: path.to_owned(),
             at_end: false,
             put_end: None,
@@ -132,11 +140,42 @@ impl Source {
     }
 }
 
-/// Reads the next `CHUNK_MAX` bytes of the file, or what is left of it, into `chunk` (empty,
-/// with room for them: read into as it is, not zeroed first), so chunks are whole but the last.
-fn read_chunk(file: &mut File, mut chunk: Vec<u8>) -> io::Result<Vec<u8>> {
-    file.take(CHUNK_MAX as u64).read_to_end(&mut chunk)?;
-    Ok(chunk)
+/// The next chunk of a put's source.
+enum NextChunk {
+    /// Read into memory: a chunk worth compressing (or too small to probe), or none at the end.
+    Read(Vec<u8>),
+    /// This many bytes left in the file, which the probe found not worth compressing: the agent
+    /// link's writer moves them from the file itself.
+    InFile(usize),
+}
+
+/// The chunk of the file at `offset`: the next `CHUNK_MAX` bytes or what is left of them, so
+/// chunks are whole but the last. When the probe finds those bytes not worth compressing
+/// (from its samples, read here) they stay in the file; otherwise they are read into `chunk`
+/// (empty, with room for them: read into as it is, not zeroed first).
+fn read_chunk(file: &File, offset: u64, mut chunk: Vec<u8>) -> io::Result<NextChunk> {
+    let left = file.metadata()?.len().saturating_sub(offset);
+    let len = left.min(CHUNK_MAX as u64) as usize;
+    if len >= PROBE_MIN_BODY {
+        let mut samples = [[0u8; PROBE_SAMPLE]; 3];
+        let mut whole = true;
+        for (sample, (start, sample_len)) in samples.iter_mut().zip(probe_samples(len)) {
+            whole &= file
+                .read_exact_at(&mut sample[..sample_len], offset + start as u64)
+                .is_ok();
+        }
+        let samples = samples
+            .each_ref()
+            .map(|sample| &sample[..PROBE_SAMPLE.min(len)]);
+        // A file that shrank meanwhile is read as it is now.
+        if whole && !samples_worth_compressing(&samples) {
+            return Ok(NextChunk::InFile(len));
+        }
+    }
+    let mut reader = file;
+    reader.seek(SeekFrom::Start(offset))?;
+    reader.take(CHUNK_MAX as u64).read_to_end(&mut chunk)?;
+    Ok(NextChunk::Read(chunk))
 }
 
 /// The direction of a streaming op, or `None` for any other op.
@@ -160,7 +199,7 @@ struct Route {
 
 /// A frame of this transfer for the agent, before it is addressed.
 enum Outgoing {
-    Chunk { offset: u64, data: Bytes },
+    Chunk { offset: u64, data: RelayBody },
     PutEnd(PutEnd),
     Ack(Ack),
     Cancel,
@@ -182,7 +221,7 @@ impl Route {
                     sha1: end.sha1,
                     digests: end.digests,
                 }),
-                Bytes::new(),
+                RelayBody::Bytes(Bytes::new()),
             ),
             Outgoing::Ack(ack) => (
                 ToAgent::Ack(AgentAck {
@@ -190,9 +229,12 @@ impl Route {
                     interp,
                     bytes: ack.bytes,
                 }),
-                Bytes::new(),
+                RelayBody::Bytes(Bytes::new()),
             ),
-            Outgoing::Cancel => (ToAgent::Cancel(CallRef { id, interp }), Bytes::new()),
+            Outgoing::Cancel => (
+                ToAgent::Cancel(CallRef { id, interp }),
+                RelayBody::Bytes(Bytes::new()),
+            ),
         };
         self.link.do_send(Relay {
             mux_id: id,
@@ -541,16 +583,16 @@ impl Put {
         if !self.stream.window_open() {
             return;
         }
-        let Some(mut file) = self.source.file.take() else {
+        if self.source.reading {
             return;
-        };
+        }
+        self.source.reading = true;
+        let file = self.source.file.clone();
+        let offset = self.stream.sent;
         // Allocated here and freed here once written: a buffer allocated on the blocking
         // pool's threads would come from their malloc arenas and stay cached there.
         let buffer = Vec::with_capacity(CHUNK_MAX);
-        let read = tokio::task::spawn_blocking(move || {
-            let chunk = read_chunk(&mut file, buffer);
-            (file, chunk)
-        });
+        let read = tokio::task::spawn_blocking(move || read_chunk(&file, offset, buffer));
         ctx.spawn(
             read.into_actor(self)
                 .map(|joined, act, ctx| act.chunk_read(joined, ctx)),
@@ -560,15 +602,13 @@ impl Put {
     /// A read of the source finished: send its chunk (none at the end) and go on.
     fn chunk_read(
         &mut self,
-        joined: Result<(File, io::Result<Vec<u8>>), tokio::task::JoinError>,
+        joined: Result<io::Result<NextChunk>, tokio::task::JoinError>,
         ctx: &mut Context<Self>,
     ) {
+        self.source.reading = false;
         let chunk = match joined {
-            Ok((file, Ok(chunk))) => {
-                self.source.file = Some(file);
-                chunk
-            }
-            Ok((_, Err(err))) => {
+            Ok(Ok(chunk)) => chunk,
+            Ok(Err(err)) => {
                 let message = format!("cannot read {}: {err}", self.source.path);
                 return self.stream.fail(ErrorKind::SourceError, message, ctx);
             }
@@ -580,11 +620,22 @@ impl Put {
         if self.stream.done {
             return;
         }
-        if chunk.is_empty() {
+        let (len, data) = match chunk {
+            NextChunk::Read(chunk) => (chunk.len(), RelayBody::Bytes(Bytes::from(chunk))),
+            NextChunk::InFile(len) => {
+                let region = FileRegion {
+                    file: self.source.file.clone(),
+                    offset: self.stream.sent,
+                    len,
+                };
+                (len, RelayBody::File(region))
+            }
+        };
+        if len == 0 {
             self.source.at_end = true;
         } else if let Some(route) = &self.stream.route {
             let offset = self.stream.sent;
-            self.stream.sent += chunk.len() as u64;
+            self.stream.sent += len as u64;
             if self
                 .stream
                 .total
@@ -593,10 +644,7 @@ impl Put {
                 let message = format!("{} grew while it was being sent", self.source.path);
                 return self.stream.fail(ErrorKind::SourceError, message, ctx);
             }
-            route.send(Outgoing::Chunk {
-                offset,
-                data: Bytes::from(chunk),
-            });
+            route.send(Outgoing::Chunk { offset, data });
         }
         self.pump(ctx);
     }
@@ -760,8 +808,10 @@ mod tests {
     struct Sink {
         /// Frames written to the worker (`ack`/`chunk`, then the reply).
         worker: Arc<Mutex<Vec<Frame>>>,
-        /// Frames relayed towards the agent.
+        /// Frames relayed towards the agent, a body left in its file read from it.
         agent: Arc<Mutex<Vec<Frame>>>,
+        /// Of those, the offsets of the chunks whose body was left in the file.
+        in_file: Arc<Mutex<Vec<u64>>>,
     }
 
     impl Actor for Sink {
@@ -791,11 +841,18 @@ mod tests {
     impl Handler<Relay> for Sink {
         type Result = ();
         fn handle(&mut self, msg: Relay, _: &mut Self::Context) {
-            let frames = msg
-                .frames
-                .into_iter()
-                .map(|(msg, body)| msg.to_frame(body).unwrap());
-            self.agent.lock().unwrap().extend(frames);
+            for (msg, body) in msg.frames {
+                let body = match body {
+                    RelayBody::Bytes(bytes) => bytes,
+                    RelayBody::File(region) => {
+                        self.in_file.lock().unwrap().push(region.offset);
+                        let mut body = vec![0u8; region.len];
+                        region.file.read_exact_at(&mut body, region.offset).unwrap();
+                        Bytes::from(body)
+                    }
+                };
+                self.agent.lock().unwrap().push(msg.to_frame(body).unwrap());
+            }
         }
     }
 
@@ -952,6 +1009,41 @@ mod tests {
         assert_eq!(agent[6].body.len(), 1);
         let sent: usize = agent.iter().map(|frame| frame.body.len()).sum();
         assert_eq!(sent, content.len());
+    }
+
+    /// Bytes no compressor shrinks (xorshift; no rand dependency).
+    fn random_bytes(len: usize) -> Vec<u8> {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect()
+    }
+
+    #[actix::test]
+    async fn incompressible_chunks_stay_in_the_file_and_compressible_ones_are_read() {
+        let sink = Sink::default();
+        // A chunk of random bytes, a chunk of text, and a short random tail.
+        let mut content = random_bytes(CHUNK_MAX);
+        content.extend(b"the quick brown fox jumps over the lazy dog\n".repeat(CHUNK_MAX / 44 + 1));
+        content.truncate(2 * CHUNK_MAX);
+        content.extend(random_bytes(PROBE_MIN_BODY + 10));
+        let (transfer, _file) = start_put(&sink, &content);
+        attach(&transfer, &sink, 0);
+        transfer.do_send(put_end(content.len()));
+        settle(&sink).await;
+        let agent = sink.agent.lock().unwrap().clone();
+        let bodies: Vec<u8> = agent.iter().flat_map(|frame| frame.body.to_vec()).collect();
+        assert!(
+            bodies == content,
+            "the chunks put together are not the file"
+        );
+        let in_file = sink.in_file.lock().unwrap().clone();
+        assert_eq!(in_file, [0, 2 * CHUNK_MAX as u64]);
     }
 
     #[actix::test]

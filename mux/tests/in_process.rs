@@ -78,6 +78,7 @@ impl Connector for InMemory {
             Ok(Started {
                 pid: None,
                 stdin: Box::new(write),
+                stdin_pipe: None,
                 stdout: Box::new(read),
                 exit,
                 hop_blobs: None,

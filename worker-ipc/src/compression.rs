@@ -127,21 +127,32 @@ pub fn worth_compressing(body: &[u8]) -> bool {
     if body.len() < PROBE_MIN_BODY {
         return true;
     }
-    PROBE.with(|probe| samples_shrink(body, &mut probe.borrow_mut()))
+    let samples = probe_samples(body.len()).map(|(start, len)| &body[start..start + len]);
+    samples_worth_compressing(&samples)
 }
 
-fn samples_shrink(body: &[u8], probe: &mut Compress) -> bool {
-    let middle = body.len() / 2 - PROBE_SAMPLE.min(body.len()) / 2;
-    let samples = [0, middle, body.len().saturating_sub(PROBE_SAMPLE)];
-    let sample_at = |start: usize| &body[start..(start + PROBE_SAMPLE).min(body.len())];
-    if samples.iter().all(|&start| evenly_spread(sample_at(start))) {
+/// Where the probe's samples of a body of `body_len` bytes lie: (start, length) of its start,
+/// middle and end, for a caller that reads them itself (a put's chunk still in its file).
+pub fn probe_samples(body_len: usize) -> [(usize, usize); 3] {
+    let len = PROBE_SAMPLE.min(body_len);
+    let middle = body_len / 2 - len / 2;
+    [(0, len), (middle, len), (body_len - len, len)]
+}
+
+/// [`worth_compressing`] for a body of [`PROBE_MIN_BODY`] bytes or more, from its samples
+/// ([`probe_samples`]).
+pub fn samples_worth_compressing(samples: &[&[u8]; 3]) -> bool {
+    PROBE.with(|probe| samples_shrink(samples, &mut probe.borrow_mut()))
+}
+
+fn samples_shrink(samples: &[&[u8]; 3], probe: &mut Compress) -> bool {
+    if samples.iter().all(|sample| evenly_spread(sample)) {
         return false;
     }
     let mut input = 0;
     let mut output = 0;
     let mut scratch = vec![0u8; 2 * PROBE_SAMPLE];
-    for start in samples {
-        let sample = sample_at(start);
+    for sample in samples {
         probe.reset();
         let before = probe.total_out();
         match probe.compress(sample, &mut scratch, FlushCompress::Finish) {
@@ -223,6 +234,23 @@ impl AgentLinkCodec {
             deflater: None,
             last_sent: None,
         }
+    }
+
+    /// Appends the prefix and header of `frame`, which goes as it is, for a body of `body_len`
+    /// bytes that the caller writes to the link right after them (a put's chunk that the probe
+    /// found incompressible, moved from its file by splice(2)).
+    ///
+    /// # Errors
+    ///
+    /// As [`Frame::encode_head_into`].
+    pub fn encode_head(
+        &mut self,
+        frame: &Frame,
+        body_len: usize,
+        dst: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        self.last_sent = None;
+        frame.encode_head_into(body_len, dst)
     }
 
     /// Appends `plain` (an encoded frame) to `dst` as a patch of the last frame sent, if it

@@ -102,6 +102,18 @@ impl Frame {
     ///
     /// [`FrameError::TooLarge`] if the header or body exceeds its limit.
     pub fn encode_into(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        self.encode_head_into(self.body.len(), dst)?;
+        dst.put_slice(&self.body);
+        Ok(())
+    }
+
+    /// Appends the frame's prefix and header to `dst`, for a body of `body_len` bytes that
+    /// the caller writes after them itself (its own body is left out).
+    ///
+    /// # Errors
+    ///
+    /// As [`Frame::encode_into`].
+    pub fn encode_head_into(&self, body_len: usize, dst: &mut BytesMut) -> Result<(), FrameError> {
         let header = serde_json::to_vec(&self.header)
             .map_err(|err| FrameError::BadHeader(err.to_string()))?;
         if header.len() > MAX_HEADER {
@@ -110,17 +122,16 @@ impl Frame {
                 len: header.len() as u64,
             });
         }
-        if self.body.len() > MAX_BODY {
+        if body_len > MAX_BODY {
             return Err(FrameError::TooLarge {
                 which: FramePart::Body,
-                len: self.body.len() as u64,
+                len: body_len as u64,
             });
         }
         dst.reserve(PREFIX_LEN + header.len() + self.body.len());
         dst.put_u32(header.len() as u32);
-        dst.put_u32(self.body.len() as u32);
+        dst.put_u32(body_len as u32);
         dst.put_slice(&header);
-        dst.put_slice(&self.body);
         Ok(())
     }
 

@@ -30,7 +30,10 @@ pub use via::{RouteReader, RouteWriter, Routed};
 use std::{
     fmt,
     future::Future,
-    os::unix::{io::AsRawFd, process::ExitStatusExt},
+    os::{
+        fd::{AsFd, OwnedFd},
+        unix::{io::AsRawFd, process::ExitStatusExt},
+    },
     pin::Pin,
     process::{ExitStatus, Stdio},
     sync::Arc,
@@ -206,6 +209,9 @@ pub struct Started {
     pub pid: Option<u32>,
     /// The agent link's write side.
     pub stdin: AgentWriter,
+    /// A second handle on the pipe behind `stdin`, where it is one: put chunks move from
+    /// their file into it with splice(2) (`link_writer`). Closed with `stdin`.
+    pub stdin_pipe: Option<OwnedFd>,
     /// The agent link's read side, where agent frames arrive.
     pub stdout: AgentReader,
     /// Resolves once the transport has ended (and its last stderr was read).
@@ -350,6 +356,7 @@ pub async fn start(request: ConnectRequest) -> Result<Started, String> {
     }
     Ok(Started {
         pid: Some(pid),
+        stdin_pipe: stdin.as_fd().try_clone_to_owned().ok(),
         stdin: Box::new(stdin),
         stdout: Box::new(stdout),
         exit,
