@@ -1011,17 +1011,13 @@ mod tests {
         assert_eq!(sent, content.len());
     }
 
-    /// Bytes no compressor shrinks (xorshift; no rand dependency).
+    /// Bytes no compressor shrinks.
     fn random_bytes(len: usize) -> Vec<u8> {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
+        let mut bytes = vec![0u8; len];
+        File::open("/dev/urandom")
+            .and_then(|mut urandom| urandom.read_exact(&mut bytes))
+            .unwrap();
+        bytes
     }
 
     #[actix::test]
