@@ -79,11 +79,6 @@ def _stat_fields(pid: int) -> list[str]:
     return stat.rsplit(")", 1)[1].split() if stat else []
 
 
-def _ppid(pid: int) -> int:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else 0
-
-
 def _hwm_kib(pid: int) -> int:
     for line in _read(f"/proc/{pid}/status").splitlines():
         if line.startswith("VmHWM:"):
@@ -121,11 +116,11 @@ class PeakSampler:
         self.stopped.set()
         self.thread.join()
 
-    def _classify(self, pid: int, args: str) -> str | None:
+    def _classify(self, pid: int, ppid: int, args: str) -> str | None:
         if "SOURCE=sys.stdin.buffer.read" in args:
             return None  # a bootstrap stub, named once the agent runs
         if self.mux is not None and "mitogen:" in args and f":{self.mux} " in args + " ":
-            parent_args = _read(f"/proc/{_ppid(pid)}/cmdline").replace("\0", " ")
+            parent_args = _read(f"/proc/{ppid}/cmdline").replace("\0", " ")
             return None if f":{self.mux} " in parent_args + " " else "agent"
         try:
             with open(f"/proc/{pid}/environ", "rb") as handle:
@@ -140,7 +135,7 @@ class PeakSampler:
         if self.playbook is None and "ansible-playbook" in args:
             self.playbook = pid
             return "playbook"
-        if self.playbook is not None and _ppid(pid) == self.playbook:
+        if self.playbook is not None and ppid == self.playbook:
             return "worker"
         return None
 
@@ -158,7 +153,7 @@ class PeakSampler:
             # A pid classified before the mux was known may be an agent of it; one that shows
             # no arguments has exited and keeps what it was.
             if seen is None or (args and (seen[0] != args or (seen[1] is None and self.mux is None))):
-                kind = self._classify(pid, args)
+                kind = self._classify(pid, int(fields[1]), args)
                 if seen is not None and seen[1] != kind:
                     self.peak.pop(key, None)  # the peak before exec was another program's
                 self.kind[key] = (args, kind)

@@ -854,28 +854,21 @@ impl Target {
 
     /// Writes one frame to the agent link.
     fn transmit(&mut self, msg: ToAgent, body: Bytes) {
-        let Some(writer) = self.link.writer.as_mut() else {
-            warn!(target = %self.name, "dropping frame: agent link not open");
-            return;
-        };
-        if let Err(err) = msg.to_frame(body).and_then(|frame| writer.write(&frame)) {
-            warn!(target = %self.name, "dropping frame: {err}");
-        }
+        self.transmit_relayed(msg, RelayBody::Bytes(body));
     }
 
-    /// Writes one frame of a transfer to the agent link.
+    /// Writes one frame to the agent link, its body in memory or (a transfer's) in a file.
     fn transmit_relayed(&mut self, msg: ToAgent, body: RelayBody) {
-        let region = match body {
-            RelayBody::Bytes(bytes) => return self.transmit(msg, bytes),
-            RelayBody::File(region) => region,
-        };
         let Some(writer) = self.link.writer.as_mut() else {
             warn!(target = %self.name, "dropping frame: agent link not open");
             return;
         };
-        let written = msg
-            .to_frame(Bytes::new())
-            .and_then(|frame| writer.write_region(&frame, region));
+        let written = match body {
+            RelayBody::Bytes(bytes) => msg.to_frame(bytes).and_then(|frame| writer.write(&frame)),
+            RelayBody::File(region) => msg
+                .to_frame(Bytes::new())
+                .and_then(|frame| writer.write_region(&frame, region)),
+        };
         if let Err(err) = written {
             warn!(target = %self.name, "dropping frame: {err}");
         }

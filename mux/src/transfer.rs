@@ -12,8 +12,9 @@
 //! A [`Put`] names its controller-side file (`source`): it reads the file itself, a chunk at a
 //! time on tokio's blocking pool, and sends the chunks, so the file's bytes never pass through
 //! the worker. A chunk the compression probe finds not worth compressing is not even read:
-//! only its samples are, and the agent link's writer moves it from the file (`link_writer`). The worker sends only `put_end` (size and digests), which the Put holds until
-//! its last chunk has gone. A [`Fetch`] relays the agent's `chunk` frames to the worker and
+//! only its samples are, and the agent link's writer moves it from the file (`link_writer`).
+//! The worker sends only `put_end` (size and digests), which the Put holds until its last
+//! chunk has gone. A [`Fetch`] relays the agent's `chunk` frames to the worker and
 //! the worker's `ack` frames back.
 //!
 //! Flow control is end to end: the sender (the Put, or the agent for a fetch) keeps at most
@@ -157,16 +158,16 @@ fn read_chunk(file: &File, offset: u64, mut chunk: Vec<u8>) -> io::Result<NextCh
     let left = file.metadata()?.len().saturating_sub(offset);
     let len = left.min(CHUNK_MAX as u64) as usize;
     if len >= PROBE_MIN_BODY {
+        let spots = probe_samples(len);
         let mut samples = [[0u8; PROBE_SAMPLE]; 3];
-        let mut whole = true;
-        for (sample, (start, sample_len)) in samples.iter_mut().zip(probe_samples(len)) {
-            whole &= file
-                .read_exact_at(&mut sample[..sample_len], offset + start as u64)
-                .is_ok();
-        }
-        let samples = samples
-            .each_ref()
-            .map(|sample| &sample[..PROBE_SAMPLE.min(len)]);
+        let whole = samples
+            .iter_mut()
+            .zip(spots)
+            .all(|(sample, (start, size))| {
+                file.read_exact_at(&mut sample[..size], offset + start as u64)
+                    .is_ok()
+            });
+        let samples = [0, 1, 2].map(|i| &samples[i][..spots[i].1]);
         // A file that shrank meanwhile is read as it is now.
         if whole && !samples_worth_compressing(&samples) {
             return Ok(NextChunk::InFile(len));

@@ -128,6 +128,8 @@ impl Frame {
                 len: body_len as u64,
             });
         }
+        // Room for the frame's own body too, which encode_into appends (none for a caller
+        // that writes the body itself).
         dst.reserve(PREFIX_LEN + header.len() + self.body.len());
         dst.put_u32(header.len() as u32);
         dst.put_u32(body_len as u32);
